@@ -1,0 +1,93 @@
+"""The regional worker: one process per cluster, polling every (namespace, task queue)
+the routing config can send work to in its region.
+
+Deliberately small and independent of the router: it receives the endpoint, the
+namespaces and the task queues as arguments (``meridian worker`` resolves them from
+config), so the regional side can be deployed and scaled on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from temporalio.client import Client
+from temporalio.converter import DataConverter
+from temporalio.worker import Worker
+
+from regions.workflows import WORKFLOWS, RegionalActivities, WorkerIdentity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    region: str
+    cluster: str
+    endpoint: str
+    # (namespace, task queue) pairs to poll.
+    queues: tuple[tuple[str, str], ...]
+
+
+async def connect(
+    endpoint: str, namespace: str, converter: DataConverter, *, wait: float
+) -> Client:
+    """Connect, retrying while the cluster is still starting (up to ``wait`` seconds)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        try:
+            return await Client.connect(endpoint, namespace=namespace, data_converter=converter)
+        except RuntimeError:
+            if loop.time() >= deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def run(
+    plan: WorkerPlan,
+    stop: asyncio.Event,
+    *,
+    converter: DataConverter = DataConverter.default,
+    connect_wait: float = 30.0,
+) -> None:
+    """Poll until ``stop`` is set, then shut the workers down gracefully."""
+    identity = WorkerIdentity(region=plan.region, cluster=plan.cluster)
+    activities = RegionalActivities(identity)
+    workers: list[Worker] = []
+    clients: dict[str, Client] = {}
+    for ns, queue in plan.queues:
+        if ns not in clients:
+            clients[ns] = await connect(plan.endpoint, ns, converter, wait=connect_wait)
+        workers.append(
+            Worker(
+                clients[ns],
+                task_queue=queue,
+                workflows=list(WORKFLOWS),
+                activities=[activities.process_record],
+                identity=f"meridian-worker/{plan.cluster}/{ns}",
+                # Many queues per process: a couple of pollers each is plenty.
+                max_concurrent_workflow_task_polls=2,
+                max_concurrent_activity_task_polls=2,
+            )
+        )
+    log.info(
+        "worker for %s (%s) polling %d queue(s) in namespace(s) %s",
+        plan.cluster,
+        plan.endpoint,
+        len(workers),
+        ", ".join(clients),
+    )
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    if waiter not in done:
+        # A worker stopped on its own: that is a failure, report the first error.
+        errors = [r for r in results if isinstance(r, BaseException)]
+        raise RuntimeError(f"worker for {plan.cluster} stopped unexpectedly") from (
+            errors[0] if errors else None
+        )

@@ -1,0 +1,293 @@
+"""gRPC servicers: proto <-> service calls, and errors -> status codes (router.api.status).
+
+Nothing here decides anything; it converts, calls ``Meridian`` and reports. Every
+handler answers a MeridianError with its mapped status and message, and anything
+unexpected with INTERNAL and a generic message (the details go to the log, never to
+the caller), so a bad request never takes the service down.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from temporalio.client import WorkflowExecutionStatus
+
+from router.api.status import message_of, status_of
+from router.api.values import args_to_python, from_python
+from router.core.model import DataClass, Decision, Priority, Role
+from router.errors import InvalidArgument, MeridianError
+from router.service import Meridian, Ref, StartInput
+from router.temporal.gateway import WorkflowInfo
+from router.temporal.locator import Location
+from router.v1 import router_pb2 as pb
+from router.v1 import router_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+_DATA_CLASS: dict[int, DataClass] = {
+    pb.PUBLIC: DataClass.PUBLIC,
+    pb.INTERNAL: DataClass.INTERNAL,
+    pb.PII: DataClass.PII,
+    pb.FINANCIAL: DataClass.FINANCIAL,
+}
+_DATA_CLASS_PB: dict[DataClass, Any] = {v: k for k, v in _DATA_CLASS.items()}
+_PRIORITY: dict[int, Priority] = {
+    pb.PRIORITY_UNSPECIFIED: Priority.NORMAL,
+    pb.LOW: Priority.LOW,
+    pb.NORMAL: Priority.NORMAL,
+    pb.HIGH: Priority.HIGH,
+}
+_STATUS: dict[WorkflowExecutionStatus | None, Any] = {
+    WorkflowExecutionStatus.RUNNING: pb.RUNNING,
+    WorkflowExecutionStatus.COMPLETED: pb.COMPLETED,
+    WorkflowExecutionStatus.FAILED: pb.FAILED,
+    WorkflowExecutionStatus.CANCELED: pb.CANCELED,
+    WorkflowExecutionStatus.TERMINATED: pb.TERMINATED,
+    WorkflowExecutionStatus.CONTINUED_AS_NEW: pb.CONTINUED_AS_NEW,
+    WorkflowExecutionStatus.TIMED_OUT: pb.TIMED_OUT,
+}
+
+
+def handler(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await fn(self, request, context)
+        except MeridianError as exc:
+            await context.abort(status_of(exc), message_of(exc))
+        except Exception:
+            log.exception("unexpected error in %s", fn.__name__)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, "internal error in Meridian; the router logged it"
+            )
+        raise AssertionError("unreachable: context.abort raises")
+
+    return wrapper
+
+
+def _data_class(value: int) -> DataClass | None:
+    if value == pb.DATA_CLASS_UNSPECIFIED:
+        return None
+    try:
+        return _DATA_CLASS[value]
+    except KeyError:
+        raise InvalidArgument(
+            field="data_class", reason=f"{value} is not a DataClass value"
+        ) from None
+
+
+def _priority(value: int) -> Priority:
+    try:
+        return _PRIORITY[value]
+    except KeyError:
+        raise InvalidArgument(field="priority", reason=f"{value} is not a Priority value") from None
+
+
+def start_input(request: pb.StartWorkflowRequest) -> StartInput:
+    return StartInput(
+        workflow_type=request.workflow_type,
+        workflow_id=request.workflow_id,
+        args=args_to_python("args", request.args),
+        args_size=sum(a.ByteSize() for a in request.args),
+        tenant_id=request.tenant_id,
+        user_country=request.user_country,
+        user_subdivision=request.user_subdivision,
+        data_class=_data_class(request.data_class),
+        priority=_priority(request.priority),
+        request_id=request.request_id,
+    )
+
+
+def decision_pb(d: Decision, out: pb.RouteDecision | None = None) -> pb.RouteDecision:
+    msg = pb.RouteDecision() if out is None else out
+    msg.zone = d.zone
+    msg.region = d.region
+    msg.cluster = d.cluster
+    msg.namespace = d.namespace
+    msg.task_queue = d.task_queue
+    msg.rule = d.rule
+    msg.reasons.extend(d.reasons)
+    msg.config_version = d.config_version
+    msg.failed_over = d.failed_over
+    msg.endpoint = d.endpoint
+    return msg
+
+
+def _ref(ref: pb.WorkflowRef) -> Ref:
+    return Ref(workflow_id=ref.workflow_id, run_id=ref.run_id, tenant_id=ref.tenant_id)
+
+
+def _location(loc: Location, out: pb.WorkflowLocation) -> None:
+    out.zone, out.region, out.cluster, out.namespace = (
+        loc.zone,
+        loc.region,
+        loc.cluster,
+        loc.namespace,
+    )
+
+
+def _timestamp(value: datetime | None, out: Timestamp) -> None:
+    if value is not None:
+        out.FromDatetime(value)
+
+
+def _remaining(context: grpc.aio.ServicerContext) -> float | None:
+    remaining: float | None = context.time_remaining()
+    return remaining
+
+
+class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
+    def __init__(self, meridian: Meridian) -> None:
+        self._m = meridian
+
+    @handler
+    async def StartWorkflow(
+        self, request: pb.StartWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StartWorkflowResponse:
+        res = await self._m.start_workflow(start_input(request), remaining=_remaining(context))
+        resp = pb.StartWorkflowResponse(
+            workflow_id=res.workflow_id,
+            run_id=res.run_id,
+            started=res.started,
+            request_id=res.request_id,
+        )
+        decision_pb(res.decision, resp.decision)
+        return resp
+
+    @handler
+    async def ExplainRoute(
+        self, request: pb.StartWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RouteDecision:
+        return decision_pb(self._m.explain(start_input(request)))
+
+    @handler
+    async def DescribeWorkflow(
+        self, request: pb.WorkflowRef, context: grpc.aio.ServicerContext
+    ) -> pb.DescribeWorkflowResponse:
+        loc, info = await self._m.describe(_ref(request), remaining=_remaining(context))
+        return describe_pb(loc, info)
+
+    @handler
+    async def SignalWorkflow(
+        self, request: pb.SignalWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SignalWorkflowResponse:
+        loc = await self._m.signal(
+            _ref(request.ref),
+            request.signal_name,
+            args_to_python("args", request.args),
+            sum(a.ByteSize() for a in request.args),
+            remaining=_remaining(context),
+        )
+        resp = pb.SignalWorkflowResponse()
+        _location(loc, resp.location)
+        return resp
+
+    @handler
+    async def QueryWorkflow(
+        self, request: pb.QueryWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> pb.QueryWorkflowResponse:
+        loc, value = await self._m.query(
+            _ref(request.ref),
+            request.query_name,
+            args_to_python("args", request.args),
+            sum(a.ByteSize() for a in request.args),
+            remaining=_remaining(context),
+        )
+        resp = pb.QueryWorkflowResponse()
+        _result_value(value, resp.result, "query result")
+        _location(loc, resp.location)
+        return resp
+
+    @handler
+    async def CancelWorkflow(
+        self, request: pb.WorkflowRef, context: grpc.aio.ServicerContext
+    ) -> pb.CancelWorkflowResponse:
+        loc = await self._m.cancel(_ref(request), remaining=_remaining(context))
+        resp = pb.CancelWorkflowResponse()
+        _location(loc, resp.location)
+        return resp
+
+    @handler
+    async def GetWorkflowResult(
+        self, request: pb.WorkflowRef, context: grpc.aio.ServicerContext
+    ) -> pb.WorkflowResult:
+        loc, info, outcome = await self._m.result(_ref(request), remaining=_remaining(context))
+        resp = pb.WorkflowResult(
+            workflow_id=info.workflow_id,
+            run_id=info.run_id,
+            status=_STATUS.get(outcome.status, pb.WORKFLOW_STATUS_UNSPECIFIED),
+            failure=outcome.failure,
+        )
+        if outcome.status is WorkflowExecutionStatus.COMPLETED:
+            _result_value(outcome.result, resp.result, "workflow result")
+        _location(loc, resp.location)
+        return resp
+
+
+def _result_value(value: Any, out: Any, what: str) -> None:
+    try:
+        from_python(value, out)
+    except TypeError as exc:
+        raise MeridianError(f"the {what} is not JSON-shaped: {exc}") from exc
+
+
+def describe_pb(loc: Location, info: WorkflowInfo) -> pb.DescribeWorkflowResponse:
+    resp = pb.DescribeWorkflowResponse(
+        workflow_id=info.workflow_id,
+        run_id=info.run_id,
+        workflow_type=info.workflow_type,
+        status=_STATUS.get(info.status, pb.WORKFLOW_STATUS_UNSPECIFIED),
+        task_queue=info.task_queue,
+        history_length=info.history_length,
+        tenant_id=loc.tenant_id,
+    )
+    dc = info.memo.get("data_class")
+    if isinstance(dc, str) and dc in DataClass._value2member_map_:
+        resp.data_class = _DATA_CLASS_PB[DataClass(dc)]
+    _timestamp(info.start_time, resp.start_time)
+    _timestamp(info.close_time, resp.close_time)
+    _location(loc, resp.location)
+    return resp
+
+
+class RoutingAdminServicer(pb_grpc.RoutingAdminServicer):
+    def __init__(self, meridian: Meridian) -> None:
+        self._m = meridian
+
+    @handler
+    async def GetTopology(
+        self, request: pb.GetTopologyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Topology:
+        return topology_pb(self._m)
+
+
+def topology_pb(m: Meridian) -> pb.Topology:
+    table, view = m.config.table, m.view
+    topo = pb.Topology(config_version=table.version, default_region=table.default_region)
+    for zone in table.zones.values():
+        topo.zones.add(
+            name=zone.name, countries=sorted(zone.countries), home_region=zone.home_region
+        )
+    for region in table.regions.values():
+        r = topo.regions.add(name=region.name, zone=region.zone)
+        active = view.active.get(region.name)
+        for c in region.clusters:
+            r.clusters.add(
+                name=c.name,
+                endpoint=c.endpoint,
+                namespaces=list(c.namespaces),
+                role=pb.PRIMARY if c.role is Role.PRIMARY else pb.STANDBY,
+                healthy=c.name in view.healthy,
+                active=c.name == active,
+            )
+    return topo

@@ -1,0 +1,45 @@
+"""The one table from Meridian errors to gRPC status codes."""
+
+from __future__ import annotations
+
+import grpc
+
+from router.errors import (
+    ClusterUnavailable,
+    ConfigError,
+    DeadlineExceeded,
+    InvalidArgument,
+    MeridianError,
+    NoHealthyTarget,
+    ResidencyUnsatisfiable,
+    StackError,
+    WorkflowNotFound,
+    WorkflowOperationFailed,
+)
+
+# Most specific first: the first isinstance match wins.
+STATUS: tuple[tuple[type[MeridianError], grpc.StatusCode], ...] = (
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (ResidencyUnsatisfiable, grpc.StatusCode.FAILED_PRECONDITION),
+    (NoHealthyTarget, grpc.StatusCode.UNAVAILABLE),
+    (ClusterUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (WorkflowNotFound, grpc.StatusCode.NOT_FOUND),
+    (WorkflowOperationFailed, grpc.StatusCode.FAILED_PRECONDITION),
+    (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
+    (StackError, grpc.StatusCode.INTERNAL),
+)
+
+
+def status_of(exc: MeridianError) -> grpc.StatusCode:
+    for kind, code in STATUS:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def message_of(exc: MeridianError) -> str:
+    msg = exc.message
+    if isinstance(exc, ClusterUnavailable) and exc.may_have_reached:
+        msg += " (the request may have reached the cluster)"
+    return msg

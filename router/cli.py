@@ -1,0 +1,383 @@
+"""The `meridian` command: run the stack, the router, a regional worker; inspect it.
+
+Human-readable tables by default, `--json` for tools. Errors are one clear message on
+stderr and a non-zero exit, never a traceback for a mistake the user can fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from router.errors import ConfigError, MeridianError, StackError
+
+DEFAULT_ROUTER = "127.0.0.1:50051"
+log = logging.getLogger("meridian")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # temporalio's core logs every failed poll of a stopped cluster; keep warnings only.
+    logging.getLogger("temporalio").setLevel(logging.WARNING)
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+async def _until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``main(stop)``; SIGINT/SIGTERM set ``stop`` (once) for a clean shutdown."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await main(stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _race(work: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Run ``work`` unless ``stop`` fires first (then cancel it); True if it finished."""
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if task in done:
+        task.result()
+        return True
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return False
+
+
+# -- commands -----------------------------------------------------------------------
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from router.api.server import RouterServer
+    from router.config.load import load_file, resolve_path
+    from router.devstack import DevStack, check_ports, default_home
+    from router.service import Meridian
+
+    path = resolve_path(args.config).resolve()
+    config = load_file(path)
+    check_ports(config, args.host, args.port)
+    home = Path(args.home).resolve() if args.home else default_home()
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    async def main(stop: asyncio.Event) -> None:
+        stack = DevStack(config, path, home=home, say=say, persist=args.persist)
+        server: RouterServer | None = None
+        say(f"meridian dev: config {path} (version {config.version}); logs in {stack.logs}")
+        try:
+            if not await _race(stack.start_clusters(), stop):
+                return
+            if not await _race(stack.start_workers(), stop):
+                return
+            say(f"[3/3] starting the router on {args.host}:{args.port}")
+            server = RouterServer(Meridian(config), host=args.host, port=args.port)
+            if not await _race(server.start(), stop):
+                return
+            _print_summary(say, config, args.host, server.port)
+            # A child that crashes is reported by its watcher; the rest keep serving
+            # (a dead cluster is a failure mode worth trying out) until Ctrl-C/SIGTERM.
+            await stop.wait()
+        finally:
+            say("stopping: router, workers, clusters ...")
+            if server is not None:
+                await server.stop(grace=2.0)
+            await stack.stop()
+            say("stopped")
+
+    asyncio.run(_until_signalled(main))
+    return 0
+
+
+def _print_summary(say: Callable[[str], None], config: Any, host: str, port: int) -> None:
+    table = config.table
+    rows = [
+        (r.zone, r.name, c.name, c.role.value, c.endpoint)
+        for r in table.regions.values()
+        for c in r.clusters
+    ]
+    say(render_table(["zone", "region", "cluster", "role", "endpoint"], rows))
+    say(
+        f"router ready on {host}:{port} (grpc.health.v1: meridian.router.v1.WorkflowRouter SERVING)"
+    )
+    say("press Ctrl-C to stop everything")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from router.api.server import RouterServer
+    from router.config.load import load
+    from router.service import Meridian
+
+    config = load(args.config)
+
+    async def main(stop: asyncio.Event) -> None:
+        server = RouterServer(Meridian(config), host=args.host, port=args.port)
+        try:
+            if await _race(server.start(), stop):
+                print(
+                    f"router ready on {args.host}:{server.port} (config {config.version})",
+                    flush=True,
+                )
+                await stop.wait()
+        finally:
+            await server.stop(grace=args.grace)
+
+    asyncio.run(_until_signalled(main))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from regions.worker import WorkerPlan, run
+    from regions.workflows import WORKFLOW_TYPES
+    from router.config.compile import worker_queues
+    from router.config.load import load
+
+    config = load(args.config)
+    table = config.table
+    region = table.regions.get(args.region)
+    if region is None:
+        raise MeridianError(
+            f"--region: unknown region {args.region!r} (known: {', '.join(table.regions)})"
+        )
+    cluster = next((c for c in region.clusters if c.name == args.cluster), None)
+    if cluster is None:
+        known = ", ".join(c.name for c in region.clusters)
+        raise MeridianError(
+            f"--cluster: {args.cluster!r} is not a cluster of {args.region} ({known})"
+        )
+    plan = WorkerPlan(
+        region=region.name,
+        cluster=cluster.name,
+        endpoint=cluster.endpoint,
+        queues=worker_queues(table, region.name, WORKFLOW_TYPES),
+    )
+    asyncio.run(_until_signalled(lambda stop: run(plan, stop)))
+    return 0
+
+
+def _stub(router: str) -> tuple[Any, Any]:
+    import grpc
+
+    from router.v1 import router_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(router)
+    return pb_grpc.WorkflowRouterStub(channel), pb_grpc.RoutingAdminStub(channel)
+
+
+def _rpc(call: Callable[[], Any], router: str) -> Any:
+    import grpc
+
+    try:
+        return call()
+    except grpc.RpcError as exc:
+        code, details = exc.code(), exc.details()
+        raise MeridianError(f"router {router}: {code.name}: {details}") from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    from router.v1 import router_pb2 as pb
+
+    _, admin = _stub(args.router)
+    topo = _rpc(
+        lambda: admin.GetTopology(pb.GetTopologyRequest(), timeout=args.timeout), args.router
+    )
+    if args.json:
+        print(
+            json.dumps(json_format.MessageToDict(topo, preserving_proto_field_name=True), indent=2)
+        )
+        return 0
+    rows = []
+    for r in topo.regions:
+        for c in r.clusters:
+            rows.append(
+                (
+                    r.zone,
+                    r.name,
+                    c.name,
+                    pb.ClusterRole.Name(c.role).lower(),
+                    "healthy" if c.healthy else "UNHEALTHY",
+                    "*" if c.active else "",
+                    c.endpoint,
+                )
+            )
+    print(f"config version {topo.config_version}; default region {topo.default_region}")
+    print(render_table(["zone", "region", "cluster", "role", "health", "active", "endpoint"], rows))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    from router.v1 import router_pb2 as pb
+
+    workflows, _ = _stub(args.router)
+    req = pb.StartWorkflowRequest(
+        workflow_type=args.type,
+        tenant_id=args.tenant,
+        user_country=args.country,
+        user_subdivision=args.subdivision or "",
+        data_class=pb.DataClass.Value(args.data_class.upper()),
+        priority=pb.Priority.Value(args.priority.upper()),
+    )
+    d = _rpc(lambda: workflows.ExplainRoute(req, timeout=args.timeout), args.router)
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(d, preserving_proto_field_name=True), indent=2))
+        return 0
+    rows = [
+        (k, getattr(d, k))
+        for k in (
+            "zone",
+            "region",
+            "cluster",
+            "endpoint",
+            "namespace",
+            "task_queue",
+            "rule",
+            "failed_over",
+            "config_version",
+        )
+    ]
+    print(render_table(["field", "value"], rows))
+    print("why:")
+    for reason in d.reasons:
+        print(f"  - {reason}")
+    return 0
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    from router.config.load import load_file
+
+    config = load_file(args.file)
+    table = config.table
+    if args.json:
+        print(json.dumps({"valid": True, "version": config.version, "source": config.source}))
+    else:
+        print(
+            f"{args.file}: valid (version {config.version}): {len(table.zones)} zones, "
+            f"{len(table.regions)} regions, {len(table.clusters)} clusters, "
+            f"{sum(len(r) for r in table.rules.values())} rules"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="meridian", description="Residency-aware multi-region routing for Temporal."
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def config_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--config",
+            help="routing config YAML (default: $MERIDIAN_CONFIG, else the embedded default)",
+        )
+
+    dev = sub.add_parser("dev", help="run the whole default multi-region stack on loopback")
+    config_arg(dev)
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=50051, help="router gRPC port (default 50051)")
+    dev.add_argument(
+        "--home", help="state and logs directory (default: $MERIDIAN_HOME or ./.meridian)"
+    )
+    dev.add_argument(
+        "--persist", action="store_true", help="keep workflows across restarts (SQLite per cluster)"
+    )
+    dev.set_defaults(func=cmd_dev)
+
+    serve = sub.add_parser("serve", help="run the router only (clusters and workers run elsewhere)")
+    config_arg(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument(
+        "--grace", type=float, default=5.0, help="seconds to drain in-flight calls on stop"
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run the regional worker for one cluster")
+    config_arg(worker)
+    worker.add_argument("--region", required=True)
+    worker.add_argument("--cluster", required=True)
+    worker.set_defaults(func=cmd_worker)
+
+    def client_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--router", default=DEFAULT_ROUTER, help=f"router address (default {DEFAULT_ROUTER})"
+        )
+        sp.add_argument("--timeout", type=float, default=5.0, help="seconds")
+        sp.add_argument("--json", action="store_true", help="print JSON for tools")
+
+    status = sub.add_parser("status", help="zones, regions, clusters: role, health, active")
+    client_args(status)
+    status.set_defaults(func=cmd_status)
+
+    explain = sub.add_parser("explain", help="where would this request go, and why (dry run)")
+    client_args(explain)
+    explain.add_argument("--type", default="DataProcessingWorkflow", help="workflow type")
+    explain.add_argument("--tenant", required=True)
+    explain.add_argument("--country", required=True, help="ISO 3166-1 alpha-2")
+    explain.add_argument("--subdivision", help="ISO 3166-2, e.g. US-CA")
+    explain.add_argument(
+        "--class",
+        dest="data_class",
+        required=True,
+        choices=["public", "internal", "pii", "financial"],
+    )
+    explain.add_argument("--priority", default="normal", choices=["low", "normal", "high"])
+    explain.set_defaults(func=cmd_explain)
+
+    config = sub.add_parser("config", help="routing config tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    validate = config_sub.add_parser("validate", help="check a config file; list every error")
+    validate.add_argument("file")
+    validate.add_argument("--json", action="store_true")
+    validate.set_defaults(func=cmd_config_validate)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"meridian: invalid config: {exc}", file=sys.stderr)
+        return 2
+    except StackError as exc:
+        print(f"meridian: {exc}", file=sys.stderr)
+        return 1
+    except MeridianError as exc:
+        print(f"meridian: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

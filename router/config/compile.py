@@ -1,0 +1,479 @@
+"""Validate a raw config document and compile it into the frozen runtime form.
+
+Two passes, all errors collected: first each top-level section is validated on its own
+(pydantic: types, names, ISO codes, unknown keys), then the cross-section rules that keep
+residency safe run over whatever sections parsed (zones own their countries once, a
+cluster stays in its region's zone, rules never send regulated data out of its zone...).
+The document is rejected whole if either pass found anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Annotated, Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from router.config import iso3166
+from router.config.schema import NAMESPACE_RE, RouterConfig, RuleConfig
+from router.config.settings import HealthSettings, ResolvedConfig, TemporalSettings
+from router.core.model import (
+    ClusterSpec,
+    DataClass,
+    Level,
+    Limits,
+    Naming,
+    Priority,
+    RegionSpec,
+    Role,
+    RoutingTable,
+    Rule,
+    TenantSpec,
+    ZoneSpec,
+)
+from router.core.policy import RULE_DEFAULT_REGION, RULE_ZONE_FALLBACK, RULE_ZONE_HOME, names
+from router.errors import ConfigError, FieldError
+
+NAMESPACE_PLACEHOLDERS = frozenset({"region", "zone"})
+TASK_QUEUE_PLACEHOLDERS = frozenset({"region", "zone", "namespace", "workflow_type"})
+BUILTIN_RULES = frozenset({RULE_ZONE_HOME, RULE_ZONE_FALLBACK, RULE_DEFAULT_REGION})
+
+# One adapter per top-level section, keeping the field's constraints (e.g. min_length).
+_SECTIONS: dict[str, TypeAdapter[Any]] = {
+    name: TypeAdapter(Annotated[field.annotation, field])  # type: ignore[arg-type]
+    for name, field in RouterConfig.model_fields.items()
+}
+_REQUIRED = [name for name, field in RouterConfig.model_fields.items() if field.is_required()]
+_MAPPINGS = ("zones", "regions", "tenants")
+
+
+def format_loc(loc: tuple[str | int, ...]) -> str:
+    """('regions', 'eu-west', 'clusters', 1, 'endpoint') -> regions.eu-west.clusters[1].endpoint"""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part == "[key]":
+            out += " (key)"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _pydantic_errors(prefix: str, exc: ValidationError) -> list[FieldError]:
+    errors = []
+    for err in exc.errors(include_url=False):
+        path = format_loc((prefix, *err["loc"]))
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            msg = "unknown key"
+        elif kind == "missing":
+            msg = "required"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        errors.append(FieldError(path, msg))
+    return errors
+
+
+def compile_config(raw: Any, *, source: str = "config") -> ResolvedConfig:
+    """Validate ``raw`` (parsed YAML/JSON) and build the resolved config, or raise
+    ``ConfigError`` listing every problem with its dotted path."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            [FieldError("", f"the document must be a mapping, got {type(raw).__name__}")],
+            source=source,
+        )
+    errors: list[FieldError] = []
+    for key in raw:
+        if key not in _SECTIONS:
+            allowed = ", ".join(_SECTIONS)
+            errors.append(FieldError(str(key), f"unknown key (allowed: {allowed})"))
+    errors += [FieldError(name, "required") for name in _REQUIRED if name not in raw]
+    parsed: dict[str, Any] = {}
+    known: dict[str, set[str]] = {}
+    for name, adapter in _SECTIONS.items():
+        if name not in raw:
+            continue
+        value = raw[name]
+        if name in _MAPPINGS and isinstance(value, Mapping) and value:
+            # Entry by entry, so one broken region does not hide another's errors.
+            known[name] = {str(k) for k in value}
+            entries = {}
+            for key, entry in value.items():
+                try:
+                    entries.update(adapter.validate_python({key: entry}))
+                except ValidationError as exc:
+                    errors += _pydantic_errors(name, exc)
+            parsed[name] = entries
+            continue
+        try:
+            parsed[name] = adapter.validate_python(value)
+        except ValidationError as exc:
+            errors += _pydantic_errors(name, exc)
+        else:
+            if name in _MAPPINGS:
+                known[name] = set(parsed[name])
+    if errors:
+        # Sections that failed validation as a whole: their names are unknown, so
+        # cross-references into them are not reported twice.
+        for name in _MAPPINGS:
+            if name in raw and name not in known:
+                known[name] = set()
+    errors += _Checker(parsed, known).run()
+    if errors:
+        raise ConfigError(errors, source=source)
+    doc = RouterConfig(**parsed)
+    return _build(doc, source)
+
+
+class _Checker:
+    """Cross-section rules over the sections that parsed; each adds FieldErrors."""
+
+    def __init__(self, parsed: Mapping[str, Any], known: Mapping[str, set[str]]) -> None:
+        self.p = parsed
+        # Names present in each mapping section, valid or not: a reference to a region
+        # whose own definition is broken is not also reported as "unknown".
+        self.known = known
+        self.errors: list[FieldError] = []
+
+    def exists(self, section: str, name: str) -> bool:
+        """True if ``name`` is defined in ``section`` (or the section cannot be judged)."""
+        names = self.known.get(section)
+        return names is None or name in names or not names
+
+    def err(self, path: str, msg: str) -> None:
+        self.errors.append(FieldError(path, msg))
+
+    def run(self) -> list[FieldError]:
+        self.country_zone = self._zones_own_countries()
+        self._zones_and_regions()
+        self._clusters()
+        self._references()
+        self._templates()
+        self._rules()
+        self._namespaces()
+        return self.errors
+
+    def _zones_own_countries(self) -> dict[str, str]:
+        owner: dict[str, tuple[str, int]] = {}
+        for zname, zone in self.p.get("zones", {}).items():
+            for i, country in enumerate(zone.countries):
+                if country in owner:
+                    other, j = owner[country]
+                    self.err(
+                        f"zones.{zname}.countries[{i}]",
+                        f"{country} is already in zone {other} (zones.{other}.countries[{j}]); "
+                        "a country belongs to exactly one zone",
+                    )
+                else:
+                    owner[country] = (zname, i)
+        return {c: z for c, (z, _) in owner.items()}
+
+    def _zones_and_regions(self) -> None:
+        zones, regions = self.p.get("zones", {}), self.p.get("regions", {})
+        for rname, region in regions.items():
+            if not self.exists("zones", region.zone):
+                self.err(f"regions.{rname}.zone", f"unknown zone {region.zone!r}")
+        for zname, zone in zones.items():
+            home = regions.get(zone.home_region)
+            if not self.exists("regions", zone.home_region):
+                self.err(f"zones.{zname}.home_region", f"unknown region {zone.home_region!r}")
+            elif home is not None and home.zone != zname:
+                self.err(
+                    f"zones.{zname}.home_region",
+                    f"region {zone.home_region} is in zone {home.zone}, not {zname}",
+                )
+
+    def _clusters(self) -> None:
+        seen_name: dict[str, str] = {}
+        seen_endpoint: dict[str, str] = {}
+        for rname, region in self.p.get("regions", {}).items():
+            for i, cluster in enumerate(region.clusters):
+                path = f"regions.{rname}.clusters[{i}]"
+                role = "primary" if i == 0 else "standby"
+                if cluster.zone is not None and cluster.zone != region.zone:
+                    self.err(
+                        f"{path}.zone",
+                        f"{role} {cluster.name} runs in zone {cluster.zone} but its region "
+                        f"{rname} is in zone {region.zone}; a region's clusters must all be "
+                        "in its zone",
+                    )
+                if cluster.name in seen_name:
+                    self.err(
+                        f"{path}.name", f"duplicate cluster name (also {seen_name[cluster.name]})"
+                    )
+                else:
+                    seen_name[cluster.name] = path
+                if cluster.endpoint in seen_endpoint:
+                    other = seen_endpoint[cluster.endpoint]
+                    self.err(
+                        f"{path}.endpoint", f"{cluster.endpoint} is also the endpoint of {other}"
+                    )
+                else:
+                    seen_endpoint[cluster.endpoint] = path
+
+    def _references(self) -> None:
+        default = self.p.get("default_region")
+        if default is not None and not self.exists("regions", default):
+            self.err("default_region", f"unknown region {default!r}")
+        for tname, tenant in self.p.get("tenants", {}).items():
+            rz = tenant.residency_zone
+            if rz is not None and not self.exists("zones", rz):
+                self.err(f"tenants.{tname}.residency_zone", f"unknown zone {rz!r}")
+
+    def _template(self, path: str, template: str, allowed: frozenset[str]) -> bool:
+        if not template:
+            self.err(path, "must not be empty")
+            return False
+        try:
+            parts = list(string.Formatter().parse(template))
+        except ValueError as exc:
+            self.err(path, f"not a valid template: {exc}")
+            return False
+        choices = ", ".join("{" + a + "}" for a in sorted(allowed))
+        ok = True
+        for _, field, spec, conv in parts:
+            if field is None:
+                continue
+            if field not in allowed:
+                self.err(path, f"unknown placeholder {{{field}}}; allowed: {choices}")
+                ok = False
+            elif spec or conv:
+                self.err(path, f"placeholder {{{field}}} takes no format spec or conversion")
+                ok = False
+        return ok
+
+    def _templates(self) -> None:
+        naming = self.p.get("naming")
+        if naming is None:
+            return
+        self._template("naming.namespace", naming.namespace, NAMESPACE_PLACEHOLDERS)
+        self._template("naming.task_queue", naming.task_queue, TASK_QUEUE_PLACEHOLDERS)
+        want = {p.value for p in Priority}
+        for key in naming.priority_suffix:
+            if key not in want:
+                self.err(f"naming.priority_suffix.{key}", "unknown priority (low, normal, high)")
+        for key in sorted(want - set(naming.priority_suffix)):
+            self.err(f"naming.priority_suffix.{key}", 'required (use "" for no suffix)')
+
+    def _rules(self) -> None:
+        regions = self.p.get("regions", {})
+        names: dict[str, int] = {}
+        matches: dict[str, int] = {}
+        for i, rule in enumerate(self.p.get("rules", [])):
+            path = f"rules[{i}]"
+            if rule.name in BUILTIN_RULES:
+                self.err(f"{path}.name", f"{rule.name!r} is the name of a built-in rule")
+            if rule.name in names:
+                self.err(f"{path}.name", f"duplicate rule name (also rules[{names[rule.name]}])")
+            names.setdefault(rule.name, i)
+            m = rule.match
+            located = [k for k in ("subdivision", "country", "zone") if getattr(m, k)]
+            if len(located) > 1:
+                self.err(
+                    f"{path}.match",
+                    f"at most one of subdivision, country, zone; got {', '.join(located)}",
+                )
+            if m.zone is not None and not self.exists("zones", m.zone):
+                self.err(f"{path}.match.zone", f"unknown zone {m.zone!r}")
+            key = json.dumps(
+                {k: sorted(v) if isinstance(v, list) else v for k, v in m.model_dump().items()},
+                sort_keys=True,
+            )
+            if key in matches:
+                self.err(
+                    f"{path}.match",
+                    f"same match as rules[{matches[key]}], which comes first and always wins",
+                )
+            matches.setdefault(key, i)
+            if rule.namespace is not None:
+                self._template(f"{path}.namespace", rule.namespace, NAMESPACE_PLACEHOLDERS)
+            if rule.task_queue is not None:
+                self._template(f"{path}.task_queue", rule.task_queue, TASK_QUEUE_PLACEHOLDERS)
+            if not self.exists("regions", rule.region):
+                self.err(f"{path}.region", f"unknown region {rule.region!r}")
+            elif rule.region in regions:
+                self._rule_residency(path, rule, regions[rule.region].zone)
+
+    def _rule_residency(self, path: str, rule: RuleConfig, region_zone: str) -> None:
+        m = rule.match
+        regulated = not m.data_classes or bool({"pii", "financial"} & set(m.data_classes))
+        if m.subdivision is not None:
+            where, zone = m.subdivision, self.country_zone.get(m.subdivision.split("-")[0])
+        elif m.country is not None:
+            where, zone = m.country, self.country_zone.get(m.country)
+        elif m.zone is not None:
+            where, zone = f"zone {m.zone}", m.zone
+        else:
+            return
+        if regulated and zone is not None and zone != region_zone:
+            self.err(
+                f"{path}.region",
+                f"region {rule.region} is in zone {region_zone}, but {where} is in zone {zone}: "
+                "pii/financial data matched by this rule would leave its zone (restrict "
+                "match.data_classes to public/internal, or pick a region of the zone)",
+            )
+
+    def _namespaces(self) -> None:
+        naming, regions = self.p.get("naming"), self.p.get("regions")
+        if naming is None or regions is None:
+            return
+        for rname, region in regions.items():
+            for template, path in self._namespace_templates(rname, naming.namespace):
+                try:
+                    ns = template.format(region=rname, zone=region.zone)
+                except (KeyError, ValueError, IndexError):
+                    continue  # reported by _templates/_rules
+                if not NAMESPACE_RE.match(ns):
+                    self.err(path, f"renders {ns!r} for region {rname}: not a valid namespace")
+                    continue
+                for i, cluster in enumerate(region.clusters):
+                    if cluster.namespaces is not None and ns not in cluster.namespaces:
+                        self.err(
+                            f"regions.{rname}.clusters[{i}].namespaces",
+                            f"missing namespace {ns!r}, which {path} routes to",
+                        )
+
+    def _namespace_templates(self, region: str, default: str) -> list[tuple[str, str]]:
+        out = [(default, "naming.namespace")]
+        for i, rule in enumerate(self.p.get("rules", [])):
+            if rule.region == region and rule.namespace is not None:
+                out.append((rule.namespace, f"rules[{i}].namespace"))
+        return out
+
+
+def config_version(doc: RouterConfig) -> str:
+    """Content hash of the canonical (defaults filled, keys sorted) document."""
+    canonical = json.dumps(doc.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def region_namespaces(doc: RouterConfig, region: str) -> tuple[str, ...]:
+    """Every namespace the naming rules can route to in ``region``, default first."""
+    zone = doc.regions[region].zone
+    out = [doc.naming.namespace.format(region=region, zone=zone)]
+    for rule in doc.rules:
+        if rule.region == region and rule.namespace is not None:
+            out.append(rule.namespace.format(region=region, zone=zone))
+    return tuple(dict.fromkeys(out))
+
+
+def _build(doc: RouterConfig, source: str) -> ResolvedConfig:
+    version = config_version(doc)
+    clusters: dict[str, ClusterSpec] = {}
+    regions: dict[str, RegionSpec] = {}
+    for rname, region in doc.regions.items():
+        specs = []
+        for i, c in enumerate(region.clusters):
+            spec = ClusterSpec(
+                name=c.name,
+                endpoint=c.endpoint,
+                region=rname,
+                zone=region.zone,
+                role=Role.PRIMARY if i == 0 else Role.STANDBY,
+                namespaces=tuple(c.namespaces or region_namespaces(doc, rname)),
+            )
+            specs.append(spec)
+            clusters[c.name] = spec
+        regions[rname] = RegionSpec(name=rname, zone=region.zone, clusters=tuple(specs))
+    zones = {}
+    for zname, z in doc.zones.items():
+        others = [r for r, spec in regions.items() if spec.zone == zname and r != z.home_region]
+        zones[zname] = ZoneSpec(
+            name=zname,
+            countries=frozenset(z.countries),
+            home_region=z.home_region,
+            regions=(z.home_region, *others),
+        )
+    rules: dict[tuple[Level, str | None], list[Rule]] = {}
+    for i, r in enumerate(doc.rules):
+        rule = _rule(r, i)
+        rules.setdefault((rule.level, rule.location), []).append(rule)
+    table = RoutingTable(
+        version=version,
+        zones=MappingProxyType(zones),
+        regions=MappingProxyType(regions),
+        clusters=MappingProxyType(clusters),
+        country_zone=MappingProxyType({c: z for z, zs in zones.items() for c in zs.countries}),
+        default_region=doc.default_region,
+        tenants=MappingProxyType(
+            {t: TenantSpec(t, cfg.residency_zone) for t, cfg in doc.tenants.items()}
+        ),
+        rules=MappingProxyType(
+            {k: tuple(sorted(v, key=lambda r: r.sort_key)) for k, v in rules.items()}
+        ),
+        naming=Naming(
+            namespace=doc.naming.namespace,
+            task_queue=doc.naming.task_queue,
+            priority_suffix=MappingProxyType(
+                {Priority(k): v for k, v in doc.naming.priority_suffix.items()}
+            ),
+        ),
+        limits=Limits(**doc.limits.model_dump()),
+        known_countries=iso3166.countries(),
+        known_subdivisions=iso3166.subdivisions(),
+    )
+    t, h = doc.temporal, doc.health
+    return ResolvedConfig(
+        table=table,
+        temporal=TemporalSettings(
+            call_timeout=t.call_timeout_ms / 1000,
+            connect_timeout=t.connect_timeout_ms / 1000,
+            result_wait=t.result_wait_ms / 1000,
+        ),
+        health=HealthSettings(
+            interval=h.interval_ms / 1000,
+            timeout=h.timeout_ms / 1000,
+            unhealthy_threshold=h.unhealthy_threshold,
+            healthy_threshold=h.healthy_threshold,
+            jitter=h.jitter_ms / 1000,
+        ),
+        source=source,
+        document=doc,
+    )
+
+
+def _rule(r: RuleConfig, order: int) -> Rule:
+    m = r.match
+    if m.subdivision is not None:
+        level, location = Level.SUBDIVISION, m.subdivision
+    elif m.country is not None:
+        level, location = Level.COUNTRY, m.country
+    elif m.zone is not None:
+        level, location = Level.ZONE, m.zone
+    else:
+        level, location = Level.DEFAULT, None
+    return Rule(
+        name=r.name,
+        level=level,
+        location=location,
+        region=r.region,
+        tenants=frozenset(m.tenants),
+        data_classes=frozenset(DataClass(d) for d in m.data_classes),
+        workflow_types=frozenset(m.workflow_types),
+        namespace=r.namespace,
+        task_queue=r.task_queue,
+        order=order,
+    )
+
+
+def worker_queues(
+    table: RoutingTable, region: str, workflow_types: Iterable[str]
+) -> tuple[tuple[str, str], ...]:
+    """Every (namespace, task queue) the routing table can send ``workflow_types`` to in
+    ``region``: by the default naming and by each rule that targets the region, at every
+    priority. A worker polling all of them never misses routed work."""
+    spec = table.regions[region]
+    rules: list[Rule | None] = [None]
+    rules += [r for rs in table.rules.values() for r in rs if r.region == region]
+    out = [
+        names(table, spec, rule, wt, priority)
+        for rule in rules
+        for wt in workflow_types
+        for priority in Priority
+    ]
+    return tuple(dict.fromkeys(out))

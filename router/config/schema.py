@@ -1,0 +1,170 @@
+"""The user's config format: every key optional where a default makes sense, unknown keys
+fatal. Validated by pydantic, then checked across sections by ``router.config.compile``.
+
+This is deliberately separate from the resolved runtime form (``router.core.model`` and
+``router.config.settings``): users write this; the router only ever reads the compiled,
+frozen form.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from router.config import iso3166
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+def _name(value: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: lower-case letters, digits and '-', "
+            "starting with a letter, at most 63 characters"
+        )
+    return value
+
+
+def _tenant(value: str) -> str:
+    if not TENANT_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid tenant id: letters, digits, '.', '_' and '-', "
+            "at most 128 characters"
+        )
+    return value
+
+
+def _country(value: str) -> str:
+    if value not in iso3166.countries():
+        raise ValueError(
+            f"{value!r} is not an assigned ISO 3166-1 alpha-2 country code (upper case)"
+        )
+    return value
+
+
+def _subdivision(value: str) -> str:
+    if value not in iso3166.subdivisions():
+        raise ValueError(f"{value!r} is not an ISO 3166-2 subdivision code (e.g. 'US-CA')")
+    return value
+
+
+def _endpoint(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host_ok = len(host) > 2
+    else:
+        host_ok = bool(HOSTNAME_RE.match(host))
+    if not sep or not host_ok or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port (e.g. '127.0.0.1:7233')")
+    return value
+
+
+def _namespace(value: str) -> str:
+    if not NAMESPACE_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid Temporal namespace name")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+Tenant = Annotated[str, AfterValidator(_tenant)]
+Country = Annotated[str, AfterValidator(_country)]
+Subdivision = Annotated[str, AfterValidator(_subdivision)]
+Endpoint = Annotated[str, AfterValidator(_endpoint)]
+NamespaceName = Annotated[str, AfterValidator(_namespace)]
+DataClassName = Annotated[str, Field(pattern="^(public|internal|pii|financial)$")]
+PositiveMs = Annotated[int, Field(gt=0, le=3_600_000)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ZoneConfig(_Section):
+    countries: list[Country] = Field(min_length=1)
+    home_region: Name
+
+
+class ClusterConfig(_Section):
+    name: Name
+    endpoint: Endpoint
+    # Where the cluster physically runs; when given it must be its region's zone.
+    zone: Name | None = None
+    # Namespaces the cluster serves; default: every namespace the naming rules render
+    # for its region.
+    namespaces: list[NamespaceName] | None = None
+
+
+class RegionConfig(_Section):
+    zone: Name
+    clusters: list[ClusterConfig] = Field(min_length=1)
+
+
+class TenantConfig(_Section):
+    residency_zone: Name | None = None
+
+
+class NamingConfig(_Section):
+    namespace: str = "{region}"
+    task_queue: str = "{region}-{workflow_type}-queue"
+    priority_suffix: dict[str, str] = Field(
+        default_factory=lambda: {"low": "-batch", "normal": "", "high": "-priority"}
+    )
+
+
+class MatchConfig(_Section):
+    subdivision: Subdivision | None = None
+    country: Country | None = None
+    zone: Name | None = None
+    tenants: list[Tenant] = Field(default_factory=list)
+    data_classes: list[DataClassName] = Field(default_factory=list)
+    workflow_types: list[str] = Field(default_factory=list)
+
+
+class RuleConfig(_Section):
+    name: Name
+    match: MatchConfig = Field(default_factory=MatchConfig)
+    region: Name
+    namespace: str | None = None
+    task_queue: str | None = None
+
+
+class LimitsConfig(_Section):
+    max_workflow_id_length: int = Field(default=1000, ge=1, le=10_000)
+    max_workflow_type_length: int = Field(default=1000, ge=1, le=10_000)
+    max_tenant_id_length: int = Field(default=256, ge=1, le=10_000)
+    max_request_id_length: int = Field(default=256, ge=1, le=10_000)
+    max_args_bytes: int = Field(default=2 * 1024 * 1024, ge=1, le=64 * 1024 * 1024)
+
+
+class TemporalConfig(_Section):
+    call_timeout_ms: PositiveMs = 2000
+    connect_timeout_ms: PositiveMs = 2000
+    result_wait_ms: PositiveMs = 30_000
+
+
+class HealthConfig(_Section):
+    interval_ms: PositiveMs = 500
+    timeout_ms: PositiveMs = 400
+    unhealthy_threshold: int = Field(default=3, ge=1, le=100)
+    healthy_threshold: int = Field(default=2, ge=1, le=100)
+    jitter_ms: int = Field(default=50, ge=0, le=60_000)
+
+
+class RouterConfig(_Section):
+    """The whole document. Sections are validated one by one (see compile.py) so that a
+    broken section does not hide the errors of the others."""
+
+    zones: dict[Name, ZoneConfig] = Field(min_length=1)
+    regions: dict[Name, RegionConfig] = Field(min_length=1)
+    default_region: Name
+    tenants: dict[Tenant, TenantConfig] = Field(default_factory=dict)
+    naming: NamingConfig = Field(default_factory=NamingConfig)
+    rules: list[RuleConfig] = Field(default_factory=list)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    temporal: TemporalConfig = Field(default_factory=TemporalConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)

@@ -1,0 +1,228 @@
+"""Values of the routing domain: requests, the compiled table, decisions and refusals.
+
+Everything here is a frozen dataclass (or an enum) so a compiled table or a decision can
+be shared between coroutines and replicas' logs without copies or locks; a reload builds
+a new table and swaps one reference.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+
+class DataClass(enum.Enum):
+    PUBLIC = "public"
+    INTERNAL = "internal"
+    PII = "pii"
+    FINANCIAL = "financial"
+
+    @property
+    def regulated(self) -> bool:
+        """Regulated data must stay in its residency zone, whatever else happens."""
+        return self in _REGULATED
+
+
+_REGULATED = frozenset({DataClass.PII, DataClass.FINANCIAL})
+
+
+class Priority(enum.Enum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+
+
+class Role(enum.Enum):
+    PRIMARY = "primary"
+    STANDBY = "standby"
+
+
+class RefusalKind(enum.Enum):
+    # No compliant target can exist under this config: retrying will not help.
+    RESIDENCY = "residency"
+    # Compliant targets exist but none is healthy now: retry later.
+    NO_HEALTHY_TARGET = "no_healthy_target"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """The routing inputs of a start, already validated and normalised."""
+
+    workflow_type: str
+    tenant_id: str
+    user_country: str
+    data_class: DataClass
+    user_subdivision: str | None = None
+    priority: Priority = Priority.NORMAL
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    name: str
+    endpoint: str
+    region: str
+    zone: str
+    role: Role
+    namespaces: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RegionSpec:
+    name: str
+    zone: str
+    # Ordered: the primary first, then standbys in failover order.
+    clusters: tuple[ClusterSpec, ...]
+
+    @property
+    def primary(self) -> ClusterSpec:
+        return self.clusters[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneSpec:
+    name: str
+    countries: frozenset[str]
+    home_region: str
+    # Every region of the zone, home first: the order regulated data falls back in.
+    regions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSpec:
+    name: str
+    residency_zone: str | None
+
+
+class Level(enum.IntEnum):
+    """How specific a rule's location match is; higher wins."""
+
+    DEFAULT = 0
+    ZONE = 1
+    COUNTRY = 2
+    SUBDIVISION = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A routing override. The most specific matching rule wins (see ``sort_key``).
+
+    Location: at most one of subdivision/country/zone (none = default). Qualifiers narrow
+    it further; an empty qualifier set matches everything.
+    """
+
+    name: str
+    level: Level
+    location: str | None
+    region: str
+    tenants: frozenset[str] = frozenset()
+    data_classes: frozenset[DataClass] = frozenset()
+    workflow_types: frozenset[str] = frozenset()
+    namespace: str | None = None
+    task_queue: str | None = None
+    # Position in the config file: the tie-breaker between equally specific rules.
+    order: int = 0
+
+    @property
+    def qualifiers(self) -> int:
+        return sum(1 for q in (self.tenants, self.data_classes, self.workflow_types) if q)
+
+    @property
+    def sort_key(self) -> tuple[int, int, int]:
+        return (-int(self.level), -self.qualifiers, self.order)
+
+    def qualifies(self, req: RouteRequest) -> bool:
+        return (
+            (not self.tenants or req.tenant_id in self.tenants)
+            and (not self.data_classes or req.data_class in self.data_classes)
+            and (not self.workflow_types or req.workflow_type in self.workflow_types)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Naming:
+    """Templates for names. Placeholders: namespace {region} {zone};
+    task queue {region} {zone} {namespace} {workflow_type}."""
+
+    namespace: str = "{region}"
+    task_queue: str = "{region}-{workflow_type}-queue"
+    priority_suffix: Mapping[Priority, str] = field(
+        default_factory=lambda: MappingProxyType(
+            {Priority.LOW: "-batch", Priority.NORMAL: "", Priority.HIGH: "-priority"}
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_workflow_id_length: int = 1000
+    max_workflow_type_length: int = 1000
+    max_tenant_id_length: int = 256
+    max_request_id_length: int = 256
+    # Temporal's default blob size limit: larger payloads are rejected by the server anyway.
+    max_args_bytes: int = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    """The compiled, validated routing config. Built only by ``router.config``."""
+
+    version: str
+    zones: Mapping[str, ZoneSpec]
+    regions: Mapping[str, RegionSpec]
+    clusters: Mapping[str, ClusterSpec]
+    country_zone: Mapping[str, str]
+    default_region: str
+    tenants: Mapping[str, TenantSpec]
+    # Indexed by (level, location) and each list sorted most specific first.
+    rules: Mapping[tuple[Level, str | None], tuple[Rule, ...]]
+    naming: Naming
+    limits: Limits
+    known_countries: frozenset[str]
+    known_subdivisions: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    """What the router believes about clusters now: each region's active cluster and
+    which clusters are healthy. Produced by the health/failover adapters; pure data."""
+
+    active: Mapping[str, str]
+    healthy: frozenset[str]
+
+    @classmethod
+    def all_primaries_healthy(cls, table: RoutingTable) -> ClusterView:
+        return cls(
+            active=MappingProxyType({r.name: r.primary.name for r in table.regions.values()}),
+            healthy=frozenset(table.clusters),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Where one request goes, and why. ``residency_zone`` is the zone the data is bound
+    to (None when it may go anywhere); ``zone`` is the zone of the chosen region."""
+
+    zone: str
+    region: str
+    cluster: str
+    endpoint: str
+    namespace: str
+    task_queue: str
+    rule: str
+    reasons: tuple[str, ...]
+    config_version: str
+    failed_over: bool
+    residency_zone: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """No compliant target: the request is refused, never sent somewhere else."""
+
+    kind: RefusalKind
+    message: str
+    reasons: tuple[str, ...]
+    config_version: str
+    residency_zone: str | None

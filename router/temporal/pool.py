@@ -1,0 +1,76 @@
+"""One connection per cluster, one namespace-bound client per (cluster, namespace).
+
+Connections are lazy (``ConnectConfig(lazy=True)``): a router starts even when a
+cluster is down, and the first call to a dead cluster fails in about a millisecond
+with "tcp connect error" instead of blocking startup for 30 s (FIELD_NOTES). Clients
+on one connection share it; temporalio reconnects by itself when a server returns.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.converter import DataConverter
+from temporalio.service import ConnectConfig, GrpcCompression, RetryConfig, ServiceClient
+
+from router.core.model import ClusterSpec
+
+IDENTITY = f"meridian-router@{socket.gethostname()}"
+
+# The SDK's own retry loop (up to ~10 s) is bounded anyway by our per-call deadline;
+# keep it short so a retry never outlives the caller.
+_RETRY = RetryConfig(max_retries=2, initial_interval_millis=50, max_elapsed_time_millis=1500)
+
+ConverterFactory = Callable[[ClusterSpec], DataConverter]
+
+
+def default_converter(_: ClusterSpec) -> DataConverter:
+    return DataConverter.default
+
+
+class ClientPool:
+    def __init__(self, converter_for: ConverterFactory = default_converter) -> None:
+        self._converter_for = converter_for
+        self._services: dict[str, tuple[str, ServiceClient]] = {}
+        self._clients: dict[tuple[str, str], Client] = {}
+
+    async def sync(self, clusters: Iterable[ClusterSpec]) -> None:
+        """Open connections for new clusters (or changed endpoints), drop removed ones,
+        and keep exactly one client per (cluster, namespace) the config names."""
+        wanted = {c.name: c for c in clusters}
+        for name in list(self._services):
+            if name not in wanted or self._services[name][0] != wanted[name].endpoint:
+                del self._services[name]
+        for name, spec in wanted.items():
+            if name not in self._services:
+                self._services[name] = (spec.endpoint, await self._connect(spec.endpoint))
+        keys = {(c.name, ns) for c in wanted.values() for ns in c.namespaces}
+        for key in list(self._clients):
+            if key not in keys or self._clients[key].service_client is not self.service(key[0]):
+                del self._clients[key]
+        for name, ns in keys - self._clients.keys():
+            self._clients[(name, ns)] = Client(
+                self.service(name), namespace=ns, data_converter=self._converter_for(wanted[name])
+            )
+
+    @staticmethod
+    async def _connect(endpoint: str) -> ServiceClient:
+        return await ServiceClient.connect(
+            ConnectConfig(
+                target_host=endpoint,
+                lazy=True,
+                identity=IDENTITY,
+                retry_config=_RETRY,
+                grpc_compression=GrpcCompression.NONE,
+                connect_timeout=timedelta(seconds=2),
+            )
+        )
+
+    def service(self, cluster: str) -> ServiceClient:
+        return self._services[cluster][1]
+
+    def client(self, cluster: str, namespace: str) -> Client:
+        return self._clients[(cluster, namespace)]

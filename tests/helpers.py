@@ -1,0 +1,43 @@
+"""Shared test helpers: free loopback ports and config documents derived from the
+embedded default."""
+
+from __future__ import annotations
+
+import copy
+import socket
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from router.config.load import DEFAULT_CONFIG
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def default_doc() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    # PyYAML's YAML 1.1 booleans: the embedded file is read by Meridian's own loader,
+    # which keeps NO as Norway; safe_load here turns it into False. Undo that.
+    for zone in doc["zones"].values():
+        zone["countries"] = ["NO" if c is False else c for c in zone["countries"]]
+    return doc
+
+
+def with_free_ports(doc: dict[str, Any]) -> dict[str, Any]:
+    """The same topology with every cluster on a free 127.0.0.1 port."""
+    out = copy.deepcopy(doc)
+    for region in out["regions"].values():
+        for cluster in region["clusters"]:
+            cluster["endpoint"] = f"127.0.0.1:{free_port()}"
+    return out
+
+
+def write_config(path: Path, doc: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
