@@ -271,6 +271,83 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_message(msg: Any, as_json: bool) -> None:
+    from google.protobuf import json_format
+
+    data = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    rows = []
+    for key, val in data.items():
+        if isinstance(val, dict) and key in ("decision", "location"):
+            rows += [
+                (f"{key}.{k}", v if not isinstance(v, list) else "; ".join(v))
+                for k, v in val.items()
+            ]
+        else:
+            rows.append((key, json.dumps(val) if isinstance(val, dict | list) else val))
+    print(render_table(["field", "value"], rows))
+
+
+def _json_args(raw: list[str]) -> list[Any]:
+    from google.protobuf import json_format, struct_pb2
+
+    out = []
+    for i, text in enumerate(raw):
+        try:
+            out.append(json_format.ParseDict(json.loads(text), struct_pb2.Value()))
+        except ValueError as exc:
+            raise MeridianError(f"--arg #{i + 1}: not JSON: {exc}") from None
+    return out
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from router.v1 import router_pb2 as pb
+
+    workflows, _ = _stub(args.router)
+    req = pb.StartWorkflowRequest(
+        workflow_type=args.type,
+        workflow_id=args.id or "",
+        args=_json_args(args.arg),
+        tenant_id=args.tenant,
+        user_country=args.country,
+        user_subdivision=args.subdivision or "",
+        data_class=pb.DataClass.Value(args.data_class.upper()),
+        priority=pb.Priority.Value(args.priority.upper()),
+    )
+    _print_message(
+        _rpc(lambda: workflows.StartWorkflow(req, timeout=args.timeout), args.router), args.json
+    )
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from router.v1 import router_pb2 as pb
+
+    workflows, _ = _stub(args.router)
+    req = pb.QueryWorkflowRequest(
+        ref=pb.WorkflowRef(workflow_id=args.id, tenant_id=args.tenant),
+        query_name=args.name,
+        args=_json_args(args.arg),
+    )
+    _print_message(
+        _rpc(lambda: workflows.QueryWorkflow(req, timeout=args.timeout), args.router), args.json
+    )
+    return 0
+
+
+def cmd_result(args: argparse.Namespace) -> int:
+    from router.v1 import router_pb2 as pb
+
+    workflows, _ = _stub(args.router)
+    ref = pb.WorkflowRef(workflow_id=args.id, tenant_id=args.tenant)
+    _print_message(
+        _rpc(lambda: workflows.GetWorkflowResult(ref, timeout=args.timeout), args.router), args.json
+    )
+    return 0
+
+
 def cmd_config_validate(args: argparse.Namespace) -> int:
     from router.config.load import load_file
 
@@ -338,20 +415,44 @@ def build_parser() -> argparse.ArgumentParser:
     client_args(status)
     status.set_defaults(func=cmd_status)
 
+    def routing_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--type", default="DataProcessingWorkflow", help="workflow type")
+        sp.add_argument("--tenant", required=True)
+        sp.add_argument("--country", required=True, help="ISO 3166-1 alpha-2")
+        sp.add_argument("--subdivision", help="ISO 3166-2, e.g. US-CA")
+        sp.add_argument(
+            "--class",
+            dest="data_class",
+            required=True,
+            choices=["public", "internal", "pii", "financial"],
+        )
+        sp.add_argument("--priority", default="normal", choices=["low", "normal", "high"])
+
     explain = sub.add_parser("explain", help="where would this request go, and why (dry run)")
     client_args(explain)
-    explain.add_argument("--type", default="DataProcessingWorkflow", help="workflow type")
-    explain.add_argument("--tenant", required=True)
-    explain.add_argument("--country", required=True, help="ISO 3166-1 alpha-2")
-    explain.add_argument("--subdivision", help="ISO 3166-2, e.g. US-CA")
-    explain.add_argument(
-        "--class",
-        dest="data_class",
-        required=True,
-        choices=["public", "internal", "pii", "financial"],
-    )
-    explain.add_argument("--priority", default="normal", choices=["low", "normal", "high"])
+    routing_args(explain)
     explain.set_defaults(func=cmd_explain)
+
+    start = sub.add_parser("start", help="start a workflow through the router")
+    client_args(start)
+    routing_args(start)
+    start.add_argument("--id", help="workflow id (default: generated)")
+    start.add_argument("--arg", action="append", default=[], help="a JSON argument (repeatable)")
+    start.set_defaults(func=cmd_start)
+
+    query = sub.add_parser("query", help="query a workflow started through the router")
+    client_args(query)
+    query.add_argument("--id", required=True, help="workflow id")
+    query.add_argument("--tenant", required=True)
+    query.add_argument("--name", required=True, help="query name, e.g. getProgress")
+    query.add_argument("--arg", action="append", default=[], help="a JSON argument (repeatable)")
+    query.set_defaults(func=cmd_query)
+
+    result = sub.add_parser("result", help="wait for a workflow's result (bounded by --timeout)")
+    client_args(result)
+    result.add_argument("--id", required=True, help="workflow id")
+    result.add_argument("--tenant", required=True)
+    result.set_defaults(func=cmd_result)
 
     config = sub.add_parser("config", help="routing config tools")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -137,8 +138,17 @@ class DevStack:
                 preexec_fn=_die_with_parent,
             )
         self.children.append(child)
+        self._write_pids()
         child.watcher = asyncio.create_task(self._watch(child))
         return child
+
+    def _write_pids(self) -> None:
+        """children.json: every child's name and PID, for people and for tests that must
+        prove nothing was left running."""
+        pids = {c.name: c.pid for c in self.children}
+        tmp = self.home / "children.json.tmp"
+        tmp.write_text(json.dumps(pids, indent=2))
+        tmp.replace(self.home / "children.json")
 
     async def _watch(self, child: Child) -> None:
         assert child.proc is not None

@@ -86,7 +86,7 @@ class Meridian:
         self, config: ResolvedConfig, converter_for: ConverterFactory = default_converter
     ) -> None:
         self._config = config
-        self._pool = ClientPool(converter_for)
+        self._pool = ClientPool(converter_for, connect_timeout=config.temporal.connect_timeout)
         self._gateway = Gateway(self._pool)
         self._health = HealthMonitor(self._pool, config.health, on_change=self._rebuild_view)
         self._locations = LocationCache()

@@ -32,8 +32,11 @@ def default_converter(_: ClusterSpec) -> DataConverter:
 
 
 class ClientPool:
-    def __init__(self, converter_for: ConverterFactory = default_converter) -> None:
+    def __init__(
+        self, converter_for: ConverterFactory = default_converter, *, connect_timeout: float = 2.0
+    ) -> None:
         self._converter_for = converter_for
+        self._connect_timeout = connect_timeout
         self._services: dict[str, tuple[str, ServiceClient]] = {}
         self._clients: dict[tuple[str, str], Client] = {}
 
@@ -56,8 +59,7 @@ class ClientPool:
                 self.service(name), namespace=ns, data_converter=self._converter_for(wanted[name])
             )
 
-    @staticmethod
-    async def _connect(endpoint: str) -> ServiceClient:
+    async def _connect(self, endpoint: str) -> ServiceClient:
         return await ServiceClient.connect(
             ConnectConfig(
                 target_host=endpoint,
@@ -65,7 +67,7 @@ class ClientPool:
                 identity=IDENTITY,
                 retry_config=_RETRY,
                 grpc_compression=GrpcCompression.NONE,
-                connect_timeout=timedelta(seconds=2),
+                connect_timeout=timedelta(seconds=self._connect_timeout),
             )
         )
 

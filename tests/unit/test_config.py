@@ -51,43 +51,104 @@ def test_test_helper_default_doc_matches_embedded_file(default_config: ResolvedC
 
 ERROR_CASES = [
     ("unknown top-level key", {"zonez": {}}, "zonez", "unknown key"),
-    ("unknown nested key", {"regions__eu-west__clusters__0__port": 1},
-     "regions.eu-west.clusters[0].port", "unknown key"),
-    ("bad endpoint", {"regions__eu-west__clusters__1__endpoint": "nohost"},
-     "regions.eu-west.clusters[1].endpoint", "not host:port"),
-    ("port out of range", {"regions__eu-west__clusters__1__endpoint": "h:70000"},
-     "regions.eu-west.clusters[1].endpoint", "not host:port"),
-    ("standby in another zone", {"regions__eu-west__clusters__1__zone": "us"},
-     "regions.eu-west.clusters[1].zone", "standby eu-west-b runs in zone us"),
-    ("country not ISO", {"zones__us__countries": ["US", "XX"]}, "zones.us.countries[1]",
-     "not an assigned ISO 3166-1 alpha-2"),
-    ("unknown home region", {"zones__us__home_region": "us-west"}, "zones.us.home_region",
-     "unknown region"),
-    ("home region of another zone", {"zones__us__home_region": "eu-west"},
-     "zones.us.home_region", "is in zone eu, not us"),
-    ("region of unknown zone", {"regions__eu-west__zone": "mars"}, "regions.eu-west.zone",
-     "unknown zone"),
+    (
+        "unknown nested key",
+        {"regions__eu-west__clusters__0__port": 1},
+        "regions.eu-west.clusters[0].port",
+        "unknown key",
+    ),
+    (
+        "bad endpoint",
+        {"regions__eu-west__clusters__1__endpoint": "nohost"},
+        "regions.eu-west.clusters[1].endpoint",
+        "not host:port",
+    ),
+    (
+        "port out of range",
+        {"regions__eu-west__clusters__1__endpoint": "h:70000"},
+        "regions.eu-west.clusters[1].endpoint",
+        "not host:port",
+    ),
+    (
+        "standby in another zone",
+        {"regions__eu-west__clusters__1__zone": "us"},
+        "regions.eu-west.clusters[1].zone",
+        "standby eu-west-b runs in zone us",
+    ),
+    (
+        "country not ISO",
+        {"zones__us__countries": ["US", "XX"]},
+        "zones.us.countries[1]",
+        "not an assigned ISO 3166-1 alpha-2",
+    ),
+    (
+        "unknown home region",
+        {"zones__us__home_region": "us-west"},
+        "zones.us.home_region",
+        "unknown region",
+    ),
+    (
+        "home region of another zone",
+        {"zones__us__home_region": "eu-west"},
+        "zones.us.home_region",
+        "is in zone eu, not us",
+    ),
+    (
+        "region of unknown zone",
+        {"regions__eu-west__zone": "mars"},
+        "regions.eu-west.zone",
+        "unknown zone",
+    ),
     ("unknown default region", {"default_region": "nowhere"}, "default_region", "unknown region"),
-    ("tenant of unknown zone", {"tenants__globex__residency_zone": "mars"},
-     "tenants.globex.residency_zone", "unknown zone"),
-    ("bad name", {"regions__eu-west__clusters__0__name": "EU West"},
-     "regions.eu-west.clusters[0].name", "not a valid name"),
-    ("empty clusters", {"regions__eu-west__clusters": []}, "regions.eu-west.clusters",
-     "at least 1"),
-    ("bad template placeholder", {"naming__task_queue": "{region}-{tenant}"},
-     "naming.task_queue", "unknown placeholder {tenant}"),
-    ("namespace template with workflow type", {"naming__namespace": "{workflow_type}"},
-     "naming.namespace", "unknown placeholder {workflow_type}"),
-    ("missing priority suffix", {"naming__priority_suffix": {"low": "-b", "high": "-p"}},
-     "naming.priority_suffix.normal", "required"),
-    ("negative limit", {"limits__max_args_bytes": -1}, "limits.max_args_bytes",
-     "greater than or equal to 1"),
+    (
+        "tenant of unknown zone",
+        {"tenants__globex__residency_zone": "mars"},
+        "tenants.globex.residency_zone",
+        "unknown zone",
+    ),
+    (
+        "bad name",
+        {"regions__eu-west__clusters__0__name": "EU West"},
+        "regions.eu-west.clusters[0].name",
+        "not a valid name",
+    ),
+    (
+        "empty clusters",
+        {"regions__eu-west__clusters": []},
+        "regions.eu-west.clusters",
+        "at least 1",
+    ),
+    (
+        "bad template placeholder",
+        {"naming__task_queue": "{region}-{tenant}"},
+        "naming.task_queue",
+        "unknown placeholder {tenant}",
+    ),
+    (
+        "namespace template with workflow type",
+        {"naming__namespace": "{workflow_type}"},
+        "naming.namespace",
+        "unknown placeholder {workflow_type}",
+    ),
+    (
+        "missing priority suffix",
+        {"naming__priority_suffix": {"low": "-b", "high": "-p"}},
+        "naming.priority_suffix.normal",
+        "required",
+    ),
+    (
+        "negative limit",
+        {"limits__max_args_bytes": -1},
+        "limits.max_args_bytes",
+        "greater than or equal to 1",
+    ),
     ("missing section", {}, "zones", "required"),
 ]
 
 
-@pytest.mark.parametrize(("changes", "path", "fragment"), [c[1:] for c in ERROR_CASES],
-                         ids=[c[0] for c in ERROR_CASES])
+@pytest.mark.parametrize(
+    ("changes", "path", "fragment"), [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES]
+)
 def test_each_error_kind_names_its_path(changes: dict[str, Any], path: str, fragment: str) -> None:
     doc = mutate(**changes)
     if not changes:
@@ -150,29 +211,56 @@ def test_broken_section_does_not_hide_other_sections_errors() -> None:
 
 
 RULE_CASES = [
-    ("pii rule leaving the zone", {"name": "r", "match": {"country": "DE"}, "region": "us-east"},
-     "rules[0].region", "would leave its zone"),
-    ("subdivision rule leaving the zone",
-     {"name": "r", "match": {"subdivision": "US-CA"}, "region": "eu-west"},
-     "rules[0].region", "would leave its zone"),
-    ("two locations", {"name": "r", "match": {"country": "DE", "zone": "eu"}, "region": "eu-west"},
-     "rules[0].match", "at most one of"),
+    (
+        "pii rule leaving the zone",
+        {"name": "r", "match": {"country": "DE"}, "region": "us-east"},
+        "rules[0].region",
+        "would leave its zone",
+    ),
+    (
+        "subdivision rule leaving the zone",
+        {"name": "r", "match": {"subdivision": "US-CA"}, "region": "eu-west"},
+        "rules[0].region",
+        "would leave its zone",
+    ),
+    (
+        "two locations",
+        {"name": "r", "match": {"country": "DE", "zone": "eu"}, "region": "eu-west"},
+        "rules[0].match",
+        "at most one of",
+    ),
     ("unknown region", {"name": "r", "region": "mars"}, "rules[0].region", "unknown region"),
-    ("unknown match zone", {"name": "r", "match": {"zone": "mars"}, "region": "eu-west"},
-     "rules[0].match.zone", "unknown zone"),
-    ("bad subdivision", {"name": "r", "match": {"subdivision": "US-XX"}, "region": "us-east"},
-     "rules[0].match.subdivision", "not an ISO 3166-2"),
-    ("bad data class", {"name": "r", "match": {"data_classes": ["secret"]}, "region": "us-east"},
-     "rules[0].match.data_classes[0]", "should match pattern"),
+    (
+        "unknown match zone",
+        {"name": "r", "match": {"zone": "mars"}, "region": "eu-west"},
+        "rules[0].match.zone",
+        "unknown zone",
+    ),
+    (
+        "bad subdivision",
+        {"name": "r", "match": {"subdivision": "US-XX"}, "region": "us-east"},
+        "rules[0].match.subdivision",
+        "not an ISO 3166-2",
+    ),
+    (
+        "bad data class",
+        {"name": "r", "match": {"data_classes": ["secret"]}, "region": "us-east"},
+        "rules[0].match.data_classes[0]",
+        "should match pattern",
+    ),
     ("builtin name", {"name": "zone-home", "region": "us-east"}, "rules[0].name", "built-in"),
-    ("namespace not served", {"name": "r", "match": {"country": "DE"}, "region": "eu-west",
-                              "namespace": "{region}-x"},
-     "regions.eu-west.clusters[0].namespaces", "missing namespace 'eu-west-x'"),
+    (
+        "namespace not served",
+        {"name": "r", "match": {"country": "DE"}, "region": "eu-west", "namespace": "{region}-x"},
+        "regions.eu-west.clusters[0].namespaces",
+        "missing namespace 'eu-west-x'",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("rule", "path", "fragment"), [c[1:] for c in RULE_CASES],
-                         ids=[c[0] for c in RULE_CASES])
+@pytest.mark.parametrize(
+    ("rule", "path", "fragment"), [c[1:] for c in RULE_CASES], ids=[c[0] for c in RULE_CASES]
+)
 def test_rule_errors(rule: dict[str, Any], path: str, fragment: str) -> None:
     doc = default_doc()
     doc["rules"] = [rule]
@@ -186,24 +274,39 @@ def test_rule_errors(rule: dict[str, Any], path: str, fragment: str) -> None:
 
 def test_public_only_rule_may_cross_zones() -> None:
     doc = default_doc()
-    doc["rules"] = [{"name": "r", "match": {"country": "DE", "data_classes": ["public"]},
-                     "region": "us-east"}]
+    doc["rules"] = [
+        {"name": "r", "match": {"country": "DE", "data_classes": ["public"]}, "region": "us-east"}
+    ]
     compile_config(doc)
 
 
 def test_shadowed_rule_is_rejected() -> None:
     doc = default_doc()
     doc["rules"] = [
-        {"name": "a", "match": {"country": "DE", "data_classes": ["pii", "public"]}, "region": "eu-west"},
-        {"name": "b", "match": {"country": "DE", "data_classes": ["public", "pii"]}, "region": "eu-west"},
+        {
+            "name": "a",
+            "match": {"country": "DE", "data_classes": ["pii", "public"]},
+            "region": "eu-west",
+        },
+        {
+            "name": "b",
+            "match": {"country": "DE", "data_classes": ["public", "pii"]},
+            "region": "eu-west",
+        },
     ]
     assert "same match as rules[0]" in errors_of(doc)["rules[1].match"]
 
 
 def test_rule_namespaces_default_into_cluster_namespaces() -> None:
     doc = default_doc()
-    doc["rules"] = [{"name": "fin", "match": {"country": "DE", "data_classes": ["financial"]},
-                     "region": "eu-west", "namespace": "{region}-fin"}]
+    doc["rules"] = [
+        {
+            "name": "fin",
+            "match": {"country": "DE", "data_classes": ["financial"]},
+            "region": "eu-west",
+            "namespace": "{region}-fin",
+        }
+    ]
     c = compile_config(doc)
     assert c.table.clusters["eu-west-a"].namespaces == ("eu-west", "eu-west-fin")
     assert c.table.clusters["us-east-a"].namespaces == ("us-east",)

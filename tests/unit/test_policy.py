@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from types import MappingProxyType
 from typing import Any
 
@@ -24,10 +25,13 @@ from router.core.model import (
 from router.core.policy import route
 
 US = ["US", "CA"]
-EU = (
-    "AT BE BG HR CY CZ DK EE FI FR DE GR HU IE IT LV LT LU MT NL PL PT RO SK SI ES SE "
-    "IS LI NO GB CH"
-).split()
+# fmt: off
+EU = [
+    "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT",
+    "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE",
+    "IS", "LI", "NO", "GB", "CH",
+]
+# fmt: on
 APAC = ["AU", "NZ", "SG", "JP", "KR", "IN"]
 HOME = {"us": "us-east", "eu": "eu-west", "apac": "ap-southeast"}
 
@@ -51,7 +55,9 @@ def req(
     )
 
 
-def view(table: RoutingTable, *, down: set[str] = frozenset(), active: dict[str, str] | None = None) -> ClusterView:  # type: ignore[assignment]
+def view(
+    table: RoutingTable, *, down: Iterable[str] = (), active: dict[str, str] | None = None
+) -> ClusterView:
     base = {r.name: r.primary.name for r in table.regions.values()}
     base.update(active or {})
     return ClusterView(active=MappingProxyType(base), healthy=frozenset(table.clusters) - set(down))
@@ -107,7 +113,9 @@ def test_regulated_data_of_a_zoneless_country_is_refused(
 
 
 @pytest.mark.parametrize("country", ZONELESS)
-@pytest.mark.parametrize("data_class", [DataClass.PUBLIC, DataClass.INTERNAL], ids=lambda d: d.value)
+@pytest.mark.parametrize(
+    "data_class", [DataClass.PUBLIC, DataClass.INTERNAL], ids=lambda d: d.value
+)
 def test_unregulated_data_of_a_zoneless_country_goes_to_the_default_region(
     table: RoutingTable, country: str, data_class: DataClass
 ) -> None:
@@ -157,7 +165,9 @@ def test_home_unhealthy_regulated_is_unavailable_and_names_region(table: Routing
     assert "zone eu" in r.message and "eu-west" in r.message and "eu-west-a" in r.message
 
 
-@pytest.mark.parametrize("data_class", [DataClass.PUBLIC, DataClass.INTERNAL], ids=lambda d: d.value)
+@pytest.mark.parametrize(
+    "data_class", [DataClass.PUBLIC, DataClass.INTERNAL], ids=lambda d: d.value
+)
 def test_home_unhealthy_unregulated_goes_to_default_region(
     table: RoutingTable, data_class: DataClass
 ) -> None:
@@ -278,7 +288,9 @@ def test_rule_templates_name_namespace_and_queue(rules_table: RoutingTable) -> N
 
 def test_skipped_rule_is_explained(rules_table: RoutingTable) -> None:
     d = decide(rules_table, req("US", subdivision="US-CA", tenant="globex"))
-    assert any("rule california skipped" in r and "outside residency zone eu" in r for r in d.reasons)
+    assert any(
+        "rule california skipped" in r and "outside residency zone eu" in r for r in d.reasons
+    )
 
 
 def test_regulated_falls_back_to_another_region_of_its_zone(rules_table: RoutingTable) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_generator():  # type: ignore[no-untyped-def]
+def _load_generator() -> Any:
     spec = importlib.util.spec_from_file_location("gen_proto", ROOT / "scripts" / "gen_proto.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -40,18 +41,37 @@ def test_contract_names_are_kept() -> None:
     assert services["WorkflowRouter"].full_name == "meridian.router.v1.WorkflowRouter"
     methods = {m.name for m in services["WorkflowRouter"].methods}
     assert methods >= {
-        "StartWorkflow", "ExplainRoute", "DescribeWorkflow", "SignalWorkflow",
-        "QueryWorkflow", "CancelWorkflow", "GetWorkflowResult",
+        "StartWorkflow",
+        "ExplainRoute",
+        "DescribeWorkflow",
+        "SignalWorkflow",
+        "QueryWorkflow",
+        "CancelWorkflow",
+        "GetWorkflowResult",
     }
     assert {m.name for m in services["RoutingAdmin"].methods} >= {"GetTopology"}
     fields = {f.name for f in pb.StartWorkflowRequest.DESCRIPTOR.fields}
     assert fields >= {
-        "workflow_type", "workflow_id", "args", "tenant_id", "user_country",
-        "user_subdivision", "data_class", "priority", "request_id",
+        "workflow_type",
+        "workflow_id",
+        "args",
+        "tenant_id",
+        "user_country",
+        "user_subdivision",
+        "data_class",
+        "priority",
+        "request_id",
     }
     assert [v.name for v in pb.DataClass.DESCRIPTOR.values] == [
-        "DATA_CLASS_UNSPECIFIED", "PUBLIC", "INTERNAL", "PII", "FINANCIAL",
+        "DATA_CLASS_UNSPECIFIED",
+        "PUBLIC",
+        "INTERNAL",
+        "PII",
+        "FINANCIAL",
     ]
     assert [v.name for v in pb.Priority.DESCRIPTOR.values] == [
-        "PRIORITY_UNSPECIFIED", "LOW", "NORMAL", "HIGH",
+        "PRIORITY_UNSPECIFIED",
+        "LOW",
+        "NORMAL",
+        "HIGH",
     ]

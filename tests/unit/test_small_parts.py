@@ -65,8 +65,22 @@ def test_probe_state_keeps_last_error_until_healthy() -> None:
     assert (s.healthy, s.last_error) == (False, "x")
 
 
-VALUES: list[Any] = [None, True, False, 0, 1, -7, 2**53, 1.5, "", "héllo", [], {},
-                     {"a": [1, {"b": None}], "c": "d"}, [1, "two", 3.25, [False]]]
+VALUES: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    -7,
+    2**53,
+    1.5,
+    "",
+    "héllo",
+    [],
+    {},
+    {"a": [1, {"b": None}], "c": "d"},
+    [1, "two", 3.25, [False]],
+]
 
 
 @pytest.mark.parametrize("value", VALUES, ids=repr)
@@ -111,7 +125,7 @@ def test_status_mapping(error: MeridianError, code: grpc.StatusCode) -> None:
 
 def test_every_error_class_has_a_status() -> None:
     def subclasses(cls: type) -> set[type]:
-        out = set(cls.__subclasses__())
+        out: set[type] = set(cls.__subclasses__())
         for sub in list(out):
             out |= subclasses(sub)
         return out

@@ -37,14 +37,19 @@ BAD = [
     ("alpha-3 country", {"user_country": "DEU"}, "user_country", "not an assigned ISO 3166-1"),
     ("reserved EU code", {"user_country": "EU"}, "user_country", "not an assigned"),
     ("bad subdivision", {"user_subdivision": "DE-XX"}, "user_subdivision", "not an ISO 3166-2"),
-    ("foreign subdivision", {"user_subdivision": "US-CA"}, "user_subdivision",
-     "not a subdivision of user_country DE"),
+    (
+        "foreign subdivision",
+        {"user_subdivision": "US-CA"},
+        "user_subdivision",
+        "not a subdivision of user_country DE",
+    ),
     ("unspecified data class", {"data_class": None}, "data_class", "must be set"),
 ]
 
 
-@pytest.mark.parametrize(("changes", "field", "fragment"), [b[1:] for b in BAD],
-                         ids=[b[0] for b in BAD])
+@pytest.mark.parametrize(
+    ("changes", "field", "fragment"), [b[1:] for b in BAD], ids=[b[0] for b in BAD]
+)
 def test_bad_field_is_named(
     table: RoutingTable, changes: dict[str, Any], field: str, fragment: str
 ) -> None:

@@ -1,0 +1,181 @@
+"""Integration fixtures: the real stack, started the way the README starts it.
+
+One `meridian dev` per test session (six real `temporal server start-dev` clusters, six
+regional workers, the router), on free loopback ports; stopped with SIGTERM at the end,
+and every child PID it reported is checked gone (and killed by PID if not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from temporalio.client import Client
+
+from router.config import ResolvedConfig, load_file
+from router.v1 import router_pb2_grpc as pb_grpc
+from tests.helpers import default_doc, free_port, with_free_ports, write_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class DevProcess:
+    proc: subprocess.Popen[bytes]
+    home: Path
+    router: str
+    config: ResolvedConfig
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def child_pids(self) -> dict[str, int]:
+        path = self.home / "children.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is dead for our purpose.
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
+    return True
+
+
+def start_dev(home: Path, doc: dict[str, Any], *, port: int | None = None) -> DevProcess:
+    home.mkdir(parents=True, exist_ok=True)
+    cfg = write_config(home / "config.yaml", doc)
+    port = port or free_port()
+    log = home / "dev.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "router.cli",
+                "dev",
+                "--config",
+                str(cfg),
+                "--port",
+                str(port),
+                "--home",
+                str(home),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+    return DevProcess(proc, home, f"127.0.0.1:{port}", load_file(cfg), log)
+
+
+def wait_serving(dev: DevProcess, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(dev.router) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if dev.proc.poll() is not None:
+                raise AssertionError(
+                    f"meridian dev exited with {dev.proc.returncode}:\n{dev.output()}"
+                )
+            with contextlib.suppress(grpc.RpcError):
+                resp = stub.Check(
+                    health_pb2.HealthCheckRequest(service="meridian.router.v1.WorkflowRouter"),
+                    timeout=1,
+                )
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(0.2)
+    raise AssertionError(f"router not SERVING after {timeout} s:\n{dev.output()}")
+
+
+def stop_dev(dev: DevProcess, sig: int = signal.SIGTERM, timeout: float = 60.0) -> list[str]:
+    """Stop meridian dev with ``sig``; return the children it left alive (then kill them)."""
+    pids = dev.child_pids()
+    if dev.proc.poll() is None:
+        dev.proc.send_signal(sig)
+        try:
+            dev.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            dev.proc.kill()
+            dev.proc.wait()
+    leaked = [name for name, pid in pids.items() if pid_alive(pid)]
+    for name in leaked:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pids[name], signal.SIGKILL)
+    return leaked
+
+
+@pytest.fixture(scope="session")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevProcess]:
+    process = start_dev(tmp_path_factory.mktemp("stack"), with_free_ports(default_doc()))
+    try:
+        wait_serving(process)
+        yield process
+    finally:
+        leaked = stop_dev(process)
+    assert process.proc.returncode == 0, process.output()
+    assert not leaked, f"meridian dev left children running: {leaked}"
+
+
+@pytest.fixture(scope="session")
+async def router(dev: DevProcess) -> AsyncIterator[pb_grpc.WorkflowRouterStub]:
+    async with grpc.aio.insecure_channel(dev.router) as channel:
+        yield pb_grpc.WorkflowRouterStub(channel)
+
+
+@pytest.fixture(scope="session")
+async def admin(dev: DevProcess) -> AsyncIterator[pb_grpc.RoutingAdminStub]:
+    async with grpc.aio.insecure_channel(dev.router) as channel:
+        yield pb_grpc.RoutingAdminStub(channel)
+
+
+class Clusters:
+    """Direct temporalio clients to each cluster: the source of truth in assertions."""
+
+    def __init__(self, config: ResolvedConfig) -> None:
+        self.config = config
+        self._clients: dict[str, Client] = {}
+
+    async def client(self, cluster: str) -> Client:
+        if cluster not in self._clients:
+            spec = self.config.table.clusters[cluster]
+            self._clients[cluster] = await Client.connect(
+                spec.endpoint, namespace=spec.namespaces[0]
+            )
+        return self._clients[cluster]
+
+    async def holding(self, workflow_id: str) -> set[str]:
+        """Names of the clusters on which ``workflow_id`` exists."""
+        found = set()
+        for name in self.config.table.clusters:
+            client = await self.client(name)
+            try:
+                await client.get_workflow_handle(workflow_id).describe()
+            except Exception as exc:
+                if "not found" not in str(exc).lower():
+                    raise
+            else:
+                found.add(name)
+        return found
+
+
+@pytest.fixture(scope="session")
+def clusters(dev: DevProcess) -> Clusters:
+    return Clusters(dev.config)
