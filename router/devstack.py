@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -184,25 +184,33 @@ class DevStack:
             await self._spawn(f"temporal-{c.name}", argv)
         await asyncio.gather(*(self._wait_cluster(c) for c in clusters))
 
-    async def _wait_cluster(self, c: ClusterSpec, timeout: float = 60.0) -> None:
-        t0 = time.monotonic()
+    async def _wait_cluster(self, c: ClusterSpec) -> None:
         service = await ServiceClient.connect(ConnectConfig(target_host=c.endpoint, lazy=True))
-        child = next(ch for ch in self.children if ch.name == f"temporal-{c.name}")
+
+        async def ready() -> bool:
+            return await service.check_health(timeout=timedelta(seconds=1))
+
+        took = await self._wait_until(f"temporal-{c.name}", "ready", ready)
+        self.say(f"      {c.name:<16} ready on {c.endpoint} ({took:.1f} s)")
+
+    async def _wait_until(
+        self, name: str, state: str, check: Callable[[], Awaitable[bool]], timeout: float = 60.0
+    ) -> float:
+        """Poll ``check`` until it holds; fail fast if the child exits meanwhile."""
+        t0 = time.monotonic()
+        child = next(ch for ch in self.children if ch.name == name)
         while True:
             if child.proc is not None and child.proc.returncode is not None:
                 raise StackError(
-                    f"cluster {c.name}: temporal exited with code {child.proc.returncode} "
-                    f"during start-up; see {child.log_path}"
+                    f"{name} exited with code {child.proc.returncode} during start-up; "
+                    f"see {child.log_path}"
                 )
             with contextlib.suppress(Exception):
-                if await service.check_health(timeout=timedelta(seconds=1)):
-                    break
+                if await check():
+                    return time.monotonic() - t0
             if time.monotonic() - t0 > timeout:
-                raise StackError(
-                    f"cluster {c.name} not ready after {timeout:.0f} s; see {child.log_path}"
-                )
+                raise StackError(f"{name} not {state} after {timeout:.0f} s; see {child.log_path}")
             await asyncio.sleep(0.1)
-        self.say(f"      {c.name:<16} ready on {c.endpoint} ({time.monotonic() - t0:.1f} s)")
 
     async def start_workers(self) -> None:
         from regions.workflows import WORKFLOW_TYPES
@@ -230,37 +238,24 @@ class DevStack:
             )
         )
 
-    async def _wait_worker(
-        self, c: ClusterSpec, queue: tuple[str, str], timeout: float = 60.0
-    ) -> None:
+    async def _wait_worker(self, c: ClusterSpec, queue: tuple[str, str]) -> None:
         """Ready when the cluster itself reports a poller on the worker's first queue."""
-        t0 = time.monotonic()
         service = await ServiceClient.connect(ConnectConfig(target_host=c.endpoint, lazy=True))
-        child = next(ch for ch in self.children if ch.name == f"worker-{c.name}")
         ns, tq = queue
         req = DescribeTaskQueueRequest(
             namespace=ns,
             task_queue=TaskQueue(name=tq),
             task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
         )
-        while True:
-            if child.proc is not None and child.proc.returncode is not None:
-                raise StackError(
-                    f"worker for {c.name} exited with code {child.proc.returncode} during "
-                    f"start-up; see {child.log_path}"
-                )
-            with contextlib.suppress(Exception):
-                resp = await service.workflow_service.describe_task_queue(
-                    req, retry=False, timeout=timedelta(seconds=1)
-                )
-                if resp.pollers:
-                    break
-            if time.monotonic() - t0 > timeout:
-                raise StackError(
-                    f"worker for {c.name} not polling after {timeout:.0f} s; see {child.log_path}"
-                )
-            await asyncio.sleep(0.2)
-        self.say(f"      worker-{c.name:<9} polling {ns}/{tq} ({time.monotonic() - t0:.1f} s)")
+
+        async def polling() -> bool:
+            resp = await service.workflow_service.describe_task_queue(
+                req, retry=False, timeout=timedelta(seconds=1)
+            )
+            return bool(resp.pollers)
+
+        took = await self._wait_until(f"worker-{c.name}", "polling", polling)
+        self.say(f"      worker-{c.name:<9} polling {ns}/{tq} ({took:.1f} s)")
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop every child by PID, workers before the clusters they poll: SIGTERM, wait

@@ -91,3 +91,18 @@ def test_router_port_taken_is_named(tmp_path: Path) -> None:
             stop_dev(dev)
     assert code == 1
     assert f"port {port} is already in use: needed by router" in dev.output()
+
+
+def test_children_die_with_a_killed_stack(tmp_path: Path) -> None:
+    dev = start_dev(tmp_path, small_doc())
+    try:
+        wait_serving(dev)
+        pids = dev.child_pids()
+        os.kill(dev.proc.pid, signal.SIGKILL)  # no chance to clean up
+        dev.proc.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while any(pid_alive(p) for p in pids.values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        leaked = stop_dev(dev)
+    assert not leaked, f"children outlived a SIGKILLed meridian dev: {leaked}"
