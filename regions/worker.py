@@ -17,6 +17,7 @@ from temporalio.converter import DataConverter
 from temporalio.worker import Worker
 
 from regions.workflows import WORKFLOWS, RegionalActivities, WorkerIdentity
+from router.codec import KeyRingHolder, RegionCodec, data_converter
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,29 @@ async def run(
     plan: WorkerPlan,
     stop: asyncio.Event,
     *,
-    converter: DataConverter = DataConverter.default,
+    keys: KeyRingHolder,
+    compression: bool = False,
     connect_wait: float = 30.0,
 ) -> None:
-    """Poll until ``stop`` is set, then shut the workers down gracefully."""
+    """Poll until ``stop`` is set, then shut the workers down gracefully.
+
+    Everything the workers write back (activity results, workflow results, failures) is
+    encrypted with the region's active key; the ring is reloaded in the background so a
+    key rotation reaches the worker without a restart.
+    """
+    if keys.region != plan.region:
+        raise ValueError(f"key ring of {keys.region} given to a worker of {plan.region}")
+    converter = data_converter(RegionCodec(keys, compression=compression))
+    refresher = asyncio.create_task(keys.refresh_forever())
+    try:
+        await _poll(plan, stop, converter, connect_wait)
+    finally:
+        refresher.cancel()
+
+
+async def _poll(
+    plan: WorkerPlan, stop: asyncio.Event, converter: DataConverter, connect_wait: float
+) -> None:
     identity = WorkerIdentity(region=plan.region, cluster=plan.cluster)
     activities = RegionalActivities(identity)
     workers: list[Worker] = []

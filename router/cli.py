@@ -74,29 +74,33 @@ async def _race(work: Awaitable[None], stop: asyncio.Event) -> bool:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from router.api.server import RouterServer
+    from router.codec import FileKeyProvider
     from router.config.load import load_file, resolve_path
-    from router.devstack import DevStack, check_ports, default_home
+    from router.devstack import DevStack, check_ports
+    from router.paths import meridian_home
     from router.service import Meridian
 
     path = resolve_path(args.config).resolve()
     config = load_file(path)
     check_ports(config, args.host, args.port)
-    home = Path(args.home).resolve() if args.home else default_home()
+    home = Path(args.home).resolve() if args.home else meridian_home()
+    keys = Path(args.keys_dir).resolve() if args.keys_dir else home / "keys"
 
     def say(line: str) -> None:
         print(line, flush=True)
 
     async def main(stop: asyncio.Event) -> None:
-        stack = DevStack(config, path, home=home, say=say, persist=args.persist)
+        stack = DevStack(config, path, home=home, keys_dir=keys, say=say, persist=args.persist)
         server: RouterServer | None = None
         say(f"meridian dev: config {path} (version {config.version}); logs in {stack.logs}")
         try:
-            if not await _race(stack.start_clusters(), stop):
-                return
-            if not await _race(stack.start_workers(), stop):
-                return
-            say(f"[3/3] starting the router on {args.host}:{args.port}")
-            server = RouterServer(Meridian(config), host=args.host, port=args.port)
+            stack.ensure_secrets()
+            for step in (stack.start_clusters, stack.start_workers, stack.start_codec_servers):
+                if not await _race(step(), stop):
+                    return
+            say(f"[4/4] starting the router on {args.host}:{args.port}")
+            meridian = Meridian(config, FileKeyProvider(keys))
+            server = RouterServer(meridian, host=args.host, port=args.port)
             if not await _race(server.start(), stop):
                 return
             _print_summary(say, config, args.host, server.port)
@@ -117,11 +121,18 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def _print_summary(say: Callable[[str], None], config: Any, host: str, port: int) -> None:
     table = config.table
     rows = [
-        (r.zone, r.name, c.name, c.role.value, c.endpoint)
+        (
+            r.zone,
+            r.name,
+            c.name,
+            c.role.value,
+            c.endpoint,
+            f"http://{r.codec_server}" if r.codec_server else "",
+        )
         for r in table.regions.values()
         for c in r.clusters
     ]
-    say(render_table(["zone", "region", "cluster", "role", "endpoint"], rows))
+    say(render_table(["zone", "region", "cluster", "role", "endpoint", "codec server"], rows))
     say(
         f"router ready on {host}:{port} (grpc.health.v1: meridian.router.v1.WorkflowRouter SERVING)"
     )
@@ -130,13 +141,16 @@ def _print_summary(say: Callable[[str], None], config: Any, host: str, port: int
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from router.api.server import RouterServer
+    from router.codec import default_provider
     from router.config.load import load
+    from router.paths import keys_dir
     from router.service import Meridian
 
     config = load(args.config)
+    meridian = Meridian(config, default_provider(keys_dir(args.keys_dir)))
 
     async def main(stop: asyncio.Event) -> None:
-        server = RouterServer(Meridian(config), host=args.host, port=args.port)
+        server = RouterServer(meridian, host=args.host, port=args.port)
         try:
             if await _race(server.start(), stop):
                 print(
@@ -154,8 +168,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from regions.worker import WorkerPlan, run
     from regions.workflows import WORKFLOW_TYPES
+    from router.codec import KeyRingHolder, default_provider
     from router.config.compile import worker_queues
     from router.config.load import load
+    from router.paths import keys_dir
 
     config = load(args.config)
     table = config.table
@@ -176,7 +192,109 @@ def cmd_worker(args: argparse.Namespace) -> int:
         endpoint=cluster.endpoint,
         queues=worker_queues(table, region.name, WORKFLOW_TYPES),
     )
-    asyncio.run(_until_signalled(lambda stop: run(plan, stop)))
+    holder = KeyRingHolder(default_provider(keys_dir(args.keys_dir)), region.name)
+    compression = config.codec.compression
+    asyncio.run(
+        _until_signalled(lambda stop: run(plan, stop, keys=holder, compression=compression))
+    )
+    return 0
+
+
+def cmd_codec_server(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from router.codec import KeyRingHolder, RegionCodec, default_provider
+    from router.codec.server import CodecServer
+    from router.codec.tokens import load_tokens
+    from router.config.load import load
+    from router.paths import keys_dir
+
+    config = load(args.config)
+    region = config.table.regions.get(args.region)
+    if region is None:
+        known = ", ".join(config.table.regions)
+        raise MeridianError(f"--region: unknown region {args.region!r} (known: {known})")
+    listen = args.listen or region.codec_server
+    if not listen:
+        raise MeridianError(
+            f"--listen: region {region.name} has no codec_server address in config; give one"
+        )
+    host, _, port = listen.rpartition(":")
+    directory = keys_dir(args.keys_dir)
+    holder = KeyRingHolder(default_provider(directory), region.name)
+    settings = config.codec
+    server = CodecServer(
+        RegionCodec(
+            holder,
+            compression=settings.compression,
+            compression_min_bytes=settings.compression_min_bytes,
+        ),
+        namespaces=frozenset(ns for c in region.clusters for ns in c.namespaces),
+        tokens=load_tokens(region.name, directory),
+        cors_origins=settings.cors_origins,
+        max_body_bytes=settings.max_body_bytes,
+    )
+
+    async def main(stop: asyncio.Event) -> None:
+        runner = web.AppRunner(server.app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host.strip("[]"), int(port))
+            try:
+                await site.start()
+            except OSError as exc:
+                raise StackError(
+                    f"codec server {region.name}: cannot listen on {listen}: {exc.strerror}"
+                ) from exc
+            refresher = asyncio.create_task(holder.refresh_forever())
+            print(f"codec server of {region.name} on http://{listen}", flush=True)
+            await stop.wait()
+            refresher.cancel()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(_until_signalled(main))
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from router.codec import FileKeyProvider, KeyRingError, new_ring
+    from router.config.load import load
+    from router.paths import keys_dir
+
+    provider = FileKeyProvider(keys_dir(args.keys_dir))
+    regions = list(load(args.config).table.regions) if args.region is None else [args.region]
+    rows = []
+    for region in regions:
+        path = provider.path(region)
+        if args.action == "init":
+            if path.exists():
+                rows.append((region, provider.load(region).active, str(path), "kept (exists)"))
+                continue
+            ring = new_ring(region)
+            provider.save(ring)
+            rows.append((region, ring.active, str(path), "created"))
+        elif args.action == "rotate":
+            ring = provider.load(region).rotated()
+            provider.save(ring)
+            rows.append((region, ring.active, str(path), f"rotated; {len(ring.keys)} keys"))
+        else:
+            try:
+                ring = provider.load(region)
+            except KeyRingError as exc:
+                rows.append((region, "", str(path), exc.message))
+                continue
+            rows.append(
+                (region, ring.active, str(path), f"{len(ring.keys)} keys: {', '.join(ring.keys)}")
+            )
+    if args.json:
+        print(
+            json.dumps(
+                [dict(zip(("region", "active", "path", "note"), r, strict=True)) for r in rows]
+            )
+        )
+    else:
+        print(render_table(["region", "active key", "file", "note"], rows))
     return 0
 
 
@@ -376,6 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--config",
             help="routing config YAML (default: $MERIDIAN_CONFIG, else the embedded default)",
         )
+        sp.add_argument(
+            "--keys-dir",
+            help="key rings and codec tokens (default: $MERIDIAN_KEYS_DIR, else "
+            "$MERIDIAN_HOME/keys, else ./.meridian/keys)",
+        )
 
     dev = sub.add_parser("dev", help="run the whole default multi-region stack on loopback")
     config_arg(dev)
@@ -403,6 +526,21 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--region", required=True)
     worker.add_argument("--cluster", required=True)
     worker.set_defaults(func=cmd_worker)
+
+    codec = sub.add_parser(
+        "codec-server", help="run a region's codec server (Temporal CLI/UI remote codec)"
+    )
+    config_arg(codec)
+    codec.add_argument("--region", required=True)
+    codec.add_argument("--listen", help="host:port (default: the region's codec_server in config)")
+    codec.set_defaults(func=cmd_codec_server)
+
+    keys = sub.add_parser("keys", help="key rings: init (first key), rotate (new active key), list")
+    keys.add_argument("action", choices=["init", "rotate", "list"])
+    config_arg(keys)
+    keys.add_argument("--region", help="one region (default: every region in config)")
+    keys.add_argument("--json", action="store_true")
+    keys.set_defaults(func=cmd_keys)
 
     def client_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import ctypes
 import json
-import os
 import shutil
 import signal
 import socket
@@ -24,17 +23,21 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.service import ConnectConfig, ServiceClient
 
+from router.codec.keys import FileKeyProvider, new_ring
+from router.codec.tokens import new_token_file, token_path
 from router.config.compile import worker_queues
 from router.config.settings import ResolvedConfig
 from router.core.model import ClusterSpec
 from router.errors import StackError
 
 LOOPBACK = ("127.", "localhost", "[::1]")
+_ONE_SECOND = aiohttp.ClientTimeout(total=1)
 Say = Callable[[str], None]
 
 
@@ -60,14 +63,19 @@ def _split(endpoint: str) -> tuple[str, int]:
 def check_ports(config: ResolvedConfig, router_host: str, router_port: int) -> None:
     """Refuse to start anything if a port we need is taken or not on loopback."""
     wanted = [(f"router ({router_host}:{router_port})", router_host, router_port)]
-    for c in config.table.clusters.values():
-        if not c.endpoint.startswith(LOOPBACK):
+    addresses = [(f"cluster {c.name}", c.endpoint) for c in config.table.clusters.values()]
+    addresses += [
+        (f"codec server of {r.name}", r.codec_server)
+        for r in config.table.regions.values()
+        if r.codec_server is not None
+    ]
+    for what, address in addresses:
+        if not address.startswith(LOOPBACK):
             raise StackError(
-                f"cluster {c.name}: endpoint {c.endpoint} is not on loopback; "
-                "meridian dev runs every cluster on 127.0.0.1"
+                f"{what}: {address} is not on loopback; meridian dev runs everything on 127.0.0.1"
             )
-        host, port = _split(c.endpoint)
-        wanted.append((f"cluster {c.name} ({c.endpoint})", host, port))
+        host, port = _split(address)
+        wanted.append((f"{what} ({address})", host, port))
     for what, host, port in wanted:
         if not port_free(host, port):
             raise StackError(
@@ -113,12 +121,14 @@ class DevStack:
         config_path: Path,
         *,
         home: Path,
+        keys_dir: Path,
         say: Say = print,
         persist: bool = False,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.home = home
+        self.keys_dir = keys_dir
         self.logs = home / "logs"
         self.say = say
         self.persist = persist
@@ -161,7 +171,7 @@ class DevStack:
     async def start_clusters(self) -> None:
         binary = temporal_binary()
         clusters = list(self.config.table.clusters.values())
-        self.say(f"[1/3] starting {len(clusters)} Temporal clusters (temporal server start-dev)")
+        self.say(f"[1/4] starting {len(clusters)} Temporal clusters (temporal server start-dev)")
         for c in clusters:
             host, port = _split(c.endpoint)
             argv = [
@@ -216,20 +226,9 @@ class DevStack:
         from regions.workflows import WORKFLOW_TYPES
 
         clusters = list(self.config.table.clusters.values())
-        self.say(f"[2/3] starting {len(clusters)} regional workers")
+        self.say(f"[2/4] starting {len(clusters)} regional workers")
         for c in clusters:
-            argv = [
-                sys.executable,
-                "-m",
-                "router.cli",
-                "worker",
-                "--config",
-                str(self.config_path),
-                "--region",
-                c.region,
-                "--cluster",
-                c.name,
-            ]
+            argv = [*self._meridian("worker"), "--region", c.region, "--cluster", c.name]
             await self._spawn(f"worker-{c.name}", argv)
         await asyncio.gather(
             *(
@@ -257,12 +256,53 @@ class DevStack:
         took = await self._wait_until(f"worker-{c.name}", "polling", polling)
         self.say(f"      worker-{c.name:<9} polling {ns}/{tq} ({took:.1f} s)")
 
+    def _meridian(self, command: str) -> list[str]:
+        return [
+            sys.executable, "-m", "router.cli", command,
+            "--config", str(self.config_path), "--keys-dir", str(self.keys_dir),
+        ]  # fmt: skip
+
+    def ensure_secrets(self) -> None:
+        """Development key rings and codec tokens, generated on first run (0600 files in
+        an ignored directory; never in git, never printed)."""
+        provider = FileKeyProvider(self.keys_dir)
+        made = []
+        for region in self.config.table.regions:
+            if not provider.path(region).exists():
+                provider.save(new_ring(region))
+                made.append(f"key ring {region}")
+            if not token_path(self.keys_dir, region).exists():
+                new_token_file(self.keys_dir, region)
+                made.append(f"codec token {region}")
+        if made:
+            self.say(f"generated development secrets in {self.keys_dir}: {', '.join(made)}")
+        else:
+            self.say(f"using development secrets in {self.keys_dir}")
+
+    async def start_codec_servers(self) -> None:
+        regions = [r for r in self.config.table.regions.values() if r.codec_server]
+        self.say(f"[3/4] starting {len(regions)} codec servers")
+        for r in regions:
+            argv = [*self._meridian("codec-server"), "--region", r.name]
+            await self._spawn(f"codec-{r.name}", argv)
+        await asyncio.gather(*(self._wait_codec(r.name, r.codec_server or "") for r in regions))
+
+    async def _wait_codec(self, region: str, address: str) -> None:
+        async with aiohttp.ClientSession() as session:
+
+            async def healthy() -> bool:
+                async with session.get(f"http://{address}/healthz", timeout=_ONE_SECOND) as resp:
+                    return resp.status == 200
+
+            took = await self._wait_until(f"codec-{region}", "serving", healthy)
+        self.say(f"      codec-{region:<13} serving on http://{address} ({took:.1f} s)")
+
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop every child by PID, workers before the clusters they poll: SIGTERM, wait
+        """Stop every child by PID, the clusters last (workers poll them): SIGTERM, wait
         up to ``grace``, then SIGKILL."""
-        workers = [c for c in self.children if c.name.startswith("worker-")]
-        others = [c for c in self.children if not c.name.startswith("worker-")]
-        for group in (workers, others):
+        clusters = [c for c in self.children if c.name.startswith("temporal-")]
+        others = [c for c in self.children if not c.name.startswith("temporal-")]
+        for group in (others, clusters):
             await asyncio.gather(*(self._stop_child(c, grace) for c in group))
         for c in self.children:
             if c.watcher is not None:
@@ -283,7 +323,3 @@ class DevStack:
             with contextlib.suppress(ProcessLookupError):
                 c.proc.kill()
             await c.proc.wait()
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("MERIDIAN_HOME", ".meridian")).resolve()

@@ -7,6 +7,7 @@ each replaced whole, never edited, so a request sees one consistent table and vi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from temporalio.converter import DataConverter
+
+from router.codec import KeyProvider, KeyRingHolder, RegionCodec, data_converter
 from router.config.settings import ResolvedConfig
 from router.core.model import (
     ClusterSpec,
@@ -36,7 +40,7 @@ from router.errors import (
 from router.temporal.gateway import Gateway, ResultOutcome, WorkflowInfo
 from router.temporal.health import HealthMonitor
 from router.temporal.locator import Location, LocationCache, search
-from router.temporal.pool import ClientPool, ConverterFactory, default_converter
+from router.temporal.pool import ClientPool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,11 +86,15 @@ def raise_refusal(refusal: Refusal) -> None:
 
 
 class Meridian:
-    def __init__(
-        self, config: ResolvedConfig, converter_for: ConverterFactory = default_converter
-    ) -> None:
+    def __init__(self, config: ResolvedConfig, keys: KeyProvider) -> None:
         self._config = config
-        self._pool = ClientPool(converter_for, connect_timeout=config.temporal.connect_timeout)
+        self._keys = keys
+        self._codecs: dict[str, tuple[KeyRingHolder, DataConverter]] = {}
+        self._load_codecs(config)
+        self._key_refresh: list[asyncio.Task[None]] = []
+        self._pool = ClientPool(
+            self._converter_for, connect_timeout=config.temporal.connect_timeout
+        )
         self._gateway = Gateway(self._pool)
         self._health = HealthMonitor(self._pool, config.health, on_change=self._rebuild_view)
         self._locations = LocationCache()
@@ -95,8 +103,30 @@ class Meridian:
 
     # -- lifecycle -------------------------------------------------------------
 
+    def _load_codecs(self, config: ResolvedConfig) -> None:
+        """One key ring and codec per region, loaded before anything is sent: a region
+        without its keys cannot be routed to (fail closed, at start-up)."""
+        settings = config.codec
+        for region in config.table.regions:
+            if region in self._codecs:
+                continue
+            holder = KeyRingHolder(self._keys, region)
+            codec = RegionCodec(
+                holder,
+                compression=settings.compression,
+                compression_min_bytes=settings.compression_min_bytes,
+            )
+            self._codecs[region] = (holder, data_converter(codec))
+
+    def _converter_for(self, cluster: ClusterSpec) -> DataConverter:
+        return self._codecs[cluster.region][1]
+
     async def start(self, *, first_probe_timeout: float = 3.0) -> None:
         """Connect (lazily) to every cluster and wait for one round of health probes."""
+        self._key_refresh = [
+            asyncio.create_task(holder.refresh_forever(), name=f"keys-{region}")
+            for region, (holder, _) in self._codecs.items()
+        ]
         clusters = list(self._config.table.clusters.values())
         await self._pool.sync(clusters)
         self._health.sync(clusters, self._config.health)
@@ -104,10 +134,14 @@ class Meridian:
         self._rebuild_view()
 
     async def close(self) -> None:
+        for task in self._key_refresh:
+            task.cancel()
+        await asyncio.gather(*self._key_refresh, return_exceptions=True)
         await self._health.close()
 
     async def apply_config(self, config: ResolvedConfig) -> None:
-        """Swap in an already validated config: new connections first, then the table."""
+        """Swap in an already validated config: keys and connections first, then the table."""
+        self._load_codecs(config)
         clusters = list(config.table.clusters.values())
         await self._pool.sync(clusters)
         self._config = config

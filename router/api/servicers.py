@@ -279,7 +279,9 @@ def topology_pb(m: Meridian) -> pb.Topology:
             name=zone.name, countries=sorted(zone.countries), home_region=zone.home_region
         )
     for region in table.regions.values():
-        r = topo.regions.add(name=region.name, zone=region.zone)
+        r = topo.regions.add(
+            name=region.name, zone=region.zone, codec_server=region.codec_server or ""
+        )
         active = view.active.get(region.name)
         for c in region.clusters:
             r.clusters.add(

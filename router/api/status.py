@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from router.codec import CodecError, KeyRingError
 from router.errors import (
     ClusterUnavailable,
     ConfigError,
@@ -28,6 +29,9 @@ STATUS: tuple[tuple[type[MeridianError], grpc.StatusCode], ...] = (
     (WorkflowOperationFailed, grpc.StatusCode.FAILED_PRECONDITION),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
     (StackError, grpc.StatusCode.INTERNAL),
+    # A payload that fails authentication is corrupt or tampered with: never guessed at.
+    (CodecError, grpc.StatusCode.DATA_LOSS),
+    (KeyRingError, grpc.StatusCode.INTERNAL),
 )
 
 

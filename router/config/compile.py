@@ -20,7 +20,12 @@ from pydantic import TypeAdapter, ValidationError
 
 from router.config import iso3166
 from router.config.schema import NAMESPACE_RE, RouterConfig, RuleConfig
-from router.config.settings import HealthSettings, ResolvedConfig, TemporalSettings
+from router.config.settings import (
+    CodecSettings,
+    HealthSettings,
+    ResolvedConfig,
+    TemporalSettings,
+)
 from router.core.model import (
     ClusterSpec,
     DataClass,
@@ -215,6 +220,12 @@ class _Checker:
                     )
                 else:
                     seen_endpoint[cluster.endpoint] = path
+            if region.codec_server is not None:
+                path = f"regions.{rname}.codec_server"
+                if region.codec_server in seen_endpoint:
+                    other = seen_endpoint[region.codec_server]
+                    self.err(path, f"{region.codec_server} is also the address of {other}")
+                seen_endpoint.setdefault(region.codec_server, path)
 
     def _references(self) -> None:
         default = self.p.get("default_region")
@@ -379,7 +390,9 @@ def _build(doc: RouterConfig, source: str) -> ResolvedConfig:
             )
             specs.append(spec)
             clusters[c.name] = spec
-        regions[rname] = RegionSpec(name=rname, zone=region.zone, clusters=tuple(specs))
+        regions[rname] = RegionSpec(
+            name=rname, zone=region.zone, clusters=tuple(specs), codec_server=region.codec_server
+        )
     zones = {}
     for zname, z in doc.zones.items():
         others = [r for r, spec in regions.items() if spec.zone == zname and r != z.home_region]
@@ -431,6 +444,12 @@ def _build(doc: RouterConfig, source: str) -> ResolvedConfig:
             unhealthy_threshold=h.unhealthy_threshold,
             healthy_threshold=h.healthy_threshold,
             jitter=h.jitter_ms / 1000,
+        ),
+        codec=CodecSettings(
+            compression=doc.codec.compression,
+            compression_min_bytes=doc.codec.compression_min_bytes,
+            cors_origins=tuple(doc.codec.cors_origins),
+            max_body_bytes=doc.codec.max_body_bytes,
         ),
         source=source,
         document=doc,

@@ -102,6 +102,8 @@ class ClusterConfig(_Section):
 class RegionConfig(_Section):
     zone: Name
     clusters: list[ClusterConfig] = Field(min_length=1)
+    # Where this region's codec server listens (host:port), if it runs one.
+    codec_server: Endpoint | None = None
 
 
 class TenantConfig(_Section):
@@ -155,6 +157,18 @@ class HealthConfig(_Section):
     jitter_ms: int = Field(default=50, ge=0, le=60_000)
 
 
+class CodecConfig(_Section):
+    # zlib before encryption. Off by default: compressing attacker-influenced data next
+    # to secrets can leak through ciphertext length (CRIME/BREACH).
+    compression: bool = False
+    compression_min_bytes: int = Field(default=1024, ge=0)
+    # Origins allowed to call the codec servers from a browser (the Temporal Web UI).
+    cors_origins: list[Annotated[str, Field(pattern=r"^https?://[^/\s]+$")]] = Field(
+        default_factory=list
+    )
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+
+
 class RouterConfig(_Section):
     """The whole document. Sections are validated one by one (see compile.py) so that a
     broken section does not hide the errors of the others."""
@@ -168,3 +182,4 @@ class RouterConfig(_Section):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     temporal: TemporalConfig = Field(default_factory=TemporalConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    codec: CodecConfig = Field(default_factory=CodecConfig)

@@ -25,10 +25,19 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CodecSettings:
+    compression: bool
+    compression_min_bytes: int
+    cors_origins: tuple[str, ...]
+    max_body_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class ResolvedConfig:
     table: RoutingTable
     temporal: TemporalSettings
     health: HealthSettings
+    codec: CodecSettings
     # Where it came from (a path, "embedded default", later a Consul key), for status.
     source: str
     # The validated document, for re-rendering (dev stack, `meridian config show`).

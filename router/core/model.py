@@ -74,6 +74,8 @@ class RegionSpec:
     zone: str
     # Ordered: the primary first, then standbys in failover order.
     clusters: tuple[ClusterSpec, ...]
+    # host:port of the region's codec server, if it runs one.
+    codec_server: str | None = None
 
     @property
     def primary(self) -> ClusterSpec:

@@ -24,17 +24,13 @@ IDENTITY = f"meridian-router@{socket.gethostname()}"
 # keep it short so a retry never outlives the caller.
 _RETRY = RetryConfig(max_retries=2, initial_interval_millis=50, max_elapsed_time_millis=1500)
 
+# Every client gets its region's converter (and so its region's codec): there is no
+# default, so no code path can send a payload unencrypted.
 ConverterFactory = Callable[[ClusterSpec], DataConverter]
 
 
-def default_converter(_: ClusterSpec) -> DataConverter:
-    return DataConverter.default
-
-
 class ClientPool:
-    def __init__(
-        self, converter_for: ConverterFactory = default_converter, *, connect_timeout: float = 2.0
-    ) -> None:
+    def __init__(self, converter_for: ConverterFactory, *, connect_timeout: float = 2.0) -> None:
         self._converter_for = converter_for
         self._connect_timeout = connect_timeout
         self._services: dict[str, tuple[str, ServiceClient]] = {}

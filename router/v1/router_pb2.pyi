@@ -563,8 +563,11 @@ class Region(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ZONE_FIELD_NUMBER: _builtins.int
     CLUSTERS_FIELD_NUMBER: _builtins.int
+    CODEC_SERVER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     zone: _builtins.str
+    codec_server: _builtins.str
+    """host:port of the region's codec server (for the Temporal CLI/UI), if any."""
     @_builtins.property
     def clusters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Cluster]: ...
     def __init__(
@@ -573,10 +576,11 @@ class Region(_message.Message):
         name: _builtins.str = ...,
         zone: _builtins.str = ...,
         clusters: _abc.Iterable[Global___Cluster] | None = ...,
+        codec_server: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "name", b"name", "zone", b"zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "codec_server", b"codec_server", "name", b"name", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -23,7 +23,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from temporalio.client import Client
+from temporalio.converter import DataConverter
 
+from router.codec import FileKeyProvider, RegionCodec, data_converter
 from router.config import ResolvedConfig, load_file
 from router.v1 import router_pb2_grpc as pb_grpc
 from tests.helpers import default_doc, free_port, with_free_ports, write_config
@@ -147,25 +149,41 @@ async def admin(dev: DevProcess) -> AsyncIterator[pb_grpc.RoutingAdminStub]:
 
 
 class Clusters:
-    """Direct temporalio clients to each cluster: the source of truth in assertions."""
+    """Direct temporalio clients to each cluster: the source of truth in assertions.
 
-    def __init__(self, config: ResolvedConfig) -> None:
+    ``client`` decodes with the region's keys (as the region's own tools would);
+    ``raw`` has no codec, to read what Temporal actually stores.
+    """
+
+    def __init__(self, config: ResolvedConfig, keys_dir: Path) -> None:
         self.config = config
-        self._clients: dict[str, Client] = {}
+        self.keys = FileKeyProvider(keys_dir)
+        self._clients: dict[tuple[str, bool], Client] = {}
+
+    async def _connect(self, cluster: str, *, codec: bool) -> Client:
+        if (cluster, codec) not in self._clients:
+            spec = self.config.table.clusters[cluster]
+            converter = (
+                data_converter(RegionCodec(self.keys.load(spec.region)))
+                if codec
+                else DataConverter.default
+            )
+            self._clients[(cluster, codec)] = await Client.connect(
+                spec.endpoint, namespace=spec.namespaces[0], data_converter=converter
+            )
+        return self._clients[(cluster, codec)]
 
     async def client(self, cluster: str) -> Client:
-        if cluster not in self._clients:
-            spec = self.config.table.clusters[cluster]
-            self._clients[cluster] = await Client.connect(
-                spec.endpoint, namespace=spec.namespaces[0]
-            )
-        return self._clients[cluster]
+        return await self._connect(cluster, codec=True)
+
+    async def raw(self, cluster: str) -> Client:
+        return await self._connect(cluster, codec=False)
 
     async def holding(self, workflow_id: str) -> set[str]:
         """Names of the clusters on which ``workflow_id`` exists."""
         found = set()
         for name in self.config.table.clusters:
-            client = await self.client(name)
+            client = await self.raw(name)
             try:
                 await client.get_workflow_handle(workflow_id).describe()
             except Exception as exc:
@@ -178,4 +196,4 @@ class Clusters:
 
 @pytest.fixture(scope="session")
 def clusters(dev: DevProcess) -> Clusters:
-    return Clusters(dev.config)
+    return Clusters(dev.config, dev.home / "keys")

@@ -14,6 +14,7 @@ from google.protobuf import struct_pb2
 from router.api.status import STATUS, message_of, status_of
 from router.api.values import args_to_python, from_python, to_python
 from router.cli import main, render_table
+from router.codec import CodecError, KeyRingError
 from router.core.health import ProbeState, Thresholds, observe
 from router.errors import (
     ClusterUnavailable,
@@ -115,6 +116,8 @@ def test_non_json_results_are_type_errors() -> None:
         (WorkflowNotFound("m", workflow_id="w"), grpc.StatusCode.NOT_FOUND),
         (WorkflowOperationFailed("m"), grpc.StatusCode.FAILED_PRECONDITION),
         (ConfigError([FieldError("a", "b")]), grpc.StatusCode.FAILED_PRECONDITION),
+        (CodecError("m"), grpc.StatusCode.DATA_LOSS),
+        (KeyRingError("m"), grpc.StatusCode.INTERNAL),
         (MeridianError("m"), grpc.StatusCode.INTERNAL),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, Exception) else None,

@@ -1,0 +1,160 @@
+"""The codec server of one region: Temporal's remote codec protocol over HTTP.
+
+``POST /encode``, ``POST /decode`` and the ``/{namespace}/encode|decode`` forms; body and
+reply are proto3 JSON ``Payloads``. The Temporal CLI (``--codec-endpoint``) and Web UI
+use it to show (and, for ``workflow start``, write) the region's encrypted payloads.
+
+It serves only its own region's namespaces (403 otherwise), only with a bearer token of
+its own region (401 otherwise), answers CORS preflights for configured UI origins, caps
+bodies (413), and reports bad input as 400 with a JSON error, never a 500 with a trace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import aiohttp_cors
+from aiohttp import web
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payloads
+
+from router.codec.aead import CodecError, RegionCodec
+from router.codec.tokens import token_ok
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ALLOWED_HEADERS = ("X-Namespace", "Content-Type", "Authorization")
+MAX_BODY = web.AppKey("max_body_bytes", int)
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class Refused(Exception):
+    """An answer other than 200, with the JSON error message the client will read."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure as JSON; unexpected ones logged here, a generic message out there."""
+    try:
+        return await handler(request)
+    except Refused as exc:
+        return error(exc.status, exc.message)
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, f"body larger than the limit of {request.app[MAX_BODY]} bytes")
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return error(exc.status, exc.reason)
+        raise
+    except Exception:
+        log.exception("codec server: unexpected error on %s %s", request.method, request.path)
+        return error(500, "internal error in the codec server; it was logged")
+
+
+class CodecServer:
+    def __init__(
+        self,
+        codec: RegionCodec,
+        *,
+        namespaces: frozenset[str],
+        tokens: Sequence[bytes],
+        cors_origins: Sequence[str] = (),
+        max_body_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        if not tokens:
+            raise ValueError("a codec server needs at least one bearer token")
+        self.codec = codec
+        self.namespaces = namespaces
+        self.tokens = tuple(tokens)
+        self.app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes)
+        self.app[MAX_BODY] = max_body_bytes
+        routes = [
+            self.app.router.add_post("/encode", self.encode),
+            self.app.router.add_post("/decode", self.decode),
+            self.app.router.add_post("/{namespace}/encode", self.encode),
+            self.app.router.add_post("/{namespace}/decode", self.decode),
+            self.app.router.add_get("/healthz", self.healthz),
+        ]
+        cors = aiohttp_cors.setup(
+            self.app,
+            defaults={
+                origin: aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
+                    allow_credentials=True,
+                    allow_headers=ALLOWED_HEADERS,
+                    allow_methods=["POST", "GET", "OPTIONS"],
+                    max_age=600,
+                )
+                for origin in cors_origins
+            },
+        )
+        for route in routes:
+            cors.add(route)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "region": self.codec.region})
+
+    def _namespace(self, request: web.Request) -> str:
+        header = request.headers.get("X-Namespace", "")
+        path = request.match_info.get("namespace", "")
+        if header and path and header != path:
+            raise Refused(400, f"X-Namespace {header!r} and path namespace {path!r} differ")
+        ns = path or header
+        if not ns:
+            raise Refused(400, "namespace required: X-Namespace header or /{namespace}/ path")
+        if ns not in self.namespaces:
+            raise Refused(
+                403, f"namespace {ns!r} is not served by the {self.codec.region} codec server"
+            )
+        return ns
+
+    async def _payloads(self, request: web.Request) -> Payloads:
+        body = await request.read()
+        try:
+            return json_format.Parse(body, Payloads())
+        except (json_format.ParseError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise Refused(400, f"body is not proto3 JSON Payloads: {exc}") from None
+
+    async def _serve(self, request: web.Request, op: str) -> web.Response:
+        if not token_ok(request.headers.get("Authorization"), self.tokens):
+            log.warning(
+                "codec server %s: rejected %s %s from %s: missing or wrong bearer token",
+                self.codec.region,
+                request.method,
+                request.path,
+                request.remote,
+            )
+            return web.json_response(
+                {"error": "missing or invalid bearer token"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="meridian-codec"'},
+            )
+        ns = self._namespace(request)
+        payloads = await self._payloads(request)
+        try:
+            if op == "encode":
+                out = await self.codec.encode(payloads.payloads)
+            else:
+                out = await self.codec.decode(payloads.payloads)
+        except CodecError as exc:
+            raise Refused(400, exc.message) from None
+        log.debug("codec server %s: %s %d payload(s) in %s", self.codec.region, op, len(out), ns)
+        return web.Response(
+            text=json_format.MessageToJson(Payloads(payloads=out), indent=None),
+            content_type="application/json",
+        )
+
+    async def encode(self, request: web.Request) -> web.Response:
+        return await self._serve(request, "encode")
+
+    async def decode(self, request: web.Request) -> web.Response:
+        return await self._serve(request, "decode")
