@@ -30,9 +30,11 @@ def default_doc() -> dict[str, Any]:
 
 
 def with_free_ports(doc: dict[str, Any]) -> dict[str, Any]:
-    """The same topology with every cluster on a free 127.0.0.1 port."""
+    """The same topology with every cluster and codec server on a free 127.0.0.1 port."""
     out = copy.deepcopy(doc)
     for region in out["regions"].values():
+        if "codec_server" in region:
+            region["codec_server"] = f"127.0.0.1:{free_port()}"
         for cluster in region["clusters"]:
             cluster["endpoint"] = f"127.0.0.1:{free_port()}"
     return out

@@ -1,0 +1,22 @@
+"""Entry point: python -m benchmarks <name> [options]."""
+
+from __future__ import annotations
+
+import sys
+
+BENCHMARKS = {"codec": "benchmarks.codec"}
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
+        names = ", ".join(BENCHMARKS)
+        print(f"usage: python -m benchmarks {{{names}}} [--json] [--help]", file=sys.stderr)
+        sys.exit(2)
+    import importlib
+
+    module = importlib.import_module(BENCHMARKS[sys.argv[1]])
+    module.main(sys.argv[2:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""The codec server over HTTP (aiohttp's in-process test server): auth, namespaces,
+CORS, bad input and size limits, and the protocol's round trip."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from router.codec import RegionCodec, new_ring
+from router.codec.server import CodecServer
+
+TOKEN = "t" * 32
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+UI = "http://localhost:8233"
+
+
+def payloads(*texts: str) -> dict[str, Any]:
+    return {
+        "payloads": [
+            {
+                "metadata": {"encoding": base64.b64encode(b"json/plain").decode()},
+                "data": base64.b64encode(json.dumps(t).encode()).decode(),
+            }
+            for t in texts
+        ]
+    }
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[TestClient[Any, Any]]:
+    server = CodecServer(
+        RegionCodec(new_ring("eu-west")),
+        namespaces=frozenset({"eu-west"}),
+        tokens=[TOKEN.encode()],
+        cors_origins=[UI],
+        max_body_bytes=64 * 1024,
+    )
+    async with TestClient(TestServer(server.app)) as c:
+        yield c
+
+
+async def test_round_trip_header_and_path_forms(client: TestClient[Any, Any]) -> None:
+    body = payloads("hello", "world")
+    enc = await client.post("/encode", json=body, headers={**AUTH, "X-Namespace": "eu-west"})
+    assert enc.status == 200
+    sealed = await enc.json()
+    assert len(sealed["payloads"]) == 2
+    meta = sealed["payloads"][0]["metadata"]
+    assert base64.b64decode(meta["encoding"]) == b"binary/encrypted"
+    assert b"hello" not in json.dumps(sealed).encode()
+    dec = await client.post("/eu-west/decode", json=sealed, headers=AUTH)
+    assert dec.status == 200
+    assert await dec.json() == body
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong-token-wrong-token"}, {"Authorization": TOKEN}],
+    ids=["none", "wrong", "no-bearer"],
+)
+async def test_token_required(client: TestClient[Any, Any], headers: dict[str, str]) -> None:
+    resp = await client.post(
+        "/decode", json=payloads("x"), headers={**headers, "X-Namespace": "eu-west"}
+    )
+    assert resp.status == 401
+    assert (await resp.json())["error"] == "missing or invalid bearer token"
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_namespaces(client: TestClient[Any, Any]) -> None:
+    other = await client.post("/us-east/decode", json=payloads("x"), headers=AUTH)
+    assert other.status == 403
+    assert "not served by the eu-west codec server" in (await other.json())["error"]
+    missing = await client.post("/decode", json=payloads("x"), headers=AUTH)
+    assert missing.status == 400 and "namespace required" in (await missing.json())["error"]
+    clash = await client.post(
+        "/eu-west/decode", json=payloads("x"), headers={**AUTH, "X-Namespace": "us-east"}
+    )
+    assert clash.status == 400 and "differ" in (await clash.json())["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"{not json", "not proto3 JSON Payloads"),
+        (b'{"payloads": "nope"}', "not proto3 JSON Payloads"),
+        (b'{"payload": []}', "not proto3 JSON Payloads"),
+        (b"\xff\xfe", "not proto3 JSON Payloads"),
+    ],
+    ids=["invalid json", "wrong shape", "unknown field", "not utf-8"],
+)
+async def test_bad_bodies_are_400_json(
+    client: TestClient[Any, Any], body: bytes, fragment: str
+) -> None:
+    resp = await client.post(
+        "/decode",
+        data=body,
+        headers={**AUTH, "X-Namespace": "eu-west", "Content-Type": "application/json"},
+    )
+    assert resp.status == 400
+    assert fragment in (await resp.json())["error"]
+
+
+async def test_undecodable_payload_is_400(client: TestClient[Any, Any]) -> None:
+    enc = await client.post("/eu-west/encode", json=payloads("secret"), headers=AUTH)
+    sealed = await enc.json()
+    data = bytearray(base64.b64decode(sealed["payloads"][0]["data"]))
+    data[-1] ^= 1
+    sealed["payloads"][0]["data"] = base64.b64encode(bytes(data)).decode()
+    resp = await client.post("/eu-west/decode", json=sealed, headers=AUTH)
+    assert resp.status == 400
+    assert "failed authentication" in (await resp.json())["error"]
+
+
+async def test_other_regions_payload_is_400(client: TestClient[Any, Any]) -> None:
+    us = RegionCodec(new_ring("us-east"))
+    from google.protobuf import json_format
+    from temporalio.api.common.v1 import Payloads
+
+    sealed = await us.encode(json_format.ParseDict(payloads("secret"), Payloads()).payloads)
+    body = json_format.MessageToDict(Payloads(payloads=sealed))
+    resp = await client.post("/eu-west/decode", json=body, headers=AUTH)
+    assert resp.status == 400
+    assert "encrypted for region us-east" in (await resp.json())["error"]
+
+
+async def test_body_cap_is_413_json(client: TestClient[Any, Any]) -> None:
+    resp = await client.post("/eu-west/decode", json=payloads("x" * 70_000), headers=AUTH)
+    assert resp.status == 413
+    assert "limit of 65536 bytes" in (await resp.json())["error"]
+
+
+async def test_cors_preflight(client: TestClient[Any, Any]) -> None:
+    ok = await client.options(
+        "/eu-west/decode",
+        headers={
+            "Origin": UI,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "X-Namespace, Content-Type, Authorization",
+        },
+    )
+    assert ok.status == 200
+    assert ok.headers["Access-Control-Allow-Origin"] == UI
+    allowed = {h.strip().lower() for h in ok.headers["Access-Control-Allow-Headers"].split(",")}
+    assert allowed == {"x-namespace", "content-type", "authorization"}
+    assert "POST" in ok.headers["Access-Control-Allow-Methods"]
+    evil = await client.options(
+        "/eu-west/decode",
+        headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert evil.status == 403
+    assert "Access-Control-Allow-Origin" not in evil.headers
+    # Actual request from the UI origin carries the CORS header too.
+    real = await client.post("/eu-west/encode", json=payloads("x"), headers={**AUTH, "Origin": UI})
+    assert real.status == 200 and real.headers["Access-Control-Allow-Origin"] == UI
+
+
+async def test_health_and_unknown_routes(client: TestClient[Any, Any]) -> None:
+    health = await client.get("/healthz")
+    assert await health.json() == {"status": "ok", "region": "eu-west"}
+    missing = await client.get("/nope")
+    assert missing.status == 404 and "error" in await missing.json()
+    wrong_method = await client.get("/decode")
+    assert wrong_method.status == 405 and "error" in await wrong_method.json()
