@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from temporalio.client import Client
 from temporalio.converter import DataConverter
 
-from router.codec import FileKeyProvider, RegionCodec, data_converter
+from router.codec import FileKeyProvider, KeyRingHolder, RegionCodec, data_converter
 from router.config import ResolvedConfig, load_file
 from router.v1 import router_pb2_grpc as pb_grpc
 from tests.helpers import default_doc, free_port, with_free_ports, write_config
@@ -158,13 +158,21 @@ class Clusters:
     def __init__(self, config: ResolvedConfig, keys_dir: Path) -> None:
         self.config = config
         self.keys = FileKeyProvider(keys_dir)
+        self._holders: dict[str, KeyRingHolder] = {}
         self._clients: dict[tuple[str, bool], Client] = {}
+
+    def holder(self, region: str) -> KeyRingHolder:
+        """The region's ring, re-read on each use: tests rotate keys mid-session."""
+        if region not in self._holders:
+            self._holders[region] = KeyRingHolder(self.keys, region)
+        self._holders[region].refresh()
+        return self._holders[region]
 
     async def _connect(self, cluster: str, *, codec: bool) -> Client:
         if (cluster, codec) not in self._clients:
             spec = self.config.table.clusters[cluster]
             converter = (
-                data_converter(RegionCodec(self.keys.load(spec.region)))
+                data_converter(RegionCodec(self.holder(spec.region)))
                 if codec
                 else DataConverter.default
             )
@@ -174,6 +182,7 @@ class Clusters:
         return self._clients[(cluster, codec)]
 
     async def client(self, cluster: str) -> Client:
+        self.holder(self.config.table.clusters[cluster].region)
         return await self._connect(cluster, codec=True)
 
     async def raw(self, cluster: str) -> Client:
