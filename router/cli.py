@@ -99,7 +99,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 if not await _race(step(), stop):
                     return
             say(f"[4/4] starting the router on {args.host}:{args.port}")
-            meridian = Meridian(config, FileKeyProvider(keys))
+            meridian = Meridian(
+                config, FileKeyProvider(keys), state_file=home / "state" / "failover.json"
+            )
             server = RouterServer(meridian, host=args.host, port=args.port)
             if not await _race(server.start(), stop):
                 return
@@ -143,11 +145,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from router.api.server import RouterServer
     from router.codec import default_provider
     from router.config.load import load
-    from router.paths import keys_dir
+    from router.paths import keys_dir, meridian_home
     from router.service import Meridian
 
     config = load(args.config)
-    meridian = Meridian(config, default_provider(keys_dir(args.keys_dir)))
+    state_dir = Path(args.state_dir) if args.state_dir else meridian_home() / "state"
+    meridian = Meridian(
+        config,
+        default_provider(keys_dir(args.keys_dir)),
+        state_file=state_dir / "failover.json",
+    )
 
     async def main(stop: asyncio.Event) -> None:
         server = RouterServer(meridian, host=args.host, port=args.port)
@@ -331,23 +338,92 @@ def cmd_status(args: argparse.Namespace) -> int:
             json.dumps(json_format.MessageToDict(topo, preserving_proto_field_name=True), indent=2)
         )
         return 0
-    rows = []
+    print(f"config version {topo.config_version}; default region {topo.default_region}")
+    print(render_table(STATUS_HEADERS, status_rows(topo)))
+    return 0
+
+
+STATUS_HEADERS = ["zone", "region", "cluster", "role", "health", "active", "endpoint", "last flip"]
+
+
+def _health_word(c: Any) -> str:
+    if not c.probed:
+        return "unknown"
+    return "healthy" if c.healthy else f"UNHEALTHY ({c.last_error})"
+
+
+def _flip_text(region: Any) -> str:
+    if not region.HasField("last_flip"):
+        return ""
+    f = region.last_flip
+    when = f.time.ToDatetime().strftime("%Y-%m-%d %H:%M:%SZ")
+    return f"{when} {f.from_cluster}->{f.to_cluster} {f.rule} by {f.actor}: {f.reason}"
+
+
+def status_rows(topo: Any) -> list[tuple[str, ...]]:
+    from router.v1 import router_pb2 as pb
+
+    rows: list[tuple[str, ...]] = []
     for r in topo.regions:
         for c in r.clusters:
-            rows.append(
-                (
-                    r.zone,
-                    r.name,
-                    c.name,
-                    pb.ClusterRole.Name(c.role).lower(),
-                    "healthy" if c.healthy else "UNHEALTHY",
-                    "*" if c.active else "",
-                    c.endpoint,
-                )
-            )
-    print(f"config version {topo.config_version}; default region {topo.default_region}")
-    print(render_table(["zone", "region", "cluster", "role", "health", "active", "endpoint"], rows))
+            rows.append((
+                r.zone, r.name, c.name, pb.ClusterRole.Name(c.role).lower(), _health_word(c),
+                "*" if c.active else "", c.endpoint, _flip_text(r) if c.active else "",
+            ))  # fmt: skip
+    return rows
+
+
+def cmd_failover(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    from router.v1 import router_pb2 as pb
+
+    _, admin = _stub(args.router)
+    req = pb.SetActiveClusterRequest(
+        region=args.region, cluster=args.to, reason=args.reason, force=args.force,
+        dry_run=args.dry_run, actor=args.actor or _default_actor(),
+    )  # fmt: skip
+    resp = _rpc(lambda: admin.SetActiveCluster(req, timeout=args.timeout), args.router)
+    if args.json:
+        print(
+            json.dumps(json_format.MessageToDict(resp, preserving_proto_field_name=True), indent=2)
+        )
+        return 1 if resp.refused_rule else 0
+    for title, region in (("before", resp.before), ("after", resp.after)):
+        print(
+            f"{title}{' (dry run)' if title == 'after' and resp.dry_run else ''}: "
+            f"{region.name} active {next(c.name for c in region.clusters if c.active)}"
+        )
+    if resp.dry_run:
+        if resp.refused_rule:
+            print(f"would be REFUSED by rule {resp.refused_rule}: {resp.refused_message}")
+        imp = resp.impact
+        running = (
+            str(imp.running_workflows)
+            if imp.running_workflows_known
+            else f"unknown ({imp.running_workflows_error})"
+        )
+        print(f"running workflows on {imp.leaving_cluster}: {running}")
+        if imp.route_changes:
+            rows = [(c.requests, c.before, c.after) for c in imp.route_changes]
+            print(render_table(["requests", "now routed to", "would route to"], rows))
+        else:
+            print("no route changes")
+        print("dry run: nothing changed")
+        return 1 if resp.refused_rule else 0
+    print(f"flipped {resp.after.name}: {_flip_text(resp.after)}")
     return 0
+
+
+def _default_actor() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -519,6 +595,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--grace", type=float, default=5.0, help="seconds to drain in-flight calls on stop"
     )
+    serve.add_argument(
+        "--state-dir",
+        help="where active-cluster choices persist (default: $MERIDIAN_HOME/state)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="run the regional worker for one cluster")
@@ -565,6 +645,22 @@ def build_parser() -> argparse.ArgumentParser:
             choices=["public", "internal", "pii", "financial"],
         )
         sp.add_argument("--priority", default="normal", choices=["low", "normal", "high"])
+
+    failover = sub.add_parser(
+        "failover", help="flip a region's active cluster (safety rules, dry run)"
+    )
+    client_args(failover)
+    failover.add_argument("--region", required=True)
+    failover.add_argument("--to", required=True, help="the cluster to make active")
+    failover.add_argument("--reason", required=True, help="why (audited)")
+    failover.add_argument(
+        "--force",
+        action="store_true",
+        help="break glass: override health and wait period (never the region)",
+    )
+    failover.add_argument("--dry-run", action="store_true", help="show the impact, change nothing")
+    failover.add_argument("--actor", help="who flips (default: user@host)")
+    failover.set_defaults(func=cmd_failover)
 
     explain = sub.add_parser("explain", help="where would this request go, and why (dry run)")
     client_args(explain)

@@ -71,6 +71,15 @@ class WorkflowNotFound(MeridianError):
         self.workflow_id = workflow_id
 
 
+class FlipRefusedError(MeridianError):
+    """An SRE flip was refused by a safety rule (named in ``rule``); it was audited."""
+
+    def __init__(self, message: str, *, rule: str, region: str) -> None:
+        super().__init__(f"flip refused by rule {rule}: {message}")
+        self.rule = rule
+        self.region = region
+
+
 class WorkflowOperationFailed(MeridianError):
     """Temporal rejected an operation on an existing workflow (unknown query, closed run)."""
 

@@ -8,17 +8,24 @@ each replaced whole, never edited, so a request sees one consistent table and vi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 from temporalio.converter import DataConverter
 
+from router.audit import AuditSink, LogAuditSink
 from router.codec import KeyProvider, KeyRingHolder, RegionCodec, data_converter
 from router.config.settings import ResolvedConfig
+from router.core.failover import FlipRefused, FlipRequested, RegionState
+from router.core.health import ProbeState
+from router.core.impact import Impact, route_changes
 from router.core.model import (
     ClusterSpec,
     ClusterView,
@@ -32,12 +39,16 @@ from router.core.model import (
 from router.core.policy import route
 from router.core.validate import build_request, check_args_size, check_name, check_workflow_id
 from router.errors import (
+    ClusterUnavailable,
     DeadlineExceeded,
+    InvalidArgument,
+    MeridianError,
     NoHealthyTarget,
     ResidencyUnsatisfiable,
     WorkflowNotFound,
 )
-from router.temporal.gateway import Gateway, ResultOutcome, WorkflowInfo
+from router.failover import FailoverController, StateFile
+from router.temporal.gateway import Gateway, ResultOutcome, StartOutcome, WorkflowInfo
 from router.temporal.health import HealthMonitor
 from router.temporal.locator import Location, LocationCache, search
 from router.temporal.pool import ClientPool
@@ -85,20 +96,46 @@ def raise_refusal(refusal: Refusal) -> None:
     raise NoHealthyTarget(refusal.message, zone=refusal.residency_zone)
 
 
+@dataclass(frozen=True, slots=True)
+class FlipOutcome:
+    before: RegionState
+    after: RegionState
+    dry_run: bool
+    # Dry runs only: the rule that would refuse the flip, and why ("" when it would go).
+    refused_rule: str = ""
+    refused_message: str = ""
+    impact: Impact | None = None
+
+
 class Meridian:
-    def __init__(self, config: ResolvedConfig, keys: KeyProvider) -> None:
+    def __init__(
+        self,
+        config: ResolvedConfig,
+        keys: KeyProvider,
+        *,
+        audit: AuditSink | None = None,
+        state_file: Path | None = None,
+    ) -> None:
         self._config = config
         self._keys = keys
         self._codecs: dict[str, tuple[KeyRingHolder, DataConverter]] = {}
         self._load_codecs(config)
-        self._key_refresh: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._pool = ClientPool(
             self._converter_for, connect_timeout=config.temporal.connect_timeout
         )
         self._gateway = Gateway(self._pool)
-        self._health = HealthMonitor(self._pool, config.health, on_change=self._rebuild_view)
+        self._health = HealthMonitor(self._pool, config.health, on_change=self._health_changed)
+        self._observations: set[asyncio.Task[None]] = set()
+        self._failover = FailoverController(
+            config.table,
+            audit or LogAuditSink(),
+            store=StateFile(state_file) if state_file else None,
+            on_change=self._rebuild_view,
+        )
         self._locations = LocationCache()
         self._view = ClusterView(active=MappingProxyType({}), healthy=frozenset())
+        self._view_changed = asyncio.Event()
         self._rebuild_view()
 
     # -- lifecycle -------------------------------------------------------------
@@ -122,22 +159,41 @@ class Meridian:
         return self._codecs[cluster.region][1]
 
     async def start(self, *, first_probe_timeout: float = 3.0) -> None:
-        """Connect (lazily) to every cluster and wait for one round of health probes."""
-        self._key_refresh = [
+        """Connect (lazily) to every cluster, probe each once and let the failover state
+        machine act on what it saw, so the first request is routed on evidence."""
+        self._tasks = [
             asyncio.create_task(holder.refresh_forever(), name=f"keys-{region}")
             for region, (holder, _) in self._codecs.items()
         ]
+        self._tasks.append(asyncio.create_task(self._failover.run_ticks(), name="failover-ticks"))
         clusters = list(self._config.table.clusters.values())
         await self._pool.sync(clusters)
         self._health.sync(clusters, self._config.health)
         await self._health.wait_first_round(first_probe_timeout)
+        await asyncio.gather(*list(self._observations), return_exceptions=True)
         self._rebuild_view()
 
     async def close(self) -> None:
-        for task in self._key_refresh:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._key_refresh, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._health.close()
+        await asyncio.gather(*list(self._observations), return_exceptions=True)
+
+    def _health_changed(self, cluster: str, state: ProbeState) -> None:
+        """From the prober: publish the new healthy set, and let the state machine act
+        (in order: asyncio's lock is FIFO, and tasks start in creation order)."""
+        self._rebuild_view()
+        if state.healthy is None:
+            return
+        task = asyncio.create_task(self._failover.observe(cluster, state.healthy, state.last_error))
+        self._observations.add(task)
+        task.add_done_callback(self._observation_done)
+
+    def _observation_done(self, task: asyncio.Task[None]) -> None:
+        self._observations.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("failover: could not apply a health change", exc_info=task.exception())
 
     async def apply_config(self, config: ResolvedConfig) -> None:
         """Swap in an already validated config: keys and connections first, then the table."""
@@ -145,7 +201,11 @@ class Meridian:
         clusters = list(config.table.clusters.values())
         await self._pool.sync(clusters)
         self._config = config
+        self._failover.sync(config.table)
         self._health.sync(clusters, config.health)
+        for name, state in self._health.states.items():
+            if state.healthy is not None:
+                await self._failover.observe(name, state.healthy, state.last_error)
         self._rebuild_view()
 
     # -- state -----------------------------------------------------------------
@@ -162,13 +222,19 @@ class Meridian:
     def health(self) -> HealthMonitor:
         return self._health
 
+    @property
+    def failover(self) -> FailoverController:
+        return self._failover
+
     def _rebuild_view(self) -> None:
-        table = self._config.table
-        # Issue 4 replaces "the primary is active" with the failover state machine.
+        """Publish the active clusters (state machine) and healthy set (prober) as one
+        new immutable view, and wake whoever waits for a change."""
         self._view = ClusterView(
-            active=MappingProxyType({r.name: r.primary.name for r in table.regions.values()}),
-            healthy=self._health.healthy() & frozenset(table.clusters),
+            active=MappingProxyType(self._failover.active()),
+            healthy=self._health.healthy() & frozenset(self._config.table.clusters),
         )
+        self._view_changed.set()
+        self._view_changed = asyncio.Event()
 
     def _budget(self, remaining: float | None, limit: float) -> float:
         if remaining is None:
@@ -199,25 +265,89 @@ class Meridian:
 
     def explain(self, inp: StartInput) -> Decision:
         """The decision a start would take now; no effect anywhere."""
-        outcome = route(self._request(inp), self._config.table, self._view)
-        if isinstance(outcome, Refusal):
-            raise_refusal(outcome)
-            raise AssertionError("unreachable")
-        return outcome
+        return self._route(self._request(inp))
 
-    async def start_workflow(self, inp: StartInput, *, remaining: float | None) -> StartResult:
-        table = self._config.table
-        req = self._request(inp)
-        outcome = route(req, table, self._view)
+    def _route(self, req: RouteRequest) -> Decision:
+        outcome = route(req, self._config.table, self._view)
         if isinstance(outcome, Refusal):
             log.info(
                 "refused %s for tenant %s: %s", req.workflow_type, req.tenant_id, outcome.message
             )
             raise_refusal(outcome)
             raise AssertionError("unreachable")
-        decision = outcome
+        return outcome
+
+    async def start_workflow(self, inp: StartInput, *, remaining: float | None) -> StartResult:
+        req = self._request(inp)
+        deadline = time.monotonic() + self._call_budget(remaining)
+        decision = self._route(req)
         workflow_id = inp.workflow_id or str(uuid.uuid4())
         request_id = inp.request_id or str(uuid.uuid4())
+        try:
+            started = await self._start_on(
+                decision,
+                req=req,
+                inp=inp,
+                workflow_id=workflow_id,
+                request_id=request_id,
+                deadline=deadline,
+            )
+        except ClusterUnavailable as exc:
+            self._health.nudge(decision.cluster)
+            if exc.may_have_reached:
+                raise ClusterUnavailable(
+                    f"{exc.message}. The start may have reached {decision.cluster}, so Meridian "
+                    f"did not send it to another cluster; workflow id {workflow_id}: safe to "
+                    "retry with the same id",
+                    cluster=decision.cluster,
+                    may_have_reached=True,
+                ) from exc
+            # Nothing was sent: once the failover state machine has moved the region
+            # to another compliant cluster, start there, once.
+            retry = await self._after_refused(req, decision, deadline)
+            if retry is None:
+                raise ClusterUnavailable(
+                    f"{exc.message}, and no other compliant cluster took over in time; "
+                    f"workflow id {workflow_id} was not started: safe to retry with the same id",
+                    cluster=decision.cluster,
+                    may_have_reached=False,
+                ) from exc
+            log.info(
+                "start of %s refused by %s; retrying on %s",
+                workflow_id,
+                decision.cluster,
+                retry.cluster,
+            )
+            decision = retry
+            started = await self._start_on(
+                decision,
+                req=req,
+                inp=inp,
+                workflow_id=workflow_id,
+                request_id=request_id,
+                deadline=deadline,
+            )
+        self._locations.put(
+            workflow_id,
+            Location(
+                decision.cluster, decision.namespace, decision.region, decision.zone, req.tenant_id
+            ),
+        )
+        return StartResult(workflow_id, started.run_id, started.started, decision, request_id)
+
+    async def _start_on(
+        self,
+        decision: Decision,
+        *,
+        req: RouteRequest,
+        inp: StartInput,
+        workflow_id: str,
+        request_id: str,
+        deadline: float,
+    ) -> StartOutcome:
+        timeout = deadline - time.monotonic()
+        if timeout <= 0:
+            raise DeadlineExceeded(f"no time left to start workflow {workflow_id}")
         memo = {
             "tenant_id": req.tenant_id,
             "data_class": req.data_class.value,
@@ -230,30 +360,86 @@ class Meridian:
             "config_version": decision.config_version,
             "request_id": request_id,
         }
-        started = await self._gateway.start(
+        return await self._gateway.start(
             decision,
             workflow_id=workflow_id,
             workflow_type=req.workflow_type,
             args=inp.args,
             memo=memo,
             request_id=request_id,
-            timeout=self._call_budget(remaining),
+            timeout=timeout,
         )
-        self._locations.put(
-            workflow_id,
-            Location(
-                decision.cluster, decision.namespace, decision.region, decision.zone, req.tenant_id
-            ),
+
+    async def _after_refused(
+        self, req: RouteRequest, failed: Decision, deadline: float
+    ) -> Decision | None:
+        """Wait (until ``deadline``) for the view to route ``req`` somewhere other than
+        the cluster that refused the connection; None if it does not happen in time."""
+        while True:
+            outcome = route(req, self._config.table, self._view)
+            if isinstance(outcome, Decision) and outcome.cluster != failed.cluster:
+                return outcome
+            if isinstance(outcome, Refusal):
+                raise_refusal(outcome)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._view_changed.wait(), left)
+
+    # -- SRE controls --------------------------------------------------------------
+
+    async def set_active_cluster(
+        self,
+        *,
+        region: str,
+        cluster: str,
+        reason: str,
+        force: bool,
+        dry_run: bool,
+        actor: str,
+        remaining: float | None,
+    ) -> FlipOutcome:
+        req = FlipRequested(target=cluster, actor=actor, reason=reason, force=force)
+        if not reason.strip():
+            raise InvalidArgument(field="reason", reason="required: say why (it is audited)")
+        if not dry_run:
+            before, after = await self._failover.request(region, req)
+            return FlipOutcome(before, after, dry_run=False)
+        before, after, events = self._failover.preview(region, req)
+        refused = next((e for e in events if isinstance(e, FlipRefused)), None)
+        impact = await self._impact(before, after if refused is None else before, remaining)
+        return FlipOutcome(
+            before,
+            after,
+            dry_run=True,
+            refused_rule=refused.rule if refused else "",
+            refused_message=refused.message if refused else "",
+            impact=impact,
         )
-        log.debug(
-            "%s %s on %s/%s run %s",
-            "started" if started.started else "existing",
-            workflow_id,
-            decision.cluster,
-            decision.namespace,
-            started.run_id,
+
+    async def _impact(
+        self, before: RegionState, after: RegionState, remaining: float | None
+    ) -> Impact:
+        table = self._config.table
+        hypothetical = ClusterView(
+            active=MappingProxyType({**self._view.active, before.region: after.active}),
+            healthy=self._view.healthy,
         )
-        return StartResult(workflow_id, started.run_id, started.started, decision, request_id)
+        changes = route_changes(table, self._view, hypothetical)
+        leaving = before.active
+        spec = table.clusters[leaving]
+        timeout = self._call_budget(remaining)
+        try:
+            counts = await asyncio.gather(
+                *(
+                    self._gateway.count_running(leaving, ns, timeout=timeout)
+                    for ns in spec.namespaces
+                )
+            )
+        except MeridianError as exc:
+            return Impact(changes, leaving, None, exc.message)
+        return Impact(changes, leaving, sum(counts), "")
 
     # -- follow-ups ----------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from temporalio.client import WorkflowExecutionStatus
 
 from router.api.status import message_of, status_of
 from router.api.values import args_to_python, from_python
+from router.core.failover import RegionState
 from router.core.model import DataClass, Decision, Priority, Role
 from router.errors import InvalidArgument, MeridianError
 from router.service import Meridian, Ref, StartInput
@@ -270,26 +271,79 @@ class RoutingAdminServicer(pb_grpc.RoutingAdminServicer):
     ) -> pb.Topology:
         return topology_pb(self._m)
 
+    @handler
+    async def SetActiveCluster(
+        self, request: pb.SetActiveClusterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetActiveClusterResponse:
+        actor = request.actor or f"anonymous@{context.peer()}"
+        out = await self._m.set_active_cluster(
+            region=request.region,
+            cluster=request.cluster,
+            reason=request.reason,
+            force=request.force,
+            dry_run=request.dry_run,
+            actor=actor,
+            remaining=_remaining(context),
+        )
+        resp = pb.SetActiveClusterResponse(
+            changed=out.after.active != out.before.active and not out.dry_run,
+            dry_run=out.dry_run,
+            refused_rule=out.refused_rule,
+            refused_message=out.refused_message,
+        )
+        region_pb(self._m, out.before, resp.before)
+        region_pb(self._m, out.after, resp.after)
+        if out.impact is not None:
+            imp = out.impact
+            resp.impact.leaving_cluster = imp.leaving_cluster
+            resp.impact.running_workflows_known = imp.running is not None
+            resp.impact.running_workflows = imp.running or 0
+            resp.impact.running_workflows_error = imp.running_error
+            for change in imp.changes:
+                resp.impact.route_changes.add(
+                    requests=change.requests, before=change.before, after=change.after
+                )
+        return resp
+
+
+def region_pb(m: Meridian, state: RegionState, out: pb.Region) -> None:
+    """One region as the status view shows it: clusters with role, health and which is
+    active in ``state`` (the live state, or a before/after of a flip)."""
+    table = m.config.table
+    region = table.regions[state.region]
+    probes = m.health.states
+    out.name, out.zone = region.name, region.zone
+    out.codec_server = region.codec_server or ""
+    out.mode = state.policy.mode.value
+    out.failed_over = state.failed_over
+    if state.last_flip is not None:
+        f = state.last_flip
+        out.last_flip.time.FromSeconds(int(f.at))
+        out.last_flip.time.nanos = int((f.at % 1) * 1e9)
+        out.last_flip.from_cluster, out.last_flip.to_cluster = f.from_cluster, f.to_cluster
+        out.last_flip.actor, out.last_flip.reason, out.last_flip.rule = f.actor, f.reason, f.rule
+        out.last_flip.automatic, out.last_flip.forced = f.automatic, f.forced
+    for c in region.clusters:
+        probe = probes.get(c.name)
+        out.clusters.add(
+            name=c.name,
+            endpoint=c.endpoint,
+            namespaces=list(c.namespaces),
+            role=pb.PRIMARY if c.role is Role.PRIMARY else pb.STANDBY,
+            healthy=bool(probe and probe.healthy),
+            active=c.name == state.active,
+            last_error=probe.last_error if probe else "",
+            probed=probe is not None and probe.healthy is not None,
+        )
+
 
 def topology_pb(m: Meridian) -> pb.Topology:
-    table, view = m.config.table, m.view
+    table = m.config.table
     topo = pb.Topology(config_version=table.version, default_region=table.default_region)
     for zone in table.zones.values():
         topo.zones.add(
             name=zone.name, countries=sorted(zone.countries), home_region=zone.home_region
         )
-    for region in table.regions.values():
-        r = topo.regions.add(
-            name=region.name, zone=region.zone, codec_server=region.codec_server or ""
-        )
-        active = view.active.get(region.name)
-        for c in region.clusters:
-            r.clusters.add(
-                name=c.name,
-                endpoint=c.endpoint,
-                namespaces=list(c.namespaces),
-                role=pb.PRIMARY if c.role is Role.PRIMARY else pb.STANDBY,
-                healthy=c.name in view.healthy,
-                active=c.name == active,
-            )
+    for name in table.regions:
+        region_pb(m, m.failover.states[name], topo.regions.add())
     return topo

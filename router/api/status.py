@@ -9,6 +9,7 @@ from router.errors import (
     ClusterUnavailable,
     ConfigError,
     DeadlineExceeded,
+    FlipRefusedError,
     InvalidArgument,
     MeridianError,
     NoHealthyTarget,
@@ -27,6 +28,7 @@ STATUS: tuple[tuple[type[MeridianError], grpc.StatusCode], ...] = (
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (WorkflowNotFound, grpc.StatusCode.NOT_FOUND),
     (WorkflowOperationFailed, grpc.StatusCode.FAILED_PRECONDITION),
+    (FlipRefusedError, grpc.StatusCode.FAILED_PRECONDITION),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
     (StackError, grpc.StatusCode.INTERNAL),
     # A payload that fails authentication is corrupt or tampered with: never guessed at.

@@ -19,13 +19,14 @@ from typing import Annotated, Any
 from pydantic import TypeAdapter, ValidationError
 
 from router.config import iso3166
-from router.config.schema import NAMESPACE_RE, RouterConfig, RuleConfig
+from router.config.schema import NAMESPACE_RE, FailoverOverride, RouterConfig, RuleConfig
 from router.config.settings import (
     CodecSettings,
     HealthSettings,
     ResolvedConfig,
     TemporalSettings,
 )
+from router.core.failover import Mode, Policy
 from router.core.model import (
     ClusterSpec,
     DataClass,
@@ -391,7 +392,11 @@ def _build(doc: RouterConfig, source: str) -> ResolvedConfig:
             specs.append(spec)
             clusters[c.name] = spec
         regions[rname] = RegionSpec(
-            name=rname, zone=region.zone, clusters=tuple(specs), codec_server=region.codec_server
+            name=rname,
+            zone=region.zone,
+            clusters=tuple(specs),
+            codec_server=region.codec_server,
+            failover=_policy(doc, region.failover),
         )
     zones = {}
     for zname, z in doc.zones.items():
@@ -440,6 +445,7 @@ def _build(doc: RouterConfig, source: str) -> ResolvedConfig:
         ),
         health=HealthSettings(
             interval=h.interval_ms / 1000,
+            failure_interval=h.failure_interval_ms / 1000,
             timeout=h.timeout_ms / 1000,
             unhealthy_threshold=h.unhealthy_threshold,
             healthy_threshold=h.healthy_threshold,
@@ -453,6 +459,16 @@ def _build(doc: RouterConfig, source: str) -> ResolvedConfig:
         ),
         source=source,
         document=doc,
+    )
+
+
+def _policy(doc: RouterConfig, override: FailoverOverride) -> Policy:
+    merged = doc.failover.model_copy(update=override.model_dump(exclude_none=True))
+    return Policy(
+        mode=Mode(merged.mode),
+        wait_period=merged.wait_period_ms / 1000,
+        auto_failback=merged.failback == "automatic",
+        failback_after=merged.failback_after_ms / 1000,
     )
 
 

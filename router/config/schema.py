@@ -9,7 +9,7 @@ frozen form.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -99,9 +99,29 @@ class ClusterConfig(_Section):
     namespaces: list[NamespaceName] | None = None
 
 
+class FailoverConfig(_Section):
+    # automatic: move off an unhealthy active at once; manual: only SREs flip.
+    mode: Literal["automatic", "manual"] = "automatic"
+    # No flip within this long after the last one (SRE flips, automatic failback).
+    wait_period_ms: int = Field(default=5000, ge=0, le=3_600_000)
+    # Return to the primary by itself once it has been healthy for failback_after_ms.
+    failback: Literal["manual", "automatic"] = "manual"
+    failback_after_ms: int = Field(default=60_000, ge=0, le=86_400_000)
+
+
+class FailoverOverride(_Section):
+    """Per-region override: only the keys given replace the global ``failover``."""
+
+    mode: Literal["automatic", "manual"] | None = None
+    wait_period_ms: int | None = Field(default=None, ge=0, le=3_600_000)
+    failback: Literal["manual", "automatic"] | None = None
+    failback_after_ms: int | None = Field(default=None, ge=0, le=86_400_000)
+
+
 class RegionConfig(_Section):
     zone: Name
     clusters: list[ClusterConfig] = Field(min_length=1)
+    failover: FailoverOverride = Field(default_factory=FailoverOverride)
     # Where this region's codec server listens (host:port), if it runs one.
     codec_server: Endpoint | None = None
 
@@ -151,6 +171,9 @@ class TemporalConfig(_Section):
 
 class HealthConfig(_Section):
     interval_ms: PositiveMs = 500
+    # After a failed probe, the next comes this soon: a dead cluster is confirmed in
+    # (unhealthy_threshold - 1) x failure_interval, not x interval.
+    failure_interval_ms: PositiveMs = 100
     timeout_ms: PositiveMs = 400
     unhealthy_threshold: int = Field(default=3, ge=1, le=100)
     healthy_threshold: int = Field(default=2, ge=1, le=100)
@@ -182,4 +205,5 @@ class RouterConfig(_Section):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     temporal: TemporalConfig = Field(default_factory=TemporalConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    failover: FailoverConfig = Field(default_factory=FailoverConfig)
     codec: CodecConfig = Field(default_factory=CodecConfig)

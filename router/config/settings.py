@@ -18,6 +18,7 @@ class TemporalSettings:
 @dataclass(frozen=True, slots=True)
 class HealthSettings:
     interval: float
+    failure_interval: float
     timeout: float
     unhealthy_threshold: int
     healthy_threshold: int

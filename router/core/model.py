@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from router.core.failover import Policy
+
 
 class DataClass(enum.Enum):
     PUBLIC = "public"
@@ -76,6 +78,7 @@ class RegionSpec:
     clusters: tuple[ClusterSpec, ...]
     # host:port of the region's codec server, if it runs one.
     codec_server: str | None = None
+    failover: Policy = Policy()  # noqa: RUF009 - frozen: one shared default is safe
 
     @property
     def primary(self) -> ClusterSpec:

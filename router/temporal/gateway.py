@@ -163,6 +163,13 @@ class Gateway:
         call = self._handle(t).cancel(rpc_timeout=timedelta(seconds=timeout))
         await self._bounded(call, t, "CancelWorkflow", timeout)
 
+    async def count_running(self, cluster: str, namespace: str, *, timeout: float) -> int:
+        """Running workflows in one namespace of a cluster, from its visibility store."""
+        client = self._pool.client(cluster, namespace)
+        return await self._bounded(
+            _count_running(client), Target(cluster, namespace, ""), "CountWorkflows", timeout
+        )
+
     async def result(self, t: Target, *, timeout: float) -> ResultOutcome:
         """Wait up to ``timeout`` for the run to close. Follows continue-as-new."""
         try:
@@ -182,6 +189,11 @@ class Gateway:
                 exc, cluster=t.cluster, what="GetWorkflowResult", workflow_id=t.workflow_id
             ) from exc
         return ResultOutcome(status=WorkflowExecutionStatus.COMPLETED, result=value)
+
+
+async def _count_running(client: Any) -> int:
+    count = await client.count_workflows("ExecutionStatus = 'Running'")
+    return int(count.count)
 
 
 def _already_started_run(exc: RPCError) -> str | None:

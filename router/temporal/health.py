@@ -30,15 +30,17 @@ class HealthMonitor:
         self,
         pool: ClientPool,
         settings: HealthSettings,
-        on_change: Callable[[], None] = lambda: None,
+        on_change: Callable[[str, ProbeState], None] = lambda name, state: None,
     ) -> None:
         self._pool = pool
         self._settings = settings
+        # Called on every change of a cluster's thresholded health (first probe included).
         self._on_change = on_change
         self._states: dict[str, ProbeState] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._specs: dict[str, ClusterSpec] = {}
         self._probed: dict[str, asyncio.Event] = {}
+        self._wake: dict[str, asyncio.Event] = {}
 
     @property
     def states(self) -> Mapping[str, ProbeState]:
@@ -63,7 +65,15 @@ class HealthMonitor:
                 self._specs[name] = spec
                 self._states.setdefault(name, ProbeState())
                 self._probed.setdefault(name, asyncio.Event())
+                self._wake.setdefault(name, asyncio.Event())
                 self._tasks[name] = asyncio.create_task(self._run(spec), name=f"probe-{name}")
+
+    def nudge(self, cluster: str) -> None:
+        """Probe ``cluster`` now instead of at its next interval: a request just failed
+        against it (passive evidence; the probes confirm or clear it)."""
+        wake = self._wake.get(cluster)
+        if wake is not None:
+            wake.set()
 
     async def wait_first_round(self, timeout: float) -> None:
         """Wait until every cluster has been probed once (or ``timeout`` passes), so a
@@ -114,9 +124,15 @@ class HealthMonitor:
                 level = logging.INFO if after.healthy else logging.WARNING
                 state = "healthy" if after.healthy else f"unhealthy ({after.last_error})"
                 log.log(level, "cluster %s at %s is %s", spec.name, spec.endpoint, state)
-                self._on_change()
-            jitter = random.uniform(0, self._settings.jitter)
-            await asyncio.sleep(self._settings.interval + jitter)
+                self._on_change(spec.name, after)
+            # After a failure, confirm fast: a dead cluster is declared within
+            # (threshold - 1) x failure_interval of its first failed probe.
+            pause = self._settings.interval if ok else self._settings.failure_interval
+            pause += random.uniform(0, self._settings.jitter)
+            wake = self._wake[spec.name]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), pause)
+            wake.clear()
 
 
 def _short(exc: BaseException) -> str:

@@ -531,11 +531,17 @@ class Cluster(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     HEALTHY_FIELD_NUMBER: _builtins.int
     ACTIVE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    PROBED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     endpoint: _builtins.str
     role: Global___ClusterRole.ValueType
     healthy: _builtins.bool
     active: _builtins.bool
+    last_error: _builtins.str
+    """Why the last probe failed ("" when healthy)."""
+    probed: _builtins.bool
+    """False until the router has probed it once."""
     @_builtins.property
     def namespaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -547,14 +553,58 @@ class Cluster(_message.Message):
         role: Global___ClusterRole.ValueType = ...,
         healthy: _builtins.bool = ...,
         active: _builtins.bool = ...,
+        last_error: _builtins.str = ...,
+        probed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "endpoint", b"endpoint", "healthy", b"healthy", "name", b"name", "namespaces", b"namespaces", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "endpoint", b"endpoint", "healthy", b"healthy", "last_error", b"last_error", "name", b"name", "namespaces", b"namespaces", "probed", b"probed", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Cluster: _TypeAlias = Cluster  # noqa: Y015
+
+@_typing.final
+class FlipInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    FROM_CLUSTER_FIELD_NUMBER: _builtins.int
+    TO_CLUSTER_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    AUTOMATIC_FIELD_NUMBER: _builtins.int
+    FORCED_FIELD_NUMBER: _builtins.int
+    from_cluster: _builtins.str
+    to_cluster: _builtins.str
+    actor: _builtins.str
+    reason: _builtins.str
+    rule: _builtins.str
+    """automatic-failover, automatic-failback, manual, manual-forced."""
+    automatic: _builtins.bool
+    forced: _builtins.bool
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        from_cluster: _builtins.str = ...,
+        to_cluster: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        rule: _builtins.str = ...,
+        automatic: _builtins.bool = ...,
+        forced: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "automatic", b"automatic", "forced", b"forced", "from_cluster", b"from_cluster", "reason", b"reason", "rule", b"rule", "time", b"time", "to_cluster", b"to_cluster"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FlipInfo: _TypeAlias = FlipInfo  # noqa: Y015
 
 @_typing.final
 class Region(_message.Message):
@@ -564,12 +614,21 @@ class Region(_message.Message):
     ZONE_FIELD_NUMBER: _builtins.int
     CLUSTERS_FIELD_NUMBER: _builtins.int
     CODEC_SERVER_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    FAILED_OVER_FIELD_NUMBER: _builtins.int
+    LAST_FLIP_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     zone: _builtins.str
     codec_server: _builtins.str
     """host:port of the region's codec server (for the Temporal CLI/UI), if any."""
+    mode: _builtins.str
+    """"automatic" or "manual" failover."""
+    failed_over: _builtins.bool
+    """The active cluster is not the primary."""
     @_builtins.property
     def clusters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Cluster]: ...
+    @_builtins.property
+    def last_flip(self) -> Global___FlipInfo: ...
     def __init__(
         self,
         *,
@@ -577,10 +636,13 @@ class Region(_message.Message):
         zone: _builtins.str = ...,
         clusters: _abc.Iterable[Global___Cluster] | None = ...,
         codec_server: _builtins.str = ...,
+        mode: _builtins.str = ...,
+        failed_over: _builtins.bool = ...,
+        last_flip: Global___FlipInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_flip", b"last_flip"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "codec_server", b"codec_server", "name", b"name", "zone", b"zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "codec_server", b"codec_server", "failed_over", b"failed_over", "last_flip", b"last_flip", "mode", b"mode", "name", b"name", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -641,3 +703,143 @@ class Topology(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Topology: _TypeAlias = Topology  # noqa: Y015
+
+@_typing.final
+class SetActiveClusterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    CLUSTER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    cluster: _builtins.str
+    reason: _builtins.str
+    """Required: why (it goes into the audit log)."""
+    force: _builtins.bool
+    """Break glass: overrides the target-healthy and wait-period rules, never the region."""
+    dry_run: _builtins.bool
+    actor: _builtins.str
+    """Who flips; default: the caller's peer address."""
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+        cluster: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        force: _builtins.bool = ...,
+        dry_run: _builtins.bool = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "cluster", b"cluster", "dry_run", b"dry_run", "force", b"force", "reason", b"reason", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetActiveClusterRequest: _TypeAlias = SetActiveClusterRequest  # noqa: Y015
+
+@_typing.final
+class RouteChange(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    requests: _builtins.str
+    before: _builtins.str
+    after: _builtins.str
+    def __init__(
+        self,
+        *,
+        requests: _builtins.str = ...,
+        before: _builtins.str = ...,
+        after: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteChange: _TypeAlias = RouteChange  # noqa: Y015
+
+@_typing.final
+class FlipImpact(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_CHANGES_FIELD_NUMBER: _builtins.int
+    LEAVING_CLUSTER_FIELD_NUMBER: _builtins.int
+    RUNNING_WORKFLOWS_FIELD_NUMBER: _builtins.int
+    RUNNING_WORKFLOWS_KNOWN_FIELD_NUMBER: _builtins.int
+    RUNNING_WORKFLOWS_ERROR_FIELD_NUMBER: _builtins.int
+    leaving_cluster: _builtins.str
+    running_workflows: _builtins.int
+    """Running workflows on the cluster being left (from its visibility), when known."""
+    running_workflows_known: _builtins.bool
+    running_workflows_error: _builtins.str
+    @_builtins.property
+    def route_changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteChange]:
+        """Representative requests whose route the flip would change."""
+
+    def __init__(
+        self,
+        *,
+        route_changes: _abc.Iterable[Global___RouteChange] | None = ...,
+        leaving_cluster: _builtins.str = ...,
+        running_workflows: _builtins.int = ...,
+        running_workflows_known: _builtins.bool = ...,
+        running_workflows_error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leaving_cluster", b"leaving_cluster", "route_changes", b"route_changes", "running_workflows", b"running_workflows", "running_workflows_error", b"running_workflows_error", "running_workflows_known", b"running_workflows_known"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FlipImpact: _TypeAlias = FlipImpact  # noqa: Y015
+
+@_typing.final
+class SetActiveClusterResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BEFORE_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    IMPACT_FIELD_NUMBER: _builtins.int
+    REFUSED_RULE_FIELD_NUMBER: _builtins.int
+    REFUSED_MESSAGE_FIELD_NUMBER: _builtins.int
+    changed: _builtins.bool
+    dry_run: _builtins.bool
+    refused_rule: _builtins.str
+    """Dry runs only: the rule that would refuse this flip, and why; empty if it would go."""
+    refused_message: _builtins.str
+    @_builtins.property
+    def before(self) -> Global___Region: ...
+    @_builtins.property
+    def after(self) -> Global___Region: ...
+    @_builtins.property
+    def impact(self) -> Global___FlipImpact:
+        """Dry runs only."""
+
+    def __init__(
+        self,
+        *,
+        before: Global___Region | None = ...,
+        after: Global___Region | None = ...,
+        changed: _builtins.bool = ...,
+        dry_run: _builtins.bool = ...,
+        impact: Global___FlipImpact | None = ...,
+        refused_rule: _builtins.str = ...,
+        refused_message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before", "impact", b"impact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before", "changed", b"changed", "dry_run", b"dry_run", "impact", b"impact", "refused_message", b"refused_message", "refused_rule", b"refused_rule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetActiveClusterResponse: _TypeAlias = SetActiveClusterResponse  # noqa: Y015

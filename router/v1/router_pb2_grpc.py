@@ -375,6 +375,11 @@ class RoutingAdminStub:
                 request_serializer=router_dot_v1_dot_router__pb2.GetTopologyRequest.SerializeToString,
                 response_deserializer=router_dot_v1_dot_router__pb2.Topology.FromString,
                 _registered_method=True)
+        self.SetActiveCluster = channel.unary_unary(
+                '/meridian.router.v1.RoutingAdmin/SetActiveCluster',
+                request_serializer=router_dot_v1_dot_router__pb2.SetActiveClusterRequest.SerializeToString,
+                response_deserializer=router_dot_v1_dot_router__pb2.SetActiveClusterResponse.FromString,
+                _registered_method=True)
 
 
 class RoutingAdminServicer:
@@ -386,6 +391,15 @@ class RoutingAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetActiveCluster(self, request, context):
+        """Flip a region's active cluster, with safety rules (see FlipInfo.rule). A refused
+        flip is FAILED_PRECONDITION naming its rule; every flip, done or refused, is
+        audited. dry_run changes nothing and reports the impact instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RoutingAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -393,6 +407,11 @@ def add_RoutingAdminServicer_to_server(servicer, server):
                     servicer.GetTopology,
                     request_deserializer=router_dot_v1_dot_router__pb2.GetTopologyRequest.FromString,
                     response_serializer=router_dot_v1_dot_router__pb2.Topology.SerializeToString,
+            ),
+            'SetActiveCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetActiveCluster,
+                    request_deserializer=router_dot_v1_dot_router__pb2.SetActiveClusterRequest.FromString,
+                    response_serializer=router_dot_v1_dot_router__pb2.SetActiveClusterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -422,6 +441,33 @@ class RoutingAdmin:
             '/meridian.router.v1.RoutingAdmin/GetTopology',
             router_dot_v1_dot_router__pb2.GetTopologyRequest.SerializeToString,
             router_dot_v1_dot_router__pb2.Topology.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetActiveCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.router.v1.RoutingAdmin/SetActiveCluster',
+            router_dot_v1_dot_router__pb2.SetActiveClusterRequest.SerializeToString,
+            router_dot_v1_dot_router__pb2.SetActiveClusterResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -137,11 +137,21 @@ class RoutingAdminStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RoutingAdminAsyncStub: ...
     GetTopology: _grpc.UnaryUnaryMultiCallable[_router_pb2.GetTopologyRequest, _router_pb2.Topology]
+    SetActiveCluster: _grpc.UnaryUnaryMultiCallable[_router_pb2.SetActiveClusterRequest, _router_pb2.SetActiveClusterResponse]
+    """Flip a region's active cluster, with safety rules (see FlipInfo.rule). A refused
+    flip is FAILED_PRECONDITION naming its rule; every flip, done or refused, is
+    audited. dry_run changes nothing and reports the impact instead.
+    """
 
 @_typing.type_check_only
 class RoutingAdminAsyncStub(RoutingAdminStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetTopology: _aio.UnaryUnaryMultiCallable[_router_pb2.GetTopologyRequest, _router_pb2.Topology]  # type: ignore[assignment]
+    SetActiveCluster: _aio.UnaryUnaryMultiCallable[_router_pb2.SetActiveClusterRequest, _router_pb2.SetActiveClusterResponse]  # type: ignore[assignment]
+    """Flip a region's active cluster, with safety rules (see FlipInfo.rule). A refused
+    flip is FAILED_PRECONDITION naming its rule; every flip, done or refused, is
+    audited. dry_run changes nothing and reports the impact instead.
+    """
 
 class RoutingAdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -150,5 +160,16 @@ class RoutingAdminServicer(metaclass=_abc_1.ABCMeta):
         request: _router_pb2.GetTopologyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.Topology, _abc.Awaitable[_router_pb2.Topology]]: ...
+
+    @_abc_1.abstractmethod
+    def SetActiveCluster(
+        self,
+        request: _router_pb2.SetActiveClusterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.SetActiveClusterResponse, _abc.Awaitable[_router_pb2.SetActiveClusterResponse]]:
+        """Flip a region's active cluster, with safety rules (see FlipInfo.rule). A refused
+        flip is FAILED_PRECONDITION naming its rule; every flip, done or refused, is
+        audited. dry_run changes nothing and reports the impact instead.
+        """
 
 def add_RoutingAdminServicer_to_server(servicer: RoutingAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,208 @@
+"""The failover adapter: feeds health and SRE requests to the pure state machine
+(router/core/failover.py), audits every outcome, persists the active clusters, and
+tells the service when the view changed.
+
+Order of effects for a flip: the audit record is written first, then the state file,
+then the new active cluster is published. A flip whose record cannot be written does
+not happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from router.audit import AuditSink, flip_record
+from router.core.failover import (
+    AuditEvent,
+    Event,
+    Flip,
+    FlipDone,
+    FlipRefused,
+    FlipRequested,
+    HealthObserved,
+    RegionState,
+    Tick,
+    apply,
+)
+from router.core.model import RoutingTable
+from router.errors import FlipRefusedError, InvalidArgument
+
+log = logging.getLogger(__name__)
+
+
+class StateFile:
+    """The active cluster and last flip of each region, in one JSON file written
+    atomically (temp file, fsync, rename), so a router restart keeps SREs' choices."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, tuple[str, Flip | None]]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.error("failover state %s unreadable (%s); starting from primaries", self.path, exc)
+            return {}
+        out: dict[str, tuple[str, Flip | None]] = {}
+        for region, entry in doc.get("regions", {}).items():
+            flip = entry.get("last_flip")
+            try:
+                out[region] = (entry["active"], Flip(**flip) if flip else None)
+            except (KeyError, TypeError):
+                log.error("failover state %s: bad entry for %s; ignored", self.path, region)
+        return out
+
+    def save(self, states: Mapping[str, RegionState]) -> None:
+        doc = {
+            "version": 1,
+            "regions": {
+                r: {"active": s.active, "last_flip": asdict(s.last_flip) if s.last_flip else None}
+                for r, s in states.items()
+            },
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(json.dumps(doc, indent=2))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.path)
+
+
+class FailoverController:
+    def __init__(
+        self,
+        table: RoutingTable,
+        audit: AuditSink,
+        *,
+        store: StateFile | None = None,
+        on_change: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._audit = audit
+        self._store = store
+        self._on_change = on_change
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._states: dict[str, RegionState] = {}
+        self.sync(table, restore=store.load() if store else {})
+
+    @property
+    def states(self) -> Mapping[str, RegionState]:
+        return self._states
+
+    def sync(
+        self, table: RoutingTable, restore: Mapping[str, tuple[str, Flip | None]] | None = None
+    ) -> None:
+        """Track exactly the table's regions; keep each active cluster that still exists
+        (a restored or previous active that is gone falls back to the primary)."""
+        restore = restore or {}
+        states: dict[str, RegionState] = {}
+        for name, region in table.regions.items():
+            clusters = tuple(c.name for c in region.clusters)
+            old = self._states.get(name)
+            if old is not None and old.clusters == clusters:
+                states[name] = replace(old, zone=region.zone, policy=region.failover)
+                continue
+            active, last = (old.active, old.last_flip) if old else restore.get(name, ("", None))
+            if active and active not in clusters:
+                log.warning(
+                    "region %s: active cluster %s is no longer in config; using %s",
+                    name,
+                    active,
+                    clusters[0],
+                )
+            states[name] = RegionState.initial(
+                name, region.zone, clusters, region.failover, active=active, last_flip=last
+            )
+        self._states = states
+
+    def active(self) -> dict[str, str]:
+        return {r: s.active for r, s in self._states.items()}
+
+    def region_of(self, cluster: str) -> str | None:
+        return next((r for r, s in self._states.items() if cluster in s.clusters), None)
+
+    async def observe(self, cluster: str, healthy: bool, detail: str = "") -> None:
+        region = self.region_of(cluster)
+        if region is not None:
+            await self._apply(region, HealthObserved(cluster, healthy, detail))
+
+    async def tick(self) -> None:
+        for region in list(self._states):
+            await self._apply(region, Tick())
+
+    def preview(
+        self, region: str, req: FlipRequested
+    ) -> tuple[RegionState, RegionState, tuple[AuditEvent, ...]]:
+        """What ``req`` would do now: no audit, no state change (a dry run)."""
+        before = self._state(region)
+        after, events = apply(before, req, self._clock())
+        return before, after, events
+
+    async def request(self, region: str, req: FlipRequested) -> tuple[RegionState, RegionState]:
+        """An SRE flip: applied (and audited) or refused (audited, then raised)."""
+        async with self._lock:
+            before = self._state(region)
+            after, events = await self._commit(region, req)
+        for e in events:
+            if isinstance(e, FlipRefused):
+                raise FlipRefusedError(e.message, rule=e.rule, region=region)
+        return before, after
+
+    def _state(self, region: str) -> RegionState:
+        state = self._states.get(region)
+        if state is None:
+            known = ", ".join(self._states)
+            raise InvalidArgument(
+                field="region", reason=f"unknown region {region!r} (known: {known})"
+            )
+        return state
+
+    async def _apply(self, region: str, event: Event) -> None:
+        async with self._lock:
+            if region in self._states:
+                await self._commit(region, event)
+
+    async def _commit(
+        self, region: str, event: Event
+    ) -> tuple[RegionState, tuple[AuditEvent, ...]]:
+        before = self._states[region]
+        after, events = apply(before, event, self._clock())
+        for e in events:
+            await self._audit.write(flip_record(e))
+        if after.active != before.active or after.last_flip != before.last_flip:
+            staged = {**self._states, region: after}
+            if self._store is not None:
+                self._store.save(staged)
+            for e in events:
+                if isinstance(e, FlipDone):
+                    f = e.flip
+                    log.warning(
+                        "region %s: %s -> %s by %s (%s): %s",
+                        region,
+                        f.from_cluster,
+                        f.to_cluster,
+                        f.actor,
+                        f.rule,
+                        f.reason,
+                    )
+        self._states = {**self._states, region: after}
+        if after.active != before.active:
+            self._on_change()
+        return after, events
+
+    async def run_ticks(self, interval: float = 1.0) -> None:
+        """Periodic ticks drive time-based rules (automatic failback)."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.tick()
