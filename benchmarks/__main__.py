@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-BENCHMARKS = {"codec": "benchmarks.codec"}
+BENCHMARKS = {"codec": "benchmarks.codec", "failover": "benchmarks.failover"}
 
 
 def main() -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
+import os
 import shutil
 import signal
 import socket
@@ -86,6 +86,9 @@ def check_ports(config: ResolvedConfig, router_host: str, router_port: int) -> N
 def port_free(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        # As servers bind: connections of a previous owner lingering in TIME_WAIT do not
+        # make the port taken, only a live listener does.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -93,11 +96,23 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the parent dies, even by SIGKILL."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+# Runs as the child, then execs the real program: asks Linux to SIGTERM it when its
+# parent dies (PR_SET_PDEATHSIG survives exec), so no child outlives a SIGKILLed parent.
+# A trampoline rather than preexec_fn, which is unsafe in a process with threads.
+_TRAMPOLINE = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n"
+    "    ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)\n"
+    "except OSError:\n"
+    "    pass\n"
+    "if os.getppid() == int(sys.argv[1]):\n"
+    "    os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def die_with_parent(argv: list[str]) -> list[str]:
+    """``argv`` wrapped so the process gets SIGTERM when this process dies."""
+    return [sys.executable, "-c", _TRAMPOLINE, str(os.getpid()), *argv]
 
 
 @dataclass
@@ -140,12 +155,11 @@ class DevStack:
         # A local file opened once per child at start-up; not worth a thread.
         with open(child.log_path, "ab") as log:  # noqa: ASYNC230
             child.proc = await asyncio.create_subprocess_exec(
-                *argv,
+                *die_with_parent(argv),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
             )
         self.children.append(child)
         self._write_pids()

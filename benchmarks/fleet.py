@@ -1,0 +1,277 @@
+"""A small fleet of real processes for failover drills and their tests: Temporal dev
+servers we can SIGKILL, SIGSTOP and restart on the same port, and a router
+(`meridian serve`). Every process is ours by PID and dies with us (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from temporalio.service import ConnectConfig, ServiceClient
+
+from router.codec import FileKeyProvider, new_ring
+from router.devstack import die_with_parent, port_free, temporal_binary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def _popen(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            die_with_parent(argv), stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT,
+        )  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+        proc.send_signal(sig)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass
+class Cluster:
+    name: str
+    port: int
+    namespaces: tuple[str, ...]
+    logs: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        deadline = time.monotonic() + 10
+        while not port_free("127.0.0.1", self.port):  # the old process may still hold it
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"port {self.port} of {self.name} is still taken")
+            time.sleep(0.05)
+        argv = [temporal_binary(), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
+                "--port", str(self.port), "--log-level", "error"]  # fmt: skip
+        for ns in self.namespaces:
+            argv += ["--namespace", ns]
+        self.proc = _popen(argv, self.logs / f"{self.name}.log")
+
+    async def wait_ready(self, timeout: float = 30) -> None:
+        service = await ServiceClient.connect(ConnectConfig(target_host=self.endpoint, lazy=True))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                if await service.check_health(timeout=timedelta(seconds=1)):
+                    return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"{self.name} not ready after {timeout} s")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def terminate(self) -> None:
+        _stop(self.proc)
+
+
+@dataclass
+class Fleet:
+    """Clusters per region (primary first) plus one router, under ``home``."""
+
+    home: Path
+    regions: dict[str, tuple[str, list[Cluster]]]  # region -> (zone, clusters)
+    countries: dict[str, list[str]]  # zone -> countries
+    extra: dict[str, Any] = field(default_factory=dict)
+    router_port: int = field(default_factory=free_port)
+    router: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def create(
+        cls,
+        home: Path,
+        layout: dict[str, tuple[str, int]],
+        countries: dict[str, list[str]],
+        **extra: Any,
+    ) -> Fleet:
+        """``layout``: region -> (zone, number of clusters)."""
+        regions = {
+            region: (zone, [
+                Cluster(f"{region}-{chr(97 + i)}", free_port(), (region,), home / "logs")
+                for i in range(n)
+            ])
+            for region, (zone, n) in layout.items()
+        }  # fmt: skip
+        return cls(home, regions, countries, extra)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.router_port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / "config.yaml"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
+
+    def cluster(self, name: str) -> Cluster:
+        return next(c for _, cs in self.regions.values() for c in cs if c.name == name)
+
+    def clusters(self) -> Iterator[Cluster]:
+        for _, cs in self.regions.values():
+            yield from cs
+
+    def write_config(self) -> None:
+        doc: dict[str, Any] = {
+            "zones": {
+                zone: {
+                    "countries": countries,
+                    "home_region": next(r for r, (z, _) in self.regions.items() if z == zone),
+                }
+                for zone, countries in self.countries.items()
+            },
+            "regions": {
+                region: {
+                    "zone": zone,
+                    "clusters": [{"name": c.name, "endpoint": c.endpoint} for c in cs],
+                }
+                for region, (zone, cs) in self.regions.items()
+            },
+            "default_region": self.extra.get("default_region", next(iter(self.regions))),
+            **{k: v for k, v in self.extra.items() if k != "default_region"},
+        }
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        provider = FileKeyProvider(self.keys_dir)
+        for region in self.regions:
+            if not provider.path(region).exists():
+                provider.save(new_ring(region))
+
+    async def start(self) -> None:
+        self.write_config()
+        for c in self.clusters():
+            c.start()
+        await asyncio.gather(*(c.wait_ready() for c in self.clusters()))
+        self.start_router()
+        await self.wait_router()
+
+    def start_router(self) -> None:
+        argv = [
+            sys.executable, "-m", "router.cli", "serve", "--config", str(self.config_path),
+            "--keys-dir", str(self.keys_dir), "--state-dir", str(self.home / "state"),
+            "--port", str(self.router_port),
+        ]  # fmt: skip
+        self.router = _popen(argv, self.home / "logs" / "router.log")
+
+    async def wait_router(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                assert self.router is not None
+                if self.router.poll() is not None:
+                    raise RuntimeError(f"router exited: {self.router_log()}")
+                with contextlib.suppress(grpc.RpcError):
+                    resp = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"router not serving after {timeout} s: {self.router_log()}")
+
+    def router_log(self) -> str:
+        path = self.home / "logs" / "router.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop_router(self) -> None:
+        _stop(self.router)
+
+    def stop(self) -> None:
+        self.stop_router()
+        for c in self.clusters():
+            c.terminate()
+
+
+@dataclass
+class Outcome:
+    sent: float
+    done: float
+    cluster: str = ""
+    code: grpc.StatusCode | None = None
+    details: str = ""
+    workflow_id: str = ""
+
+
+async def start_stream(
+    router: Any,
+    make_request: Callable[[], Any],
+    seconds: float,
+    fault_at: float,
+    fault: Callable[[], None],
+    *,
+    every: float = 0.025,
+) -> tuple[float, list[Outcome]]:
+    """A steady stream of starts (one every ``every`` s, each its own task so a hung
+    call never holds the stream) for ``seconds``; ``fault()`` runs ``fault_at`` s in.
+    Returns the monotonic time of the fault and every outcome, by send time."""
+    outcomes: list[Outcome] = []
+    tasks = []
+
+    async def one() -> None:
+        req = make_request()
+        o = Outcome(sent=time.monotonic(), done=0.0, workflow_id=req.workflow_id)
+        try:
+            resp = await router.StartWorkflow(req, timeout=10)
+            o.cluster = resp.decision.cluster
+        except grpc.aio.AioRpcError as exc:
+            o.code, o.details = exc.code(), exc.details() or ""
+        o.done = time.monotonic()
+        outcomes.append(o)
+
+    t0 = time.monotonic()
+    t_fault = 0.0
+    while time.monotonic() - t0 < seconds:
+        if not t_fault and time.monotonic() - t0 >= fault_at:
+            t_fault = time.monotonic()
+            fault()
+        tasks.append(asyncio.create_task(one()))
+        await asyncio.sleep(every)
+    await asyncio.gather(*tasks)
+    return t_fault, sorted(outcomes, key=lambda o: o.sent)
