@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -29,13 +30,21 @@ from router.devstack import die_with_parent, port_free, temporal_binary
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    import socket
+# Below Linux's ephemeral range (32768-60999): the kernel hands those out to every
+# outgoing connection and to servers asking for "any port" (a Temporal dev server opens
+# three), so a port picked there can be taken before we bind it.
+_PORTS = (20000, 32000)
+_used: set[int] = set()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+
+def free_port() -> int:
+    """A free loopback port outside the ephemeral range, never the same twice per process."""
+    for _ in range(1000):
+        port = random.randrange(*_PORTS)
+        if port not in _used and port_free("127.0.0.1", port):
+            _used.add(port)
+            return port
+    raise RuntimeError(f"no free port in {_PORTS}")
 
 
 def _popen(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -197,7 +206,7 @@ class Fleet:
         argv = [
             sys.executable, "-m", "router.cli", "serve", "--config", str(self.config_path),
             "--keys-dir", str(self.keys_dir), "--state-dir", str(self.home / "state"),
-            "--port", str(self.router_port),
+            "--audit-dir", str(self.home / "audit"), "--port", str(self.router_port),
         ]  # fmt: skip
         self.router = _popen(argv, self.home / "logs" / "router.log")
 

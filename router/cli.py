@@ -72,6 +72,19 @@ async def _race(work: Awaitable[None], stop: asyncio.Event) -> bool:
 # -- commands -----------------------------------------------------------------------
 
 
+def _open_audit(config: Any, directory: Path, key_file: Path | None) -> Any:
+    from router.audit import AuditLog, load_key
+
+    log_ = AuditLog(
+        directory,
+        key=load_key(key_file),
+        max_file_bytes=config.document.audit.max_file_bytes,
+        max_file_age=float(config.document.audit.max_file_age_s),
+    )
+    log_.open()
+    return log_
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from router.api.server import RouterServer
     from router.codec import FileKeyProvider
@@ -92,6 +105,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     async def main(stop: asyncio.Event) -> None:
         stack = DevStack(config, path, home=home, keys_dir=keys, say=say, persist=args.persist)
         server: RouterServer | None = None
+        audit: Any = None
         say(f"meridian dev: config {path} (version {config.version}); logs in {stack.logs}")
         try:
             stack.ensure_secrets()
@@ -99,13 +113,21 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 if not await _race(step(), stop):
                     return
             say(f"[4/4] starting the router on {args.host}:{args.port}")
+            audit = _open_audit(config, home / "audit", keys / "audit.key")
             meridian = Meridian(
-                config, FileKeyProvider(keys), state_file=home / "state" / "failover.json"
+                config,
+                FileKeyProvider(keys),
+                audit=audit,
+                state_file=home / "state" / "failover.json",
             )
             server = RouterServer(meridian, host=args.host, port=args.port)
             if not await _race(server.start(), stop):
                 return
             _print_summary(say, config, args.host, server.port)
+            say(
+                f"audit log: {home / 'audit'} (verify: meridian audit verify {home / 'audit'} "
+                f"--key-file {keys / 'audit.key'})"
+            )
             # A child that crashes is reported by its watcher; the rest keep serving
             # (a dead cluster is a failure mode worth trying out) until Ctrl-C/SIGTERM.
             await stop.wait()
@@ -113,6 +135,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
             say("stopping: router, workers, clusters ...")
             if server is not None:
                 await server.stop(grace=2.0)
+            if audit is not None:
+                await audit.close()
             await stack.stop()
             say("stopped")
 
@@ -144,20 +168,42 @@ def _print_summary(say: Callable[[str], None], config: Any, host: str, port: int
 def cmd_serve(args: argparse.Namespace) -> int:
     from router.api.server import RouterServer
     from router.codec import default_provider
-    from router.config.load import load
+    from router.config.load import load_file, resolve_path
     from router.paths import keys_dir, meridian_home
     from router.service import Meridian
 
-    config = load(args.config)
-    state_dir = Path(args.state_dir) if args.state_dir else meridian_home() / "state"
+    path = resolve_path(args.config)
+    config = load_file(path)
+    home = meridian_home()
+    state_dir = Path(args.state_dir) if args.state_dir else home / "state"
+    audit = _open_audit(
+        config,
+        Path(args.audit_dir) if args.audit_dir else home / "audit",
+        Path(args.audit_key_file) if args.audit_key_file else None,
+    )
     meridian = Meridian(
         config,
         default_provider(keys_dir(args.keys_dir)),
+        audit=audit,
         state_file=state_dir / "failover.json",
     )
 
+    async def reload() -> None:
+        """SIGHUP: read the config file again; apply it whole, or reject it whole."""
+        try:
+            fresh = load_file(path)
+        except ConfigError as exc:
+            log.error("config reload rejected; keeping %s\n%s", meridian.config.version, exc)
+            await meridian.reject_config(exc)
+            return
+        if fresh.version != meridian.config.version:
+            await meridian.apply_config(fresh)
+            log.info("config reloaded: version %s", fresh.version)
+
     async def main(stop: asyncio.Event) -> None:
         server = RouterServer(meridian, host=args.host, port=args.port)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
         try:
             if await _race(server.start(), stop):
                 print(
@@ -166,7 +212,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 )
                 await stop.wait()
         finally:
+            loop.remove_signal_handler(signal.SIGHUP)
             await server.stop(grace=args.grace)
+            await audit.close()
 
     asyncio.run(_until_signalled(main))
     return 0
@@ -598,6 +646,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--state-dir",
         help="where active-cluster choices persist (default: $MERIDIAN_HOME/state)",
+    )
+    serve.add_argument("--audit-dir", help="the audit log (default: $MERIDIAN_HOME/audit)")
+    serve.add_argument(
+        "--audit-key-file",
+        help="base64 HMAC key (0600) that makes the audit chain unforgeable "
+        "(or $MERIDIAN_AUDIT_KEY)",
     )
     serve.set_defaults(func=cmd_serve)
 

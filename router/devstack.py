@@ -10,9 +10,11 @@ reaches only us), told to die with us (PR_SET_PDEATHSIG), and stopped by PID on 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -29,7 +31,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.service import ConnectConfig, ServiceClient
 
-from router.codec.keys import FileKeyProvider, new_ring
+from router.codec.keys import FileKeyProvider, new_ring, write_private
 from router.codec.tokens import new_token_file, token_path
 from router.config.compile import worker_queues
 from router.config.settings import ResolvedConfig
@@ -288,6 +290,10 @@ class DevStack:
             if not token_path(self.keys_dir, region).exists():
                 new_token_file(self.keys_dir, region)
                 made.append(f"codec token {region}")
+        audit_key = self.keys_dir / "audit.key"
+        if not audit_key.exists():
+            write_private(audit_key, base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+            made.append("audit key")
         if made:
             self.say(f"generated development secrets in {self.keys_dir}: {', '.join(made)}")
         else:

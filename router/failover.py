@@ -32,7 +32,7 @@ from router.core.failover import (
     apply,
 )
 from router.core.model import RoutingTable
-from router.errors import FlipRefusedError, InvalidArgument
+from router.errors import FlipRefusedError, InvalidArgument, MeridianError
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,12 @@ class FailoverController:
         *,
         store: StateFile | None = None,
         on_change: Callable[[], None] = lambda: None,
+        health: Callable[[], Mapping[str, tuple[bool, str]]] = dict,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._audit = audit
+        # The prober's current view, to reconcile with on every tick (see ``tick``).
+        self._health = health
         self._store = store
         self._on_change = on_change
         self._clock = clock
@@ -138,6 +141,12 @@ class FailoverController:
             await self._apply(region, HealthObserved(cluster, healthy, detail))
 
     async def tick(self) -> None:
+        """Time-based rules, and reconciliation: a health change whose flip could not be
+        audited (so was not applied) is applied again here, until it can be."""
+        for cluster, (healthy, detail) in self._health().items():
+            region = self.region_of(cluster)
+            if region is not None and self._states[region].health.get(cluster) is not healthy:
+                await self._apply(region, HealthObserved(cluster, healthy, detail))
         for region in list(self._states):
             await self._apply(region, Tick())
 
@@ -179,7 +188,7 @@ class FailoverController:
         before = self._states[region]
         after, events = apply(before, event, self._clock())
         for e in events:
-            await self._audit.write(flip_record(e))
+            await self._audit.append(flip_record(e))
         if after.active != before.active or after.last_flip != before.last_flip:
             staged = {**self._states, region: after}
             if self._store is not None:
@@ -205,4 +214,7 @@ class FailoverController:
         """Periodic ticks drive time-based rules (automatic failback)."""
         while True:
             await asyncio.sleep(interval)
-            await self.tick()
+            try:
+                await self.tick()
+            except MeridianError as exc:  # e.g. the audit log is unavailable: retry later
+                log.error("failover tick: %s", exc.message)

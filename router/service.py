@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -20,7 +21,16 @@ from typing import Any, TypeVar
 
 from temporalio.converter import DataConverter
 
-from router.audit import AuditSink, LogAuditSink
+from router.audit import (
+    AuditSink,
+    AuditUnavailable,
+    CallContext,
+    Receipt,
+    config_record,
+    decision_record,
+    outcome_record,
+    refusal_record,
+)
 from router.codec import KeyProvider, KeyRingHolder, RegionCodec, data_converter
 from router.config.settings import ResolvedConfig
 from router.core.failover import FlipRefused, FlipRequested, RegionState
@@ -40,6 +50,7 @@ from router.core.policy import route
 from router.core.validate import build_request, check_args_size, check_name, check_workflow_id
 from router.errors import (
     ClusterUnavailable,
+    ConfigError,
     DeadlineExceeded,
     InvalidArgument,
     MeridianError,
@@ -81,6 +92,9 @@ class StartResult:
     started: bool
     decision: Decision
     request_id: str
+    # Audit receipts: the route.decision record, and the start.outcome record.
+    decision_receipt: Receipt | None = None
+    receipt: Receipt | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +108,15 @@ def raise_refusal(refusal: Refusal) -> None:
     if refusal.kind is RefusalKind.RESIDENCY:
         raise ResidencyUnsatisfiable(refusal.message, zone=refusal.residency_zone)
     raise NoHealthyTarget(refusal.message, zone=refusal.residency_zone)
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """Progress of one start: the decision it is on and that decision's audit receipt."""
+
+    decision: Decision
+    receipt: Receipt | None
+    retried_from: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +136,7 @@ class Meridian:
         config: ResolvedConfig,
         keys: KeyProvider,
         *,
-        audit: AuditSink | None = None,
+        audit: AuditSink,
         state_file: Path | None = None,
     ) -> None:
         self._config = config
@@ -127,11 +150,13 @@ class Meridian:
         self._gateway = Gateway(self._pool)
         self._health = HealthMonitor(self._pool, config.health, on_change=self._health_changed)
         self._observations: set[asyncio.Task[None]] = set()
+        self._audit = audit
         self._failover = FailoverController(
             config.table,
-            audit or LogAuditSink(),
+            audit,
             store=StateFile(state_file) if state_file else None,
             on_change=self._rebuild_view,
+            health=self._probe_health,
         )
         self._locations = LocationCache()
         self._view = ClusterView(active=MappingProxyType({}), healthy=frozenset())
@@ -172,6 +197,12 @@ class Meridian:
         await self._health.wait_first_round(first_probe_timeout)
         await asyncio.gather(*list(self._observations), return_exceptions=True)
         self._rebuild_view()
+        try:
+            await self._record(config_record(
+                outcome="loaded", source=self._config.source, version=self._config.version
+            ))  # fmt: skip
+        except AuditUnavailable as exc:
+            log.error("could not record the config in the audit log: %s", exc.message)
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -179,6 +210,13 @@ class Meridian:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._health.close()
         await asyncio.gather(*list(self._observations), return_exceptions=True)
+
+    def _probe_health(self) -> dict[str, tuple[bool, str]]:
+        return {
+            name: (state.healthy, state.last_error)
+            for name, state in self._health.states.items()
+            if state.healthy is not None
+        }
 
     def _health_changed(self, cluster: str, state: ProbeState) -> None:
         """From the prober: publish the new healthy set, and let the state machine act
@@ -196,7 +234,12 @@ class Meridian:
             log.error("failover: could not apply a health change", exc_info=task.exception())
 
     async def apply_config(self, config: ResolvedConfig) -> None:
-        """Swap in an already validated config: keys and connections first, then the table."""
+        """Swap in an already validated config: audited first, then keys and connections,
+        then the table."""
+        await self._record(config_record(
+            outcome="accepted", source=config.source, version=config.version,
+            previous=self._config.version,
+        ))  # fmt: skip
         self._load_codecs(config)
         clusters = list(config.table.clusters.values())
         await self._pool.sync(clusters)
@@ -207,6 +250,13 @@ class Meridian:
             if state.healthy is not None:
                 await self._failover.observe(name, state.healthy, state.last_error)
         self._rebuild_view()
+
+    async def reject_config(self, error: ConfigError) -> None:
+        """A config change that failed validation: audited; the current config stays."""
+        await self._record(config_record(
+            outcome="rejected", source=error.source, version="", previous=self._config.version,
+            errors=[str(e) for e in error.errors],
+        ))  # fmt: skip
 
     # -- state -----------------------------------------------------------------
 
@@ -263,86 +313,154 @@ class Meridian:
         check_args_size("args", inp.args_size, table)
         return req
 
-    def explain(self, inp: StartInput) -> Decision:
-        """The decision a start would take now; no effect anywhere."""
-        return self._route(self._request(inp))
-
-    def _route(self, req: RouteRequest) -> Decision:
+    def _route(self, req: RouteRequest) -> Decision | Refusal:
         outcome = route(req, self._config.table, self._view)
         if isinstance(outcome, Refusal):
             log.info(
                 "refused %s for tenant %s: %s", req.workflow_type, req.tenant_id, outcome.message
             )
-            raise_refusal(outcome)
-            raise AssertionError("unreachable")
         return outcome
 
-    async def start_workflow(self, inp: StartInput, *, remaining: float | None) -> StartResult:
+    async def _record(self, record: dict[str, Any]) -> Receipt | None:
+        """Append to the audit log; a record that cannot be written stops the action."""
+        return await self._audit.append(record)
+
+    async def _decide(
+        self, req: RouteRequest, ctx: CallContext, workflow_id: str, *, dry_run: bool
+    ) -> tuple[Decision, Receipt | None]:
+        """Route, and audit the decision (or the refusal) before anything acts on it."""
+        outcome = self._route(req)
+        if isinstance(outcome, Refusal):
+            record = refusal_record(req, outcome, ctx, workflow_id=workflow_id)
+            await self._record({**record, "dry_run": dry_run})
+            raise_refusal(outcome)
+            raise AssertionError("unreachable")
+        receipt = await self._record_decision(req, outcome, ctx, workflow_id, dry_run=dry_run)
+        return outcome, receipt
+
+    async def _record_decision(
+        self,
+        req: RouteRequest,
+        decision: Decision,
+        ctx: CallContext,
+        workflow_id: str,
+        *,
+        dry_run: bool = False,
+        retry_of: int | None = None,
+    ) -> Receipt | None:
+        key_id = self._codecs[decision.region][0].ring.active
+        kind = "route.explain" if dry_run else "route.decision"
+        record = decision_record(kind, req, decision, ctx, workflow_id=workflow_id, key_id=key_id)
+        if retry_of is not None:
+            record["retry_of_seq"] = retry_of
+        return await self._record(record)
+
+    async def explain(
+        self, inp: StartInput, *, caller: str = "", trace_id: str = ""
+    ) -> tuple[Decision, Receipt | None]:
+        """The decision a start would take now, audited as a dry run; no effect on Temporal."""
+        req = self._request(inp)
+        ctx = CallContext(caller, inp.request_id or str(uuid.uuid4()), trace_id)
+        return await self._decide(req, ctx, inp.workflow_id, dry_run=True)
+
+    async def start_workflow(
+        self, inp: StartInput, *, remaining: float | None, caller: str = "", trace_id: str = ""
+    ) -> StartResult:
         req = self._request(inp)
         deadline = time.monotonic() + self._call_budget(remaining)
-        decision = self._route(req)
         workflow_id = inp.workflow_id or str(uuid.uuid4())
-        request_id = inp.request_id or str(uuid.uuid4())
+        ctx = CallContext(caller, inp.request_id or str(uuid.uuid4()), trace_id)
+        decision, receipt = await self._decide(req, ctx, workflow_id, dry_run=False)
+        attempt = _Attempt(decision, receipt)
         try:
-            started = await self._start_on(
-                decision,
-                req=req,
-                inp=inp,
-                workflow_id=workflow_id,
-                request_id=request_id,
-                deadline=deadline,
+            started = await self._start_with_failover(
+                attempt, req=req, inp=inp, ctx=ctx, workflow_id=workflow_id, deadline=deadline
             )
         except ClusterUnavailable as exc:
-            self._health.nudge(decision.cluster)
-            if exc.may_have_reached:
-                raise ClusterUnavailable(
-                    f"{exc.message}. The start may have reached {decision.cluster}, so Meridian "
-                    f"did not send it to another cluster; workflow id {workflow_id}: safe to "
-                    "retry with the same id",
-                    cluster=decision.cluster,
-                    may_have_reached=True,
-                ) from exc
-            # Nothing was sent: once the failover state machine has moved the region
-            # to another compliant cluster, start there, once.
-            retry = await self._after_refused(req, decision, deadline)
-            if retry is None:
-                raise ClusterUnavailable(
-                    f"{exc.message}, and no other compliant cluster took over in time; "
-                    f"workflow id {workflow_id} was not started: safe to retry with the same id",
-                    cluster=decision.cluster,
-                    may_have_reached=False,
-                ) from exc
-            log.info(
-                "start of %s refused by %s; retrying on %s",
-                workflow_id,
-                decision.cluster,
-                retry.cluster,
-            )
-            decision = retry
-            started = await self._start_on(
-                decision,
-                req=req,
-                inp=inp,
-                workflow_id=workflow_id,
-                request_id=request_id,
-                deadline=deadline,
-            )
+            await self._record(outcome_record(
+                ctx=ctx, workflow_id=workflow_id, decision_seq=_seq(attempt.receipt),
+                cluster=attempt.decision.cluster, error=exc.message,
+            ))  # fmt: skip
+            raise
+        decision = attempt.decision
+        try:
+            outcome = await self._record(outcome_record(
+                ctx=ctx, workflow_id=workflow_id, decision_seq=_seq(attempt.receipt),
+                cluster=decision.cluster, run_id=started.run_id, started=started.started,
+                retried_from=attempt.retried_from,
+            ))  # fmt: skip
+        except AuditUnavailable as exc:
+            raise AuditUnavailable(
+                f"{exc.message}; workflow {workflow_id} was started on {decision.cluster} but "
+                "its outcome is not recorded: retry with the same id (it is idempotent)"
+            ) from exc
         self._locations.put(
             workflow_id,
             Location(
                 decision.cluster, decision.namespace, decision.region, decision.zone, req.tenant_id
             ),
         )
-        return StartResult(workflow_id, started.run_id, started.started, decision, request_id)
+        return StartResult(
+            workflow_id, started.run_id, started.started, decision, ctx.request_id,
+            decision_receipt=attempt.receipt, receipt=outcome,
+        )  # fmt: skip
 
-    async def _start_on(
+    async def _start_with_failover(
         self,
-        decision: Decision,
+        attempt: _Attempt,
         *,
         req: RouteRequest,
         inp: StartInput,
+        ctx: CallContext,
         workflow_id: str,
-        request_id: str,
+        deadline: float,
+    ) -> StartOutcome:
+        """The failover rule for starts in flight: a start refused before sending is
+        retried once on the new active cluster (a new decision, audited first); one that
+        may have reached its cluster is never re-sent elsewhere."""
+        decision = attempt.decision
+        send = functools.partial(
+            self._send_start, req=req, inp=inp, ctx=ctx, workflow_id=workflow_id, deadline=deadline
+        )
+        try:
+            return await send(decision)
+        except ClusterUnavailable as exc:
+            self._health.nudge(decision.cluster)
+            if exc.may_have_reached:
+                raise ClusterUnavailable(
+                    f"{exc.message}. The start may have reached {decision.cluster}, so Meridian "
+                    f"did not send it to another cluster; workflow id {workflow_id}: safe "
+                    "to retry with the same id",
+                    cluster=decision.cluster,
+                    may_have_reached=True,
+                ) from exc
+            retry = await self._after_refused(req, decision, deadline)
+            if not isinstance(retry, Decision):
+                why = "no other compliant cluster took over in time"
+                if isinstance(retry, Refusal):
+                    why = f"no other compliant cluster is healthy ({retry.message})"
+                raise ClusterUnavailable(
+                    f"{exc.message}, and {why}; workflow id {workflow_id} was not "
+                    "started: safe to retry with the same id",
+                    cluster=decision.cluster,
+                    may_have_reached=False,
+                ) from exc
+        log.info("start of %s refused by %s; retrying on %s",
+                 workflow_id, decision.cluster, retry.cluster)  # fmt: skip
+        attempt.receipt = await self._record_decision(
+            req, retry, ctx, workflow_id, retry_of=_seq(attempt.receipt)
+        )
+        attempt.decision, attempt.retried_from = retry, decision.cluster
+        return await send(retry)
+
+    async def _send_start(
+        self,
+        d: Decision,
+        *,
+        req: RouteRequest,
+        inp: StartInput,
+        ctx: CallContext,
+        workflow_id: str,
         deadline: float,
     ) -> StartOutcome:
         timeout = deadline - time.monotonic()
@@ -352,35 +470,33 @@ class Meridian:
             "tenant_id": req.tenant_id,
             "data_class": req.data_class.value,
             "user_country": req.user_country,
-            "zone": decision.zone,
-            "residency_zone": decision.residency_zone,
-            "region": decision.region,
-            "cluster": decision.cluster,
-            "rule": decision.rule,
-            "config_version": decision.config_version,
-            "request_id": request_id,
+            "zone": d.zone,
+            "residency_zone": d.residency_zone,
+            "region": d.region,
+            "cluster": d.cluster,
+            "rule": d.rule,
+            "config_version": d.config_version,
+            "request_id": ctx.request_id,
         }
         return await self._gateway.start(
-            decision,
+            d,
             workflow_id=workflow_id,
             workflow_type=req.workflow_type,
             args=inp.args,
             memo=memo,
-            request_id=request_id,
+            request_id=ctx.request_id,
             timeout=timeout,
         )
 
     async def _after_refused(
         self, req: RouteRequest, failed: Decision, deadline: float
-    ) -> Decision | None:
+    ) -> Decision | Refusal | None:
         """Wait (until ``deadline``) for the view to route ``req`` somewhere other than
         the cluster that refused the connection; None if it does not happen in time."""
         while True:
             outcome = route(req, self._config.table, self._view)
-            if isinstance(outcome, Decision) and outcome.cluster != failed.cluster:
+            if isinstance(outcome, Refusal) or outcome.cluster != failed.cluster:
                 return outcome
-            if isinstance(outcome, Refusal):
-                raise_refusal(outcome)
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
@@ -541,3 +657,7 @@ class Meridian:
         target = loc.target(ref.workflow_id, info.run_id)
         wait = self._budget(remaining, self._config.temporal.result_wait)
         return loc, info, await self._gateway.result(target, timeout=wait)
+
+
+def _seq(receipt: Receipt | None) -> int:
+    return receipt.sequence if receipt is not None else 0

@@ -4,20 +4,15 @@ embedded default."""
 from __future__ import annotations
 
 import copy
-import socket
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from benchmarks.fleet import free_port
+
+__all__ = ["default_doc", "free_port", "with_free_ports", "write_config"]
 from router.config.load import DEFAULT_CONFIG
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def default_doc() -> dict[str, Any]:

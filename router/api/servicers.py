@@ -20,6 +20,7 @@ from temporalio.client import WorkflowExecutionStatus
 
 from router.api.status import message_of, status_of
 from router.api.values import args_to_python, from_python
+from router.audit import Receipt
 from router.core.failover import RegionState
 from router.core.model import DataClass, Decision, Priority, Role
 from router.errors import InvalidArgument, MeridianError
@@ -142,6 +143,26 @@ def _timestamp(value: datetime | None, out: Timestamp) -> None:
         out.FromDatetime(value)
 
 
+def _receipt(receipt: Receipt | None, out: Any) -> None:
+    if receipt is not None:
+        out.receipt.sequence, out.receipt.hash, out.receipt.file = (
+            receipt.sequence, receipt.hash, receipt.file,
+        )  # fmt: skip
+
+
+CALLER_HEADER = "x-meridian-caller"
+
+
+def _caller(context: grpc.aio.ServicerContext) -> tuple[str, str]:
+    """The caller's identity (its x-meridian-caller header, else its address) and the
+    W3C trace id of the request, if it carries a traceparent header."""
+    meta = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+    caller = meta.get(CALLER_HEADER) or context.peer()
+    parts = meta.get("traceparent", "").split("-")
+    trace_id = parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
+    return caller[:256], trace_id
+
+
 def _remaining(context: grpc.aio.ServicerContext) -> float | None:
     remaining: float | None = context.time_remaining()
     return remaining
@@ -155,7 +176,10 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
     async def StartWorkflow(
         self, request: pb.StartWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartWorkflowResponse:
-        res = await self._m.start_workflow(start_input(request), remaining=_remaining(context))
+        caller, trace_id = _caller(context)
+        res = await self._m.start_workflow(
+            start_input(request), remaining=_remaining(context), caller=caller, trace_id=trace_id
+        )
         resp = pb.StartWorkflowResponse(
             workflow_id=res.workflow_id,
             run_id=res.run_id,
@@ -163,13 +187,21 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
             request_id=res.request_id,
         )
         decision_pb(res.decision, resp.decision)
+        _receipt(res.decision_receipt, resp.decision)
+        _receipt(res.receipt, resp)
         return resp
 
     @handler
     async def ExplainRoute(
         self, request: pb.StartWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> pb.RouteDecision:
-        return decision_pb(self._m.explain(start_input(request)))
+        caller, trace_id = _caller(context)
+        decision, receipt = await self._m.explain(
+            start_input(request), caller=caller, trace_id=trace_id
+        )
+        out = decision_pb(decision)
+        _receipt(receipt, out)
+        return out
 
     @handler
     async def DescribeWorkflow(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from router.audit import AuditUnavailable
 from router.codec import CodecError, KeyRingError
 from router.errors import (
     ClusterUnavailable,
@@ -25,6 +26,7 @@ STATUS: tuple[tuple[type[MeridianError], grpc.StatusCode], ...] = (
     (ResidencyUnsatisfiable, grpc.StatusCode.FAILED_PRECONDITION),
     (NoHealthyTarget, grpc.StatusCode.UNAVAILABLE),
     (ClusterUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (AuditUnavailable, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (WorkflowNotFound, grpc.StatusCode.NOT_FOUND),
     (WorkflowOperationFailed, grpc.StatusCode.FAILED_PRECONDITION),

@@ -1,11 +1,34 @@
-"""Audit records: what Meridian decided, refused and changed, and why.
+"""The compliance audit log: every decision, refusal, start outcome, flip, config change
+and authentication failure, hash-chained, durable before its effect is acknowledged,
+verifiable and searchable by auditors (``meridian audit verify|query|report``)."""
 
-``records`` turns the core's audit events into JSON-shaped records (pure); an
-``AuditSink`` stores them. The sink is awaited before the effect it records is applied
-or acknowledged.
-"""
+from router.audit.log import AuditLog, AuditUnavailable, Receipt, load_key
+from router.audit.records import (
+    CallContext,
+    auth_failure_record,
+    config_record,
+    decision_record,
+    flip_record,
+    outcome_record,
+    refusal_record,
+)
+from router.audit.sink import AuditSink, MemoryAuditSink
+from router.audit.verify import VerifyResult, verify
 
-from router.audit.records import flip_record
-from router.audit.sink import AuditSink, LogAuditSink
-
-__all__ = ["AuditSink", "LogAuditSink", "flip_record"]
+__all__ = [
+    "AuditLog",
+    "AuditSink",
+    "AuditUnavailable",
+    "CallContext",
+    "MemoryAuditSink",
+    "Receipt",
+    "VerifyResult",
+    "auth_failure_record",
+    "config_record",
+    "decision_record",
+    "flip_record",
+    "load_key",
+    "outcome_record",
+    "refusal_record",
+    "verify",
+]

@@ -1,22 +1,25 @@
-"""Where audit records go."""
+"""Where audit records go: the durable log (``router.audit.log.AuditLog``) in every
+deployment; ``MemoryAuditSink`` only where a benchmark compares against "no audit"."""
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-log = logging.getLogger("meridian.audit")
+from router.audit.log import Receipt
 
 
 class AuditSink(Protocol):
-    async def write(self, record: Mapping[str, Any]) -> None:
+    async def append(self, record: Mapping[str, Any]) -> Receipt | None:
         """Store ``record``; return only once it is stored (callers act after that)."""
 
 
-class LogAuditSink:
-    """Records as one JSON line each on the ``meridian.audit`` logger."""
+class MemoryAuditSink:
+    """Keeps records in a list; no durability, no receipts."""
 
-    async def write(self, record: Mapping[str, Any]) -> None:
-        log.info("%s", json.dumps(record, sort_keys=True, separators=(",", ":")))
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    async def append(self, record: Mapping[str, Any]) -> Receipt | None:
+        self.records.append(dict(record))
+        return None

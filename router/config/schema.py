@@ -192,6 +192,12 @@ class CodecConfig(_Section):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
 
 
+class AuditConfig(_Section):
+    # A new log file when the current one reaches this size or age; the chain continues.
+    max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=4096, le=1 << 40)
+    max_file_age_s: int = Field(default=86_400, ge=1, le=365 * 86_400)
+
+
 class RouterConfig(_Section):
     """The whole document. Sections are validated one by one (see compile.py) so that a
     broken section does not hide the errors of the others."""
@@ -207,3 +213,4 @@ class RouterConfig(_Section):
     health: HealthConfig = Field(default_factory=HealthConfig)
     failover: FailoverConfig = Field(default_factory=FailoverConfig)
     codec: CodecConfig = Field(default_factory=CodecConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)

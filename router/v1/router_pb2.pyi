@@ -174,6 +174,7 @@ class RouteDecision(_message.Message):
     CONFIG_VERSION_FIELD_NUMBER: _builtins.int
     FAILED_OVER_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
     zone: _builtins.str
     region: _builtins.str
     cluster: _builtins.str
@@ -187,6 +188,12 @@ class RouteDecision(_message.Message):
     """The cluster's frontend, host:port."""
     @_builtins.property
     def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def receipt(self) -> Global___AuditReceipt:
+        """The audit record of this decision (ExplainRoute: the route.explain record;
+        StartWorkflow: the route.decision record written before the start was sent).
+        """
+
     def __init__(
         self,
         *,
@@ -200,14 +207,45 @@ class RouteDecision(_message.Message):
         config_version: _builtins.str = ...,
         failed_over: _builtins.bool = ...,
         endpoint: _builtins.str = ...,
+        receipt: Global___AuditReceipt | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "config_version", b"config_version", "endpoint", b"endpoint", "failed_over", b"failed_over", "namespace", b"namespace", "reasons", b"reasons", "region", b"region", "rule", b"rule", "task_queue", b"task_queue", "zone", b"zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "config_version", b"config_version", "endpoint", b"endpoint", "failed_over", b"failed_over", "namespace", b"namespace", "reasons", b"reasons", "receipt", b"receipt", "region", b"region", "rule", b"rule", "task_queue", b"task_queue", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RouteDecision: _TypeAlias = RouteDecision  # noqa: Y015
+
+@_typing.final
+class AuditReceipt(_message.Message):
+    """Where a record sits in the router's hash-chained audit log: verify it with
+    `meridian audit query --seq N` and `meridian audit verify`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    hash: _builtins.str
+    file: _builtins.str
+    """The log file holding it."""
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        hash: _builtins.str = ...,
+        file: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "hash", b"hash", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditReceipt: _TypeAlias = AuditReceipt  # noqa: Y015
 
 @_typing.final
 class StartWorkflowResponse(_message.Message):
@@ -218,6 +256,7 @@ class StartWorkflowResponse(_message.Message):
     DECISION_FIELD_NUMBER: _builtins.int
     STARTED_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     run_id: _builtins.str
     started: _builtins.bool
@@ -225,6 +264,10 @@ class StartWorkflowResponse(_message.Message):
     request_id: _builtins.str
     @_builtins.property
     def decision(self) -> Global___RouteDecision: ...
+    @_builtins.property
+    def receipt(self) -> Global___AuditReceipt:
+        """The start.outcome record (it names the decision record it follows)."""
+
     def __init__(
         self,
         *,
@@ -233,10 +276,11 @@ class StartWorkflowResponse(_message.Message):
         decision: Global___RouteDecision | None = ...,
         started: _builtins.bool = ...,
         request_id: _builtins.str = ...,
+        receipt: Global___AuditReceipt | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "receipt", b"receipt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "request_id", b"request_id", "run_id", b"run_id", "started", b"started", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "receipt", b"receipt", "request_id", b"request_id", "run_id", b"run_id", "started", b"started", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
