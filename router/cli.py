@@ -258,17 +258,30 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_codec_server(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from router.audit import auth_failure_record
     from router.codec import KeyRingHolder, RegionCodec, default_provider
     from router.codec.server import CodecServer
     from router.codec.tokens import load_tokens
     from router.config.load import load
-    from router.paths import keys_dir
+    from router.paths import keys_dir, meridian_home
 
     config = load(args.config)
     region = config.table.regions.get(args.region)
     if region is None:
         known = ", ".join(config.table.regions)
         raise MeridianError(f"--region: unknown region {args.region!r} (known: {known})")
+    audit_dir = (
+        Path(args.audit_dir) if args.audit_dir else meridian_home() / f"audit-codec-{region.name}"
+    )
+    audit = _open_audit(
+        config, audit_dir, Path(args.audit_key_file) if args.audit_key_file else None
+    )
+
+    async def auth_failed(remote: str, path: str, why: str) -> None:
+        await audit.append(auth_failure_record(
+            component="codec-server", region=region.name, remote=remote, path=path, why=why
+        ))  # fmt: skip
+
     listen = args.listen or region.codec_server
     if not listen:
         raise MeridianError(
@@ -288,6 +301,7 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
         tokens=load_tokens(region.name, directory),
         cors_origins=settings.cors_origins,
         max_body_bytes=settings.max_body_bytes,
+        on_auth_failure=auth_failed,
     )
 
     async def main(stop: asyncio.Event) -> None:
@@ -307,6 +321,7 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
             refresher.cancel()
         finally:
             await runner.cleanup()
+            await audit.close()
 
     asyncio.run(_until_signalled(main))
     return 0
@@ -606,6 +621,154 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_paths(args: argparse.Namespace) -> list[Path]:
+    from router.paths import meridian_home
+
+    return [Path(p) for p in args.paths] or [meridian_home() / "audit"]
+
+
+def _audit_key(args: argparse.Namespace) -> bytes | None:
+    from router.audit import load_key
+
+    return load_key(Path(args.key_file) if args.key_file else None)
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from router.audit import verify
+
+    paths = _audit_paths(args)
+    result = verify(paths, key=_audit_key(args))
+    if args.json:
+        print(json.dumps({
+            "ok": result.ok, "records": result.records, "files": result.files,
+            "last_seq": result.last_seq, "last_hash": result.last_hash,
+            "algorithms": sorted(result.algs), "notes": result.notes,
+            "problem": None if result.problem is None else {
+                "file": result.problem.file, "line": result.problem.line,
+                "seq": result.problem.seq, "kind": result.problem.kind,
+                "detail": result.problem.detail,
+            },
+        }, indent=2))  # fmt: skip
+    else:
+        for note in result.notes:
+            print(f"note: {note}")
+        if result.ok:
+            algs = ", ".join(sorted(result.algs)) or "no records"
+            print(f"OK: {result.records} records in {result.files} file(s), chain intact ({algs}); "
+                  f"last seq {result.last_seq} hash {result.last_hash}")  # fmt: skip
+        else:
+            print(f"FAILED: {result.problem}")
+    if result.problem is not None and result.problem.kind == "key-required":
+        return 2
+    return 0 if result.ok else 1
+
+
+def _filter(args: argparse.Namespace) -> Any:
+    from router.audit.query import Filter, parse_time
+
+    try:
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+    except ValueError as exc:
+        raise MeridianError(f"--since/--until: not an ISO 8601 time: {exc}") from None
+    return Filter(
+        workflow_id=getattr(args, "workflow_id", None), tenant=getattr(args, "tenant", None),
+        region=getattr(args, "region", None), zone=getattr(args, "zone", None),
+        kind=getattr(args, "kind", None), seq=getattr(args, "seq", None), since=since, until=until,
+    )  # fmt: skip
+
+
+def cmd_audit_query(args: argparse.Namespace) -> int:
+    from router.audit.query import records
+
+    match = _filter(args)
+    found = [r for r in records(_audit_paths(args)) if match(r)]
+    if args.json:
+        for r in found:
+            print(json.dumps(r, sort_keys=True))
+        return 0
+    rows = [
+        (r.get("seq"), r.get("time", ""), r.get("kind", ""),
+         r.get("outcome") or r.get("refusal") or "", r.get("workflow_id", ""),
+         r.get("tenant", ""), r.get("data_class", ""),
+         "/".join(x for x in (r.get("zone", ""), r.get("region", ""), r.get("cluster", "")) if x),
+         r.get("rule", ""))
+        for r in found
+    ]  # fmt: skip
+    print(render_table(["seq", "time", "kind", "outcome", "workflow", "tenant", "class",
+                        "zone/region/cluster", "rule"], rows))  # fmt: skip
+    if args.explain:
+        for r in found:
+            if r.get("reasons") or r.get("message"):
+                print(f"\nseq {r.get('seq')} ({r.get('kind')}, rule {r.get('rule', '-')}):")
+                for reason in r.get("reasons", []):
+                    print(f"  - {reason}")
+                if r.get("message"):
+                    print(f"  => {r['message']}")
+    print(f"({len(found)} record(s))")
+    return 0
+
+
+def cmd_audit_report(args: argparse.Namespace) -> int:
+    from router.audit.query import records, report
+
+    match = _filter(args)
+    rep = report(r for r in records(_audit_paths(args)) if match(r))
+    ok = not rep.violations
+    if args.json:
+        print(json.dumps({
+            "records": rep.records,
+            "decisions": [{"zone": z, "region": g, "data_class": c, "count": n}
+                          for (z, g, c), n in sorted(rep.decisions.items())],
+            "refusals": [{"refusal": k, "data_class": c, "count": n}
+                         for (k, c), n in sorted(rep.refusals.items())],
+            "start_outcomes": dict(rep.outcomes),
+            "flips": rep.flips, "config_changes": rep.configs,
+            "auth_failures": [{"component": a, "region": g, "why": w, "count": n}
+                              for (a, g, w), n in sorted(rep.auth_failures.items())],
+            "residency": {"checked": rep.regulated_checked, "violations": rep.violations},
+        }, indent=2))  # fmt: skip
+        return 0 if ok else 1
+    span = f"{args.since or 'the beginning'} .. {args.until or 'now'}"
+    print(f"Audit report, {span}: {rep.records} records\n")
+    print("Decisions")
+    print(render_table(["zone", "region", "class", "count"],
+                       [(*k, n) for k, n in sorted(rep.decisions.items())]))  # fmt: skip
+    print("\nRefusals")
+    print(render_table(["refusal", "class", "count"],
+                       [(*k, n) for k, n in sorted(rep.refusals.items())]))  # fmt: skip
+    print(
+        "\nStart outcomes: "
+        + (", ".join(f"{k} {n}" for k, n in sorted(rep.outcomes.items())) or "none")
+    )
+    print("\nFlips")
+    print(render_table(["time", "region", "outcome", "from", "to", "rule", "actor", "reason"], [
+        (f.get("time"), f.get("region"), f.get("outcome"), f.get("from_cluster", ""),
+         f.get("to_cluster", ""), f.get("rule"), f.get("actor"), f.get("reason"))
+        for f in rep.flips
+    ]))  # fmt: skip
+    print("\nConfig changes")
+    print(render_table(["time", "outcome", "version", "source"], [
+        (c.get("time"), c.get("outcome"), c.get("version"), c.get("source")) for c in rep.configs
+    ]))  # fmt: skip
+    print("\nAuthentication failures")
+    print(render_table(["component", "region", "why", "count"],
+                       [(*k, n) for k, n in sorted(rep.auth_failures.items())]))  # fmt: skip
+    print()
+    if ok:
+        print(f"Residency: no record routed regulated data outside its zone "
+              f"({rep.regulated_checked} zone-bound decisions checked).")  # fmt: skip
+    else:
+        print(f"Residency: VIOLATION: {len(rep.violations)} record(s) routed zone-bound data "
+              "outside its zone:")  # fmt: skip
+        for v in rep.violations:
+            where = f"{v.get('zone')}/{v.get('region')}/{v.get('cluster')}"
+            print(f"  seq {v.get('seq')} {v.get('time')}: {v.get('data_class')} data bound to "
+                  f"zone {v.get('residency_zone') or '?'} went to {where} "
+                  f"(workflow {v.get('workflow_id')})")  # fmt: skip
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="meridian", description="Residency-aware multi-region routing for Temporal."
@@ -667,6 +830,10 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(codec)
     codec.add_argument("--region", required=True)
     codec.add_argument("--listen", help="host:port (default: the region's codec_server in config)")
+    codec.add_argument(
+        "--audit-dir", help="its audit log (default: $MERIDIAN_HOME/audit-codec-<region>)"
+    )
+    codec.add_argument("--audit-key-file", help="audit HMAC key (or $MERIDIAN_AUDIT_KEY)")
     codec.set_defaults(func=cmd_codec_server)
 
     keys = sub.add_parser("keys", help="key rings: init (first key), rotate (new active key), list")
@@ -741,6 +908,34 @@ def build_parser() -> argparse.ArgumentParser:
     result.add_argument("--id", required=True, help="workflow id")
     result.add_argument("--tenant", required=True)
     result.set_defaults(func=cmd_result)
+
+    audit = sub.add_parser("audit", help="verify, query and report on the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    paths_help = "log directories or files (default: $MERIDIAN_HOME/audit)"
+    av = audit_sub.add_parser("verify", help="check the hash chain; exit 0 when intact")
+    av.add_argument("paths", nargs="*", help=paths_help)
+    av.add_argument("--key-file", help="the audit HMAC key (or $MERIDIAN_AUDIT_KEY)")
+    av.add_argument("--json", action="store_true")
+    av.set_defaults(func=cmd_audit_verify)
+    aq = audit_sub.add_parser("query", help="find records")
+    aq.add_argument("paths", nargs="*", help=paths_help)
+    aq.add_argument("--workflow-id")
+    aq.add_argument("--tenant")
+    aq.add_argument("--region")
+    aq.add_argument("--zone")
+    aq.add_argument("--kind", help="prefix: route, route.decision, start, flip, config, auth")
+    aq.add_argument("--seq", type=int, help="one record by sequence number (a receipt)")
+    aq.add_argument("--since", help="ISO 8601, inclusive")
+    aq.add_argument("--until", help="ISO 8601, exclusive")
+    aq.add_argument("--explain", action="store_true", help="show each decision's rule and reasons")
+    aq.add_argument("--json", action="store_true", help="JSON Lines")
+    aq.set_defaults(func=cmd_audit_query)
+    ar = audit_sub.add_parser("report", help="counts, refusals, flips, and the residency check")
+    ar.add_argument("paths", nargs="*", help=paths_help)
+    ar.add_argument("--since", help="ISO 8601, inclusive")
+    ar.add_argument("--until", help="ISO 8601, exclusive")
+    ar.add_argument("--json", action="store_true")
+    ar.set_defaults(func=cmd_audit_report)
 
     config = sub.add_parser("config", help="routing config tools")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")

@@ -303,7 +303,11 @@ class DevStack:
         regions = [r for r in self.config.table.regions.values() if r.codec_server]
         self.say(f"[3/4] starting {len(regions)} codec servers")
         for r in regions:
-            argv = [*self._meridian("codec-server"), "--region", r.name]
+            argv = [
+                *self._meridian("codec-server"), "--region", r.name,
+                "--audit-dir", str(self.home / f"audit-codec-{r.name}"),
+                "--audit-key-file", str(self.keys_dir / "audit.key"),
+            ]  # fmt: skip
             await self._spawn(f"codec-{r.name}", argv)
         await asyncio.gather(*(self._wait_codec(r.name, r.codec_server or "") for r in regions))
 

@@ -70,12 +70,15 @@ class CodecServer:
         tokens: Sequence[bytes],
         cors_origins: Sequence[str] = (),
         max_body_bytes: int = 4 * 1024 * 1024,
+        on_auth_failure: Callable[[str, str, str], Awaitable[None]] | None = None,
     ) -> None:
         if not tokens:
             raise ValueError("a codec server needs at least one bearer token")
         self.codec = codec
         self.namespaces = namespaces
         self.tokens = tuple(tokens)
+        # (remote, path, why) of each rejected request: the audit log's auth.failure.
+        self.on_auth_failure = on_auth_failure
         self.app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes)
         self.app[MAX_BODY] = max_body_bytes
         routes = [

@@ -1,0 +1,318 @@
+"""The audit log: durable group commit, rotation, restart and crash recovery, disk
+failures, and `verify` naming the first bad record for every kind of tampering."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import errno
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router.audit import AuditLog, AuditUnavailable, load_key, verify
+from router.audit.chain import GENESIS, canonical, digest, log_files
+from router.audit.query import Filter, records, report, residency_violations
+
+KEY = b"k" * 32
+
+
+def rec(i: int, **extra: Any) -> dict[str, Any]:
+    return {"kind": "route.decision", "workflow_id": f"wf-{i}", "data_class": "public",
+            "zone": "us", "residency_zone": "", **extra}  # fmt: skip
+
+
+async def write_log(directory: Path, n: int, *, key: bytes | None = None, **kw: Any) -> list[Any]:
+    log = AuditLog(directory, key=key, **kw)
+    log.open()
+    receipts = [await log.append(rec(i)) for i in range(n)]
+    await log.close()
+    return receipts
+
+
+def lines_of(directory: Path) -> list[tuple[Path, list[str]]]:
+    return [(f, f.read_text().splitlines()) for f in log_files(directory)]
+
+
+def rewrite(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+async def test_receipts_match_records_and_chain_links(tmp_path: Path) -> None:
+    receipts = await write_log(tmp_path, 5)
+    assert [r.sequence for r in receipts] == [1, 2, 3, 4, 5]
+    stored = list(records([tmp_path]))
+    assert [r["hash"] for r in stored] == [r.hash for r in receipts]
+    assert stored[0]["prev"] == GENESIS
+    for a, b in itertools.pairwise(stored):
+        assert b["prev"] == a["hash"]
+    for r in stored:
+        assert r["hash"] == digest(r, None) and r["alg"] == "sha256" and r["time"].endswith("Z")
+    result = verify([tmp_path])
+    assert result.ok and result.records == 5 and result.last_hash == receipts[-1].hash
+    assert oct((tmp_path / receipts[0].file).stat().st_mode & 0o777) == "0o600"
+
+
+async def test_group_commit_batches_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    log = AuditLog(tmp_path)
+    log.open()
+    receipts = await asyncio.gather(*(log.append(rec(i)) for i in range(500)))
+    await log.close()
+    assert sorted(r.sequence for r in receipts) == list(range(1, 501))
+    assert len(calls) < 50, f"{len(calls)} fsyncs for 500 concurrent records"
+    assert verify([tmp_path]).ok
+
+
+async def test_rotation_continues_the_chain(tmp_path: Path) -> None:
+    await write_log(tmp_path, 40, max_file_bytes=4096)
+    files = lines_of(tmp_path)
+    assert len(files) > 2
+    for (_, a), (_, b) in itertools.pairwise(files):
+        assert json.loads(b[0])["prev"] == json.loads(a[-1])["hash"]
+    result = verify([tmp_path])
+    assert result.ok and result.records == 40
+
+
+async def test_restart_continues_in_a_new_file(tmp_path: Path) -> None:
+    await write_log(tmp_path, 3)
+    receipts = await write_log(tmp_path, 2)
+    assert [r.sequence for r in receipts] == [4, 5]
+    assert len(log_files(tmp_path)) == 2
+    assert verify([tmp_path]).ok
+
+
+async def test_torn_final_line_is_reported_not_tampering(tmp_path: Path) -> None:
+    await write_log(tmp_path, 3)
+    ((f, _),) = lines_of(tmp_path)
+    f.write_bytes(f.read_bytes() + b'{"kind":"route.decision","seq":4,"pre')  # a crash mid-write
+    result = verify([tmp_path])
+    assert result.ok, result.problem
+    assert any("torn final line" in n for n in result.notes)
+    # The writer recovers: a new file that starts with a record of the crash.
+    receipts = await write_log(tmp_path, 1)
+    assert receipts[0].sequence == 5  # seq 4 is the recovery note
+    stored = list(records([tmp_path]))
+    assert stored[3]["kind"] == "log.recovered" and stored[3]["torn_bytes"] > 0
+    result = verify([tmp_path])
+    assert result.ok and result.records == 5
+
+
+async def test_disk_failure_refuses_then_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = AuditLog(tmp_path)
+    log.open()
+    await log.append(rec(0))
+    real_write = os.write
+    failing = {"on": True}
+
+    def write(fd: int, data: Any) -> int:
+        if failing["on"]:
+            real_write(fd, bytes(data)[:10])  # a partial write, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    with pytest.raises(AuditUnavailable, match="audit log unavailable: No space left on device"):
+        await log.append(rec(1))
+    assert not log.healthy and log.sequence == 1
+    assert verify([tmp_path]).ok, "a failed write must leave no partial line behind"
+    failing["on"] = False
+    receipt = await log.append(rec(2))
+    assert receipt.sequence == 2 and log.healthy
+    await log.close()
+    result = verify([tmp_path])
+    assert result.ok and result.records == 2
+
+
+# -- tampering: verify names the first bad record and what is wrong ------------------------
+
+
+@pytest.fixture
+async def chain(tmp_path: Path) -> Path:
+    await write_log(tmp_path, 12, max_file_bytes=2048)
+    assert len(log_files(tmp_path)) >= 2
+    return tmp_path
+
+
+def first_file(directory: Path) -> tuple[Path, list[str]]:
+    return lines_of(directory)[0]
+
+
+def check(
+    directory: Path, kind: str, file: str, line: int, seq: int | None, *, key: bytes | None = None
+) -> None:
+    result = verify([directory], key=key)
+    assert not result.ok, "tampering went unnoticed"
+    p = result.problem
+    assert p is not None
+    assert (p.kind, p.file, p.line, p.seq) == (kind, file, line, seq), str(p)
+
+
+def test_edit_one_field(chain: Path) -> None:
+    f, lines = first_file(chain)
+    r = json.loads(lines[2])
+    r["zone"] = "eu"
+    lines[2] = json.dumps(r, sort_keys=True, separators=(",", ":"))
+    rewrite(f, lines)
+    check(chain, "modified", f.name, 3, 3)
+
+
+def test_delete_a_line(chain: Path) -> None:
+    f, lines = first_file(chain)
+    del lines[1]
+    rewrite(f, lines)
+    check(chain, "deleted", f.name, 2, 3)
+
+
+def test_swap_two_lines(chain: Path) -> None:
+    f, lines = first_file(chain)
+    lines[1], lines[2] = lines[2], lines[1]
+    rewrite(f, lines)
+    check(chain, "reordered", f.name, 2, 3)
+
+
+def test_insert_a_duplicate_line(chain: Path) -> None:
+    f, lines = first_file(chain)
+    lines.insert(3, lines[1])
+    rewrite(f, lines)
+    check(chain, "inserted", f.name, 4, 2)
+
+
+def test_insert_a_forged_record_with_a_recomputed_chain_is_caught_by_the_key(
+    tmp_path: Path,
+) -> None:
+    asyncio.run(write_log(tmp_path, 4, key=KEY))
+    f, lines = first_file(tmp_path)
+    # The forger rewrites from line 2 on with plain SHA-256 (they do not have the key).
+    out = [lines[0]]
+    prev = json.loads(lines[0])["hash"]
+    for i, raw in enumerate([json.dumps(rec(99)), *lines[1:]], start=2):
+        r = json.loads(raw)
+        r.update(seq=i, prev=prev, alg="hmac-sha256")
+        r["hash"] = prev = digest(r, b"x" * 32)
+        out.append(json.dumps(r))
+    rewrite(f, out)
+    check(tmp_path, "modified", f.name, 2, 2, key=KEY)
+    # Downgrading to an unkeyed chain is caught too.
+    rewritten = []
+    prev = GENESIS
+    for raw in lines:
+        r = json.loads(raw)
+        r.update(prev=prev, alg="sha256")
+        r["hash"] = prev = digest(r, None)
+        rewritten.append(json.dumps(r))
+    rewrite(f, rewritten)
+    check(tmp_path, "modified", f.name, 1, 1, key=KEY)
+    assert verify([tmp_path]).ok, "without the key, a recomputed plain chain looks intact"
+
+
+def test_hmac_chain_needs_the_key(tmp_path: Path) -> None:
+    asyncio.run(write_log(tmp_path, 2, key=KEY))
+    assert verify([tmp_path], key=KEY).ok
+    result = verify([tmp_path])
+    assert result.problem is not None and result.problem.kind == "key-required"
+
+
+def test_truncated_tail_is_caught_by_head(chain: Path) -> None:
+    f, lines = lines_of(chain)[-1]
+    rewrite(f, lines[:-2])
+    result = verify([chain])
+    assert result.problem is not None and result.problem.kind == "truncated"
+    assert "HEAD records seq 12" in result.problem.detail
+    # Cut mid-line (not at a line end): still truncation, since HEAD says it was committed.
+    f.write_bytes("".join(x + "\n" for x in lines[:-1]).encode() + lines[-1].encode()[:20])
+    result = verify([chain])
+    assert result.problem is not None and result.problem.kind == "truncated"
+
+
+def test_truncated_middle_file(chain: Path) -> None:
+    (f1, l1), (f2, _), *_ = lines_of(chain)
+    rewrite(f1, l1[:-1])
+    next_seq = len(l1) + 1
+    check(chain, "deleted", f2.name, 1, next_seq)
+
+
+async def test_splice_two_files(chain: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    other = tmp_path_factory.mktemp("other")
+    await write_log(other, 12, max_file_bytes=2048)
+    (_, _), (f2, _), *_ = lines_of(chain)
+    (_, _), (_, g2_lines), *_ = lines_of(other)
+    rewrite(f2, g2_lines)  # the second file of another chain, same names and sequence numbers
+    check(chain, "spliced", f2.name, 1, json.loads(g2_lines[0])["seq"])
+
+
+def test_corrupted_middle_line(chain: Path) -> None:
+    f, lines = first_file(chain)
+    lines[1] = "not json"
+    rewrite(f, lines)
+    check(chain, "corrupted", f.name, 2, None)
+
+
+def test_canonical_form_excludes_the_hash() -> None:
+    a = canonical({"b": 1, "a": "é", "hash": "x"})
+    assert a == b'{"a":"\xc3\xa9","b":1}'
+
+
+def test_load_key(tmp_path: Path) -> None:
+    path = tmp_path / "audit.key"
+    path.write_text(base64.b64encode(KEY).decode())
+    path.chmod(0o600)
+    assert load_key(path, environ={}) == KEY
+    assert load_key(None, environ={}) is None
+    path.chmod(0o644)
+    with pytest.raises(Exception, match="chmod 600"):
+        load_key(path, environ={})
+    with pytest.raises(AuditUnavailable, match="at least 32"):
+        load_key(None, environ={"MERIDIAN_AUDIT_KEY": base64.b64encode(b"short").decode()})
+
+
+# -- query and report ----------------------------------------------------------------
+
+
+def test_residency_check_can_fail() -> None:
+    good = [
+        {"kind": "route.decision", "data_class": "pii", "zone": "eu", "residency_zone": "eu"},
+        {"kind": "route.decision", "data_class": "public", "zone": "us", "residency_zone": ""},
+        {"kind": "route.explain", "data_class": "public", "zone": "eu", "residency_zone": "eu"},
+    ]
+    assert residency_violations(good) == []
+    bad = [
+        {"kind": "route.decision", "data_class": "pii", "zone": "us", "residency_zone": "eu"},
+        {"kind": "route.decision", "data_class": "financial", "zone": "us", "residency_zone": ""},
+        {"kind": "route.explain", "data_class": "public", "zone": "us", "residency_zone": "eu"},
+    ]
+    assert residency_violations(good + bad) == bad
+    rep = report(good + bad)
+    assert rep.regulated_checked == 5 and len(rep.violations) == 3
+
+
+async def test_query_filters(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path)
+    log.open()
+    await log.append(rec(1, tenant="acme", region="eu-west", zone="eu"))
+    await log.append({"kind": "flip", "region": "eu-west"})
+    await log.append(rec(2, tenant="globex", region="us-east"))
+    await log.close()
+
+    def got(**kw: Any) -> list[int]:
+        return [r["seq"] for r in records([tmp_path]) if Filter(**kw)(r)]
+
+    assert got(tenant="acme") == [1]
+    assert got(kind="route") == [1, 3]
+    assert got(kind="flip") == [2]
+    assert got(workflow_id="wf-2") == [3]
+    assert got(region="eu-west") == [1, 2]
+    assert got(seq=2) == [2]
