@@ -949,6 +949,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    # A file-size limit (ulimit -f) must surface as a write error (EFBIG) that the audit
+    # log reports and recovers from, not as a signal that kills the router.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         code: int = args.func(args)
     except ConfigError as exc:

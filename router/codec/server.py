@@ -128,14 +128,24 @@ class CodecServer:
             raise Refused(400, f"body is not proto3 JSON Payloads: {exc}") from None
 
     async def _serve(self, request: web.Request, op: str) -> web.Response:
-        if not token_ok(request.headers.get("Authorization"), self.tokens):
+        presented = request.headers.get("Authorization")
+        if not token_ok(presented, self.tokens):
+            why = "missing bearer token" if not presented else "invalid bearer token"
             log.warning(
-                "codec server %s: rejected %s %s from %s: missing or wrong bearer token",
+                "codec server %s: rejected %s %s from %s: %s",
                 self.codec.region,
                 request.method,
                 request.path,
                 request.remote,
+                why,
             )
+            if self.on_auth_failure is not None:
+                try:
+                    await self.on_auth_failure(request.remote or "", request.path, why)
+                except Exception:
+                    log.exception(
+                        "codec server %s: could not audit an auth failure", self.codec.region
+                    )
             return web.json_response(
                 {"error": "missing or invalid bearer token"},
                 status=401,
