@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import sys
 
-BENCHMARKS = {"codec": "benchmarks.codec", "failover": "benchmarks.failover"}
+BENCHMARKS = {
+    "audit": "benchmarks.audit",
+    "codec": "benchmarks.codec",
+    "failover": "benchmarks.failover",
+}
 
 
 def main() -> None:

@@ -37,3 +37,13 @@ def test_codec_benchmark_runs() -> None:
         ("1MiB", "decode"),
     }
     assert all(r["codec_ops_s"] > 0 and r["raw_ops_s"] > 0 for r in result["results"])
+
+
+async def test_audit_records_benchmark_runs(tmp_path: Path) -> None:
+    from benchmarks.audit import records_per_second
+
+    rate, p50 = await records_per_second(tmp_path, 4, 40)
+    assert rate > 0 and p50 > 0
+    from router.audit import verify
+
+    assert verify([tmp_path]).records == 40

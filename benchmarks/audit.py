@@ -1,0 +1,130 @@
+"""Audit log cost: durable records per second (fsync on, group commit) at several
+concurrencies, and the latency of a start with and without the audit log (same
+in-process router, same fresh dev server, alternated A/B rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import emit, machine, render
+from benchmarks.fleet import Fleet
+from router.audit import AuditLog, AuditSink, MemoryAuditSink
+from router.codec import FileKeyProvider
+from router.config import load_file
+from router.core.model import DataClass, Priority
+from router.service import Meridian, StartInput
+
+RECORD = {
+    "kind": "route.decision", "workflow_type": "EchoWorkflow", "tenant": "acme",
+    "user_country": "DE", "data_class": "pii", "zone": "eu", "region": "eu-west",
+    "cluster": "eu-west-a", "namespace": "eu-west", "task_queue": "eu-west-EchoWorkflow-queue",
+    "rule": "zone-home",
+    "reasons": ["user country DE is in zone eu", "pii data must stay in zone eu"],
+    "config_version": "0123456789abcdef", "encryption_key_id": "eu-west-20261124000000-abcd",
+}  # fmt: skip
+
+
+async def records_per_second(directory: Path, concurrency: int, n: int) -> tuple[float, float]:
+    log = AuditLog(directory)
+    log.open()
+    latencies: list[float] = []
+
+    async def worker(count: int) -> None:
+        for i in range(count):
+            t = time.perf_counter()
+            await log.append({**RECORD, "workflow_id": f"wf-{i}"})
+            latencies.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    await log.close()
+    return len(latencies) / elapsed, statistics.median(latencies)
+
+
+def start_input() -> StartInput:
+    return StartInput(
+        workflow_type="EchoWorkflow", workflow_id=f"b-{uuid.uuid4()}", args=["x"], args_size=3,
+        tenant_id="acme", user_country="DE", user_subdivision="", data_class=DataClass.PII,
+        priority=Priority.NORMAL, request_id="",
+    )  # fmt: skip
+
+
+async def start_latencies(m: Meridian, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await m.start_workflow(start_input(), remaining=None)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+async def run(records: int, starts: int, rounds: int) -> dict[str, Any]:
+    result: dict[str, Any] = {"benchmark": "audit", "machine": machine()}
+    with tempfile.TemporaryDirectory(prefix="meridian-audit-bench-") as tmp:
+        home = Path(tmp)
+        rates = []
+        for c in (1, 32, 256):
+            rate, p50 = await records_per_second(home / f"log-{c}", c, records)
+            rates.append({"concurrency": c, "records_per_s": rate, "append_p50_ms": p50 * 1e3})
+        result["records"] = rates
+
+        fleet = Fleet.create(home / "fleet", {"eu-west": ("eu", 1)}, {"eu": ["DE"]})
+        fleet.write_config()
+        cluster = next(fleet.clusters())
+        cluster.start()
+        try:
+            await cluster.wait_ready()
+            config = load_file(fleet.config_path)
+            keys = FileKeyProvider(fleet.keys_dir)
+            durable = AuditLog(home / "router-audit")
+            durable.open()
+            sinks: dict[str, AuditSink] = {
+                "with audit": durable,
+                "without audit": MemoryAuditSink(),
+            }
+            routers = {name: Meridian(config, keys, audit=sink) for name, sink in sinks.items()}
+            for m in routers.values():
+                await m.start(first_probe_timeout=5)
+                await start_latencies(m, 50)  # warm up connections and caches
+            samples: dict[str, list[float]] = {name: [] for name in routers}
+            for _ in range(rounds):
+                for name, m in routers.items():
+                    samples[name] += await start_latencies(m, starts // rounds)
+            for m in routers.values():
+                await m.close()
+            await durable.close()
+        finally:
+            cluster.terminate()
+        result["starts"] = [
+            {"mode": name, "n": len(xs), "p50_ms": statistics.median(xs) * 1e3,
+             "p99_ms": sorted(xs)[int(len(xs) * 0.99) - 1] * 1e3}
+            for name, xs in samples.items()
+        ]  # fmt: skip
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks audit", description=__doc__)
+    parser.add_argument("--records", type=int, default=20_480)
+    parser.add_argument("--starts", type=int, default=1000, help="per mode")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(args.records, args.starts, args.rounds))
+    t1 = render(["concurrency", "durable records/s", "append p50 ms"], [
+        (r["concurrency"], f"{r['records_per_s']:,.0f}", f"{r['append_p50_ms']:.3f}")
+        for r in result["records"]
+    ])  # fmt: skip
+    t2 = render(["start (in-process router)", "n", "p50 ms", "p99 ms"], [
+        (s["mode"], s["n"], f"{s['p50_ms']:.2f}", f"{s['p99_ms']:.2f}") for s in result["starts"]
+    ])  # fmt: skip
+    emit(result, args.json, f"{t1}\n\n{t2}")
