@@ -119,11 +119,14 @@ async def test_receipts_and_auditor_tools_on_a_real_run(
 
 async def test_codec_server_auth_failures_are_audited(dev: DevProcess) -> None:
     region = dev.config.table.regions["eu-west"]
-    async with aiohttp.ClientSession() as http, http.post(
-        f"http://{region.codec_server}/eu-west/decode",
-        json={"payloads": []},
-        headers={"Authorization": "Bearer not-the-token-not-the-token"},
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://{region.codec_server}/eu-west/decode",
+            json={"payloads": []},
+            headers={"Authorization": "Bearer not-the-token-not-the-token"},
+        ) as resp,
+    ):
         assert resp.status == 401
     audit_dir = dev.home / "audit-codec-eu-west"
     failures = [r for r in records([audit_dir]) if r["kind"] == "auth.failure"]

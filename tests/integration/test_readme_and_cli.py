@@ -112,3 +112,22 @@ def test_cli_start_query_result_status(dev: DevProcess, clusters: Clusters) -> N
     assert out.returncode == 1
     assert "FAILED_PRECONDITION" in out.stderr and "BR is in no residency zone" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_cli_failover_dry_run_and_refusal(dev: DevProcess) -> None:
+    r = dev.router
+    out = meridian("failover", "--router", r, "--region", "us-east", "--to", "us-east-b",
+                   "--reason", "preview", "--dry-run")  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "pii data of users in zone us (e.g. CA)" in out.stdout
+    assert "us-east-a (us-east)" in out.stdout and "us-east-b (us-east)" in out.stdout
+    assert "running workflows on us-east-a:" in out.stdout
+    assert out.stdout.rstrip().endswith("dry run: nothing changed")
+    refused = meridian("failover", "--router", r, "--region", "us-east", "--to", "eu-west-b",
+                       "--reason", "wrong region", "--force")  # fmt: skip
+    assert refused.returncode == 1
+    assert "FAILED_PRECONDITION" in refused.stderr and "target-in-region" in refused.stderr
+    status = meridian("status", "--router", r, "--json")
+    regions = {g["name"]: g for g in json.loads(status.stdout)["regions"]}
+    active = [c["name"] for c in regions["us-east"]["clusters"] if c.get("active")]
+    assert active == ["us-east-a"], "a dry run and a refused flip change nothing"

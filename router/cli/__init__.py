@@ -1,0 +1,50 @@
+"""The `meridian` command: run the stack, the router, a regional worker, a codec server;
+flip clusters; audit. Tables for people by default, `--json` for tools. Errors are one
+clear message on stderr and a non-zero exit, never a traceback for a mistake the user
+can fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+
+from router.cli import admin, client, run
+from router.cli.common import render_table, setup_logging
+from router.errors import ConfigError, MeridianError, StackError
+
+__all__ = ["build_parser", "main", "render_table"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="meridian", description="Residency-aware multi-region routing for Temporal."
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run.add_parsers(sub)
+    client.add_parsers(sub)
+    admin.add_parsers(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    # A file-size limit (ulimit -f) must surface as a write error (EFBIG) that the audit
+    # log reports and recovers from, not as a signal that kills the router.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"meridian: invalid config: {exc}", file=sys.stderr)
+        return 2
+    except StackError as exc:
+        print(f"meridian: {exc}", file=sys.stderr)
+        return 1
+    except MeridianError as exc:
+        print(f"meridian: {exc}", file=sys.stderr)
+        return 1
+    return code

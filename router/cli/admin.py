@@ -1,0 +1,260 @@
+"""Offline tools: key rings, config validation, and the auditors' commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from router.cli.common import config_args, render_table
+from router.errors import MeridianError
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from router.codec import FileKeyProvider, KeyRingError, new_ring
+    from router.config.load import load
+    from router.paths import keys_dir
+
+    provider = FileKeyProvider(keys_dir(args.keys_dir))
+    regions = list(load(args.config).table.regions) if args.region is None else [args.region]
+    rows = []
+    for region in regions:
+        path = provider.path(region)
+        if args.action == "init":
+            if path.exists():
+                rows.append((region, provider.load(region).active, str(path), "kept (exists)"))
+                continue
+            ring = new_ring(region)
+            provider.save(ring)
+            rows.append((region, ring.active, str(path), "created"))
+        elif args.action == "rotate":
+            ring = provider.load(region).rotated()
+            provider.save(ring)
+            rows.append((region, ring.active, str(path), f"rotated; {len(ring.keys)} keys"))
+        else:
+            try:
+                ring = provider.load(region)
+            except KeyRingError as exc:
+                rows.append((region, "", str(path), exc.message))
+                continue
+            rows.append(
+                (region, ring.active, str(path), f"{len(ring.keys)} keys: {', '.join(ring.keys)}")
+            )
+    if args.json:
+        print(
+            json.dumps(
+                [dict(zip(("region", "active", "path", "note"), r, strict=True)) for r in rows]
+            )
+        )
+    else:
+        print(render_table(["region", "active key", "file", "note"], rows))
+    return 0
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    from router.config.load import load_file
+
+    config = load_file(args.file)
+    table = config.table
+    if args.json:
+        print(json.dumps({"valid": True, "version": config.version, "source": config.source}))
+    else:
+        print(
+            f"{args.file}: valid (version {config.version}): {len(table.zones)} zones, "
+            f"{len(table.regions)} regions, {len(table.clusters)} clusters, "
+            f"{sum(len(r) for r in table.rules.values())} rules"
+        )
+    return 0
+
+
+def _audit_paths(args: argparse.Namespace) -> list[Path]:
+    from router.paths import meridian_home
+
+    return [Path(p) for p in args.paths] or [meridian_home() / "audit"]
+
+
+def _audit_key(args: argparse.Namespace) -> bytes | None:
+    from router.audit import load_key
+
+    return load_key(Path(args.key_file) if args.key_file else None)
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from router.audit import verify
+
+    paths = _audit_paths(args)
+    result = verify(paths, key=_audit_key(args))
+    if args.json:
+        print(json.dumps({
+            "ok": result.ok, "records": result.records, "files": result.files,
+            "last_seq": result.last_seq, "last_hash": result.last_hash,
+            "algorithms": sorted(result.algs), "notes": result.notes,
+            "problem": None if result.problem is None else {
+                "file": result.problem.file, "line": result.problem.line,
+                "seq": result.problem.seq, "kind": result.problem.kind,
+                "detail": result.problem.detail,
+            },
+        }, indent=2))  # fmt: skip
+    else:
+        for note in result.notes:
+            print(f"note: {note}")
+        if result.ok:
+            algs = ", ".join(sorted(result.algs)) or "no records"
+            print(f"OK: {result.records} records in {result.files} file(s), chain intact ({algs}); "
+                  f"last seq {result.last_seq} hash {result.last_hash}")  # fmt: skip
+        else:
+            print(f"FAILED: {result.problem}")
+    if result.problem is not None and result.problem.kind == "key-required":
+        return 2
+    return 0 if result.ok else 1
+
+
+def _filter(args: argparse.Namespace) -> Any:
+    from router.audit.query import Filter, parse_time
+
+    try:
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+    except ValueError as exc:
+        raise MeridianError(f"--since/--until: not an ISO 8601 time: {exc}") from None
+    return Filter(
+        workflow_id=getattr(args, "workflow_id", None), tenant=getattr(args, "tenant", None),
+        region=getattr(args, "region", None), zone=getattr(args, "zone", None),
+        kind=getattr(args, "kind", None), seq=getattr(args, "seq", None), since=since, until=until,
+    )  # fmt: skip
+
+
+def cmd_audit_query(args: argparse.Namespace) -> int:
+    from router.audit.query import records
+
+    match = _filter(args)
+    found = [r for r in records(_audit_paths(args)) if match(r)]
+    if args.json:
+        for r in found:
+            print(json.dumps(r, sort_keys=True))
+        return 0
+    rows = [
+        (r.get("seq"), r.get("time", ""), r.get("kind", ""),
+         r.get("outcome") or r.get("refusal") or "", r.get("workflow_id", ""),
+         r.get("tenant", ""), r.get("data_class", ""),
+         "/".join(x for x in (r.get("zone", ""), r.get("region", ""), r.get("cluster", "")) if x),
+         r.get("rule", ""))
+        for r in found
+    ]  # fmt: skip
+    print(render_table(["seq", "time", "kind", "outcome", "workflow", "tenant", "class",
+                        "zone/region/cluster", "rule"], rows))  # fmt: skip
+    if args.explain:
+        for r in found:
+            if r.get("reasons") or r.get("message"):
+                print(f"\nseq {r.get('seq')} ({r.get('kind')}, rule {r.get('rule', '-')}):")
+                for reason in r.get("reasons", []):
+                    print(f"  - {reason}")
+                if r.get("message"):
+                    print(f"  => {r['message']}")
+    print(f"({len(found)} record(s))")
+    return 0
+
+
+def cmd_audit_report(args: argparse.Namespace) -> int:
+    from router.audit.query import records, report
+
+    match = _filter(args)
+    rep = report(r for r in records(_audit_paths(args)) if match(r))
+    ok = not rep.violations
+    if args.json:
+        print(json.dumps({
+            "records": rep.records,
+            "decisions": [{"zone": z, "region": g, "data_class": c, "count": n}
+                          for (z, g, c), n in sorted(rep.decisions.items())],
+            "refusals": [{"refusal": k, "data_class": c, "count": n}
+                         for (k, c), n in sorted(rep.refusals.items())],
+            "start_outcomes": dict(rep.outcomes),
+            "flips": rep.flips, "config_changes": rep.configs,
+            "auth_failures": [{"component": a, "region": g, "why": w, "count": n}
+                              for (a, g, w), n in sorted(rep.auth_failures.items())],
+            "residency": {"checked": rep.regulated_checked, "violations": rep.violations},
+        }, indent=2))  # fmt: skip
+        return 0 if ok else 1
+    span = f"{args.since or 'the beginning'} .. {args.until or 'now'}"
+    print(f"Audit report, {span}: {rep.records} records\n")
+    print("Decisions")
+    print(render_table(["zone", "region", "class", "count"],
+                       [(*k, n) for k, n in sorted(rep.decisions.items())]))  # fmt: skip
+    print("\nRefusals")
+    print(render_table(["refusal", "class", "count"],
+                       [(*k, n) for k, n in sorted(rep.refusals.items())]))  # fmt: skip
+    print(
+        "\nStart outcomes: "
+        + (", ".join(f"{k} {n}" for k, n in sorted(rep.outcomes.items())) or "none")
+    )
+    print("\nFlips")
+    print(render_table(["time", "region", "outcome", "from", "to", "rule", "actor", "reason"], [
+        (f.get("time"), f.get("region"), f.get("outcome"), f.get("from_cluster", ""),
+         f.get("to_cluster", ""), f.get("rule"), f.get("actor"), f.get("reason"))
+        for f in rep.flips
+    ]))  # fmt: skip
+    print("\nConfig changes")
+    print(render_table(["time", "outcome", "version", "source"], [
+        (c.get("time"), c.get("outcome"), c.get("version"), c.get("source")) for c in rep.configs
+    ]))  # fmt: skip
+    print("\nAuthentication failures")
+    print(render_table(["component", "region", "why", "count"],
+                       [(*k, n) for k, n in sorted(rep.auth_failures.items())]))  # fmt: skip
+    print()
+    if ok:
+        print(f"Residency: no record routed regulated data outside its zone "
+              f"({rep.regulated_checked} zone-bound decisions checked).")  # fmt: skip
+    else:
+        print(f"Residency: VIOLATION: {len(rep.violations)} record(s) routed zone-bound data "
+              "outside its zone:")  # fmt: skip
+        for v in rep.violations:
+            where = f"{v.get('zone')}/{v.get('region')}/{v.get('cluster')}"
+            print(f"  seq {v.get('seq')} {v.get('time')}: {v.get('data_class')} data bound to "
+                  f"zone {v.get('residency_zone') or '?'} went to {where} "
+                  f"(workflow {v.get('workflow_id')})")  # fmt: skip
+    return 0 if ok else 1
+
+
+def add_parsers(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="key rings: init (first key), rotate (new active key), list")
+    keys.add_argument("action", choices=["init", "rotate", "list"])
+    config_args(keys)
+    keys.add_argument("--region", help="one region (default: every region in config)")
+    keys.add_argument("--json", action="store_true")
+    keys.set_defaults(func=cmd_keys)
+
+    audit = sub.add_parser("audit", help="verify, query and report on the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    paths_help = "log directories or files (default: $MERIDIAN_HOME/audit)"
+    av = audit_sub.add_parser("verify", help="check the hash chain; exit 0 when intact")
+    av.add_argument("paths", nargs="*", help=paths_help)
+    av.add_argument("--key-file", help="the audit HMAC key (or $MERIDIAN_AUDIT_KEY)")
+    av.add_argument("--json", action="store_true")
+    av.set_defaults(func=cmd_audit_verify)
+    aq = audit_sub.add_parser("query", help="find records")
+    aq.add_argument("paths", nargs="*", help=paths_help)
+    aq.add_argument("--workflow-id")
+    aq.add_argument("--tenant")
+    aq.add_argument("--region")
+    aq.add_argument("--zone")
+    aq.add_argument("--kind", help="prefix: route, route.decision, start, flip, config, auth")
+    aq.add_argument("--seq", type=int, help="one record by sequence number (a receipt)")
+    aq.add_argument("--since", help="ISO 8601, inclusive")
+    aq.add_argument("--until", help="ISO 8601, exclusive")
+    aq.add_argument("--explain", action="store_true", help="show each decision's rule and reasons")
+    aq.add_argument("--json", action="store_true", help="JSON Lines")
+    aq.set_defaults(func=cmd_audit_query)
+    ar = audit_sub.add_parser("report", help="counts, refusals, flips, and the residency check")
+    ar.add_argument("paths", nargs="*", help=paths_help)
+    ar.add_argument("--since", help="ISO 8601, inclusive")
+    ar.add_argument("--until", help="ISO 8601, exclusive")
+    ar.add_argument("--json", action="store_true")
+    ar.set_defaults(func=cmd_audit_report)
+
+    config = sub.add_parser("config", help="routing config tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    validate = config_sub.add_parser("validate", help="check a config file; list every error")
+    validate.add_argument("file")
+    validate.add_argument("--json", action="store_true")
+    validate.set_defaults(func=cmd_config_validate)

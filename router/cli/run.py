@@ -1,0 +1,317 @@
+"""Running things: the dev stack, the router, a regional worker, a codec server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from router.cli.common import config_args, log, race, render_table, until_signalled
+from router.errors import ConfigError, MeridianError, StackError
+
+
+def _open_audit(config: Any, directory: Path, key_file: Path | None) -> Any:
+    from router.audit import AuditLog, load_key
+
+    log_ = AuditLog(
+        directory,
+        key=load_key(key_file),
+        max_file_bytes=config.document.audit.max_file_bytes,
+        max_file_age=float(config.document.audit.max_file_age_s),
+    )
+    log_.open()
+    return log_
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from router.api.server import RouterServer
+    from router.codec import FileKeyProvider
+    from router.config.load import load_file, resolve_path
+    from router.devstack import DevStack, check_ports
+    from router.paths import meridian_home
+    from router.service import Meridian
+
+    path = resolve_path(args.config).resolve()
+    config = load_file(path)
+    check_ports(config, args.host, args.port)
+    home = Path(args.home).resolve() if args.home else meridian_home()
+    keys = Path(args.keys_dir).resolve() if args.keys_dir else home / "keys"
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    async def main(stop: asyncio.Event) -> None:
+        stack = DevStack(config, path, home=home, keys_dir=keys, say=say, persist=args.persist)
+        server: RouterServer | None = None
+        audit: Any = None
+        say(f"meridian dev: config {path} (version {config.version}); logs in {stack.logs}")
+        try:
+            stack.ensure_secrets()
+            for step in (stack.start_clusters, stack.start_workers, stack.start_codec_servers):
+                if not await race(step(), stop):
+                    return
+            say(f"[4/4] starting the router on {args.host}:{args.port}")
+            audit = _open_audit(config, home / "audit", keys / "audit.key")
+            meridian = Meridian(
+                config,
+                FileKeyProvider(keys),
+                audit=audit,
+                state_file=home / "state" / "failover.json",
+            )
+            server = RouterServer(meridian, host=args.host, port=args.port)
+            if not await race(server.start(), stop):
+                return
+            _print_summary(say, config, args.host, server.port)
+            say(
+                f"audit log: {home / 'audit'} (verify: meridian audit verify {home / 'audit'} "
+                f"--key-file {keys / 'audit.key'})"
+            )
+            # A child that crashes is reported by its watcher; the rest keep serving
+            # (a dead cluster is a failure mode worth trying out) until Ctrl-C/SIGTERM.
+            await stop.wait()
+        finally:
+            say("stopping: router, workers, clusters ...")
+            if server is not None:
+                await server.stop(grace=2.0)
+            if audit is not None:
+                await audit.close()
+            await stack.stop()
+            say("stopped")
+
+    asyncio.run(until_signalled(main))
+    return 0
+
+
+def _print_summary(say: Callable[[str], None], config: Any, host: str, port: int) -> None:
+    table = config.table
+    rows = [
+        (
+            r.zone,
+            r.name,
+            c.name,
+            c.role.value,
+            c.endpoint,
+            f"http://{r.codec_server}" if r.codec_server else "",
+        )
+        for r in table.regions.values()
+        for c in r.clusters
+    ]
+    say(render_table(["zone", "region", "cluster", "role", "endpoint", "codec server"], rows))
+    say(
+        f"router ready on {host}:{port} (grpc.health.v1: meridian.router.v1.WorkflowRouter SERVING)"
+    )
+    say("press Ctrl-C to stop everything")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from router.api.server import RouterServer
+    from router.codec import default_provider
+    from router.config.load import load_file, resolve_path
+    from router.paths import keys_dir, meridian_home
+    from router.service import Meridian
+
+    path = resolve_path(args.config)
+    config = load_file(path)
+    home = meridian_home()
+    state_dir = Path(args.state_dir) if args.state_dir else home / "state"
+    audit = _open_audit(
+        config,
+        Path(args.audit_dir) if args.audit_dir else home / "audit",
+        Path(args.audit_key_file) if args.audit_key_file else None,
+    )
+    meridian = Meridian(
+        config,
+        default_provider(keys_dir(args.keys_dir)),
+        audit=audit,
+        state_file=state_dir / "failover.json",
+    )
+
+    async def reload() -> None:
+        """SIGHUP: read the config file again; apply it whole, or reject it whole."""
+        try:
+            fresh = load_file(path)
+        except ConfigError as exc:
+            log.error("config reload rejected; keeping %s\n%s", meridian.config.version, exc)
+            await meridian.reject_config(exc)
+            return
+        if fresh.version != meridian.config.version:
+            await meridian.apply_config(fresh)
+            log.info("config reloaded: version %s", fresh.version)
+
+    async def main(stop: asyncio.Event) -> None:
+        server = RouterServer(meridian, host=args.host, port=args.port)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
+        try:
+            if await race(server.start(), stop):
+                print(
+                    f"router ready on {args.host}:{server.port} (config {config.version})",
+                    flush=True,
+                )
+                await stop.wait()
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+            await server.stop(grace=args.grace)
+            await audit.close()
+
+    asyncio.run(until_signalled(main))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from regions.worker import WorkerPlan, run
+    from regions.workflows import WORKFLOW_TYPES
+    from router.codec import KeyRingHolder, default_provider
+    from router.config.compile import worker_queues
+    from router.config.load import load
+    from router.paths import keys_dir
+
+    config = load(args.config)
+    table = config.table
+    region = table.regions.get(args.region)
+    if region is None:
+        raise MeridianError(
+            f"--region: unknown region {args.region!r} (known: {', '.join(table.regions)})"
+        )
+    cluster = next((c for c in region.clusters if c.name == args.cluster), None)
+    if cluster is None:
+        known = ", ".join(c.name for c in region.clusters)
+        raise MeridianError(
+            f"--cluster: {args.cluster!r} is not a cluster of {args.region} ({known})"
+        )
+    plan = WorkerPlan(
+        region=region.name,
+        cluster=cluster.name,
+        endpoint=cluster.endpoint,
+        queues=worker_queues(table, region.name, WORKFLOW_TYPES),
+    )
+    holder = KeyRingHolder(default_provider(keys_dir(args.keys_dir)), region.name)
+    compression = config.codec.compression
+    asyncio.run(until_signalled(lambda stop: run(plan, stop, keys=holder, compression=compression)))
+    return 0
+
+
+def cmd_codec_server(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from router.audit import auth_failure_record
+    from router.codec import KeyRingHolder, RegionCodec, default_provider
+    from router.codec.server import CodecServer
+    from router.codec.tokens import load_tokens
+    from router.config.load import load
+    from router.paths import keys_dir, meridian_home
+
+    config = load(args.config)
+    region = config.table.regions.get(args.region)
+    if region is None:
+        known = ", ".join(config.table.regions)
+        raise MeridianError(f"--region: unknown region {args.region!r} (known: {known})")
+    audit_dir = (
+        Path(args.audit_dir) if args.audit_dir else meridian_home() / f"audit-codec-{region.name}"
+    )
+    audit = _open_audit(
+        config, audit_dir, Path(args.audit_key_file) if args.audit_key_file else None
+    )
+
+    async def auth_failed(remote: str, path: str, why: str) -> None:
+        await audit.append(auth_failure_record(
+            component="codec-server", region=region.name, remote=remote, path=path, why=why
+        ))  # fmt: skip
+
+    listen = args.listen or region.codec_server
+    if not listen:
+        raise MeridianError(
+            f"--listen: region {region.name} has no codec_server address in config; give one"
+        )
+    host, _, port = listen.rpartition(":")
+    directory = keys_dir(args.keys_dir)
+    holder = KeyRingHolder(default_provider(directory), region.name)
+    settings = config.codec
+    server = CodecServer(
+        RegionCodec(
+            holder,
+            compression=settings.compression,
+            compression_min_bytes=settings.compression_min_bytes,
+        ),
+        namespaces=frozenset(ns for c in region.clusters for ns in c.namespaces),
+        tokens=load_tokens(region.name, directory),
+        cors_origins=settings.cors_origins,
+        max_body_bytes=settings.max_body_bytes,
+        on_auth_failure=auth_failed,
+    )
+
+    async def main(stop: asyncio.Event) -> None:
+        runner = web.AppRunner(server.app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host.strip("[]"), int(port))
+            try:
+                await site.start()
+            except OSError as exc:
+                raise StackError(
+                    f"codec server {region.name}: cannot listen on {listen}: {exc.strerror}"
+                ) from exc
+            refresher = asyncio.create_task(holder.refresh_forever())
+            print(f"codec server of {region.name} on http://{listen}", flush=True)
+            await stop.wait()
+            refresher.cancel()
+        finally:
+            await runner.cleanup()
+            await audit.close()
+
+    asyncio.run(until_signalled(main))
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    dev = sub.add_parser("dev", help="run the whole default multi-region stack on loopback")
+    config_args(dev)
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=50051, help="router gRPC port (default 50051)")
+    dev.add_argument(
+        "--home", help="state and logs directory (default: $MERIDIAN_HOME or ./.meridian)"
+    )
+    dev.add_argument(
+        "--persist", action="store_true", help="keep workflows across restarts (SQLite per cluster)"
+    )
+    dev.set_defaults(func=cmd_dev)
+
+    serve = sub.add_parser("serve", help="run the router only (clusters and workers run elsewhere)")
+    config_args(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument(
+        "--grace", type=float, default=5.0, help="seconds to drain in-flight calls on stop"
+    )
+    serve.add_argument(
+        "--state-dir",
+        help="where active-cluster choices persist (default: $MERIDIAN_HOME/state)",
+    )
+    serve.add_argument("--audit-dir", help="the audit log (default: $MERIDIAN_HOME/audit)")
+    serve.add_argument(
+        "--audit-key-file",
+        help="base64 HMAC key (0600) that makes the audit chain unforgeable "
+        "(or $MERIDIAN_AUDIT_KEY)",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run the regional worker for one cluster")
+    config_args(worker)
+    worker.add_argument("--region", required=True)
+    worker.add_argument("--cluster", required=True)
+    worker.set_defaults(func=cmd_worker)
+
+    codec = sub.add_parser(
+        "codec-server", help="run a region's codec server (Temporal CLI/UI remote codec)"
+    )
+    config_args(codec)
+    codec.add_argument("--region", required=True)
+    codec.add_argument("--listen", help="host:port (default: the region's codec_server in config)")
+    codec.add_argument(
+        "--audit-dir", help="its audit log (default: $MERIDIAN_HOME/audit-codec-<region>)"
+    )
+    codec.add_argument("--audit-key-file", help="audit HMAC key (or $MERIDIAN_AUDIT_KEY)")
+    codec.set_defaults(func=cmd_codec_server)
