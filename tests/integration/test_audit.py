@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+import yaml
 from temporalio.client import Client
 
 from benchmarks.fleet import Fleet
@@ -214,3 +215,47 @@ async def test_full_disk_refuses_starts_until_it_recovers(fleet: Fleet) -> None:
         ok = await router.StartWorkflow(eu_req(), timeout=10)
         assert ok.started and ok.receipt.sequence > 0
     assert verify([fleet.home / "audit"]).ok
+
+
+async def test_config_reload_is_audited_accepted_or_rejected(fleet: Fleet) -> None:
+    assert fleet.router is not None
+    audit_dir = fleet.home / "audit"
+    original = fleet.config_path.read_text()
+
+    def config_records() -> list[dict[str, Any]]:
+        return [r for r in records([audit_dir]) if r["kind"] == "config.change"]
+
+    async def wait_for(count: int) -> list[dict[str, Any]]:
+        for _ in range(100):
+            found = config_records()
+            if len(found) >= count:
+                return found
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"expected {count} config records, got {config_records()}")
+
+    (loaded,) = await wait_for(1)
+    assert loaded["outcome"] == "loaded"
+    fleet.config_path.write_text(original.replace("home_region: eu-west", "home_region: mars"))
+    os.kill(fleet.router.pid, signal.SIGHUP)
+    rejected = (await wait_for(2))[-1]
+    assert rejected["outcome"] == "rejected" and rejected["previous_version"] == loaded["version"]
+    assert any("zones.eu.home_region: unknown region 'mars'" in e for e in rejected["errors"])
+    async with grpc.aio.insecure_channel(fleet.address) as channel:
+        admin = pb_grpc.RoutingAdminStub(channel)
+        router = pb_grpc.WorkflowRouterStub(channel)
+        topo = await admin.GetTopology(pb.GetTopologyRequest(), timeout=5)
+        assert topo.config_version == loaded["version"], "the last good config keeps serving"
+        assert (await router.StartWorkflow(eu_req(), timeout=10)).started
+
+        doc = yaml.safe_load(original)
+        doc["tenants"] = {"initech": {"residency_zone": "eu"}}
+        fleet.config_path.write_text(yaml.safe_dump(doc))
+        os.kill(fleet.router.pid, signal.SIGHUP)
+        accepted = (await wait_for(3))[-1]
+        assert accepted["outcome"] == "accepted"
+        assert accepted["previous_version"] == loaded["version"] != accepted["version"]
+        topo = await admin.GetTopology(pb.GetTopologyRequest(), timeout=5)
+        assert topo.config_version == accepted["version"]
+        d = await router.ExplainRoute(eu_req(), timeout=5)
+        assert d.config_version == accepted["version"]
+    assert verify([audit_dir]).ok
