@@ -80,6 +80,14 @@ class FlipRefusedError(MeridianError):
         self.region = region
 
 
+class FlipConflict(MeridianError):
+    """Two flips of one region raced; this one lost the check-and-set and did nothing."""
+
+    def __init__(self, message: str, *, region: str) -> None:
+        super().__init__(message)
+        self.region = region
+
+
 class WorkflowOperationFailed(MeridianError):
     """Temporal rejected an operation on an existing workflow (unknown query, closed run)."""
 

@@ -17,12 +17,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Protocol
 
 from router.audit import AuditSink, flip_record
 from router.core.failover import (
     AuditEvent,
     Event,
     Flip,
+    FlipAdopted,
     FlipDone,
     FlipRefused,
     FlipRequested,
@@ -32,7 +34,7 @@ from router.core.failover import (
     apply,
 )
 from router.core.model import RoutingTable
-from router.errors import FlipRefusedError, InvalidArgument, MeridianError
+from router.errors import FlipConflict, FlipRefusedError, InvalidArgument, MeridianError
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +80,49 @@ class StateFile:
         tmp.replace(self.path)
 
 
+class FlipStore(Protocol):
+    """Where decided flips are kept: a local file (one router), or Consul KV with
+    check-and-set (replicas). ``publish`` returns False when someone else changed the
+    region's entry since we last saw it (nothing was written)."""
+
+    def load(self) -> dict[str, tuple[str, Flip | None]]: ...
+
+    async def publish(
+        self, region: str, state: RegionState, states: Mapping[str, RegionState]
+    ) -> bool: ...
+
+    @property
+    def shared(self) -> bool:
+        """True when other replicas read it: then a flip is published before it is
+        audited and applied (the store decides who wins)."""
+        ...
+
+
+class LocalStore(StateFile):
+    shared = False
+
+    async def publish(
+        self, region: str, state: RegionState, states: Mapping[str, RegionState]
+    ) -> bool:
+        self.save(states)
+        return True
+
+
 class FailoverController:
     def __init__(
         self,
         table: RoutingTable,
         audit: AuditSink,
         *,
-        store: StateFile | None = None,
+        store: FlipStore | None = None,
         on_change: Callable[[], None] = lambda: None,
         health: Callable[[], Mapping[str, tuple[bool, str]]] = dict,
+        authority: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._audit = audit
+        # Whether this replica decides automatic flips (the leader, or cut off from peers).
+        self._authority = authority
         # The prober's current view, to reconcile with on every tick (see ``tick``).
         self._health = health
         self._store = store
@@ -140,6 +173,11 @@ class FailoverController:
         if region is not None:
             await self._apply(region, HealthObserved(cluster, healthy, detail))
 
+    async def adopt(self, region: str, flip: Flip) -> None:
+        """A flip another replica decided (seen in the shared store)."""
+        if region in self._states:
+            await self._apply(region, FlipAdopted(flip))
+
     async def tick(self) -> None:
         """Time-based rules, and reconciliation: a health change whose flip could not be
         audited (so was not applied) is applied again here, until it can be."""
@@ -155,7 +193,7 @@ class FailoverController:
     ) -> tuple[RegionState, RegionState, tuple[AuditEvent, ...]]:
         """What ``req`` would do now: no audit, no state change (a dry run)."""
         before = self._state(region)
-        after, events = apply(before, req, self._clock())
+        after, events = apply(before, req, self._clock(), authority=self._authority())
         return before, after, events
 
     async def request(self, region: str, req: FlipRequested) -> tuple[RegionState, RegionState]:
@@ -186,25 +224,32 @@ class FailoverController:
         self, region: str, event: Event
     ) -> tuple[RegionState, tuple[AuditEvent, ...]]:
         before = self._states[region]
-        after, events = apply(before, event, self._clock())
+        after, events = apply(before, event, self._clock(), authority=self._authority())
+        decided = any(isinstance(e, FlipDone) and not e.adopted for e in events)
+        staged = {**self._states, region: after}
+        store = self._store
+        # Shared store first: it decides between concurrent flips (check-and-set).
+        if decided and store is not None and store.shared:  # noqa: SIM102
+            if not await store.publish(region, after, staged):
+                if isinstance(event, FlipRequested):
+                    raise FlipConflict(
+                        f"region {region} changed concurrently (another SRE or replica "
+                        "flipped it): nothing was written; check `meridian status` and retry",
+                        region=region,
+                    )
+                return before, ()  # automatic: another replica's decision will be adopted
         for e in events:
             await self._audit.append(flip_record(e))
-        if after.active != before.active or after.last_flip != before.last_flip:
-            staged = {**self._states, region: after}
-            if self._store is not None:
-                self._store.save(staged)
-            for e in events:
-                if isinstance(e, FlipDone):
-                    f = e.flip
-                    log.warning(
-                        "region %s: %s -> %s by %s (%s): %s",
-                        region,
-                        f.from_cluster,
-                        f.to_cluster,
-                        f.actor,
-                        f.rule,
-                        f.reason,
-                    )
+        changed = after.active != before.active or after.last_flip != before.last_flip
+        if changed and store is not None and not store.shared:
+            await store.publish(region, after, staged)
+        for e in events:
+            if isinstance(e, FlipDone):
+                f = e.flip
+                log.warning(
+                    "region %s: %s -> %s by %s (%s%s): %s", region, f.from_cluster,
+                    f.to_cluster, f.actor, f.rule, ", adopted" if e.adopted else "", f.reason,
+                )  # fmt: skip
         self._states = {**self._states, region: after}
         if after.active != before.active:
             self._on_change()

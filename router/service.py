@@ -15,9 +15,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from temporalio.converter import DataConverter
 
@@ -58,11 +57,14 @@ from router.errors import (
     ResidencyUnsatisfiable,
     WorkflowNotFound,
 )
-from router.failover import FailoverController, StateFile
+from router.failover import FailoverController, FlipStore
 from router.temporal.gateway import Gateway, ResultOutcome, StartOutcome, WorkflowInfo
 from router.temporal.health import HealthMonitor
 from router.temporal.locator import Location, LocationCache, search
 from router.temporal.pool import ClientPool
+
+if TYPE_CHECKING:
+    from router.live import LiveStatus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -137,7 +139,8 @@ class Meridian:
         keys: KeyProvider,
         *,
         audit: AuditSink,
-        state_file: Path | None = None,
+        store: FlipStore | None = None,
+        authority: Callable[[], bool] = lambda: True,
     ) -> None:
         self._config = config
         self._keys = keys
@@ -154,10 +157,14 @@ class Meridian:
         self._failover = FailoverController(
             config.table,
             audit,
-            store=StateFile(state_file) if state_file else None,
+            store=store,
             on_change=self._rebuild_view,
             health=self._probe_health,
+            authority=authority,
         )
+        self.last_rejected: tuple[float, ConfigError] | None = None
+        # Set by a replicated deployment (router.live) for the status view.
+        self.live_status: Callable[[], LiveStatus] | None = None
         self._locations = LocationCache()
         self._view = ClusterView(active=MappingProxyType({}), healthy=frozenset())
         self._view_changed = asyncio.Event()
@@ -253,6 +260,7 @@ class Meridian:
 
     async def reject_config(self, error: ConfigError) -> None:
         """A config change that failed validation: audited; the current config stays."""
+        self.last_rejected = (time.time(), error)
         await self._record(config_record(
             outcome="rejected", source=error.source, version="", previous=self._config.version,
             errors=[str(e) for e in error.errors],

@@ -378,4 +378,17 @@ def topology_pb(m: Meridian) -> pb.Topology:
         )
     for name in table.regions:
         region_pb(m, m.failover.states[name], topo.regions.add())
+    topo.config_source = m.config.source
+    if m.live_status is not None:
+        live = m.live_status()
+        topo.replica_id, topo.leader, topo.is_leader = live.replica_id, live.leader, live.is_leader
+        topo.consul, topo.consul_reachable = live.consul, live.consul_reachable
+    else:
+        topo.replica_id = topo.leader = "local"
+        topo.is_leader = True
+    if m.last_rejected is not None:
+        at, error = m.last_rejected
+        topo.last_rejected.time.FromNanoseconds(int(at * 1e9))
+        topo.last_rejected.source = error.source
+        topo.last_rejected.errors.extend(str(e) for e in error.errors)
     return topo

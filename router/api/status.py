@@ -10,6 +10,7 @@ from router.errors import (
     ClusterUnavailable,
     ConfigError,
     DeadlineExceeded,
+    FlipConflict,
     FlipRefusedError,
     InvalidArgument,
     MeridianError,
@@ -31,6 +32,7 @@ STATUS: tuple[tuple[type[MeridianError], grpc.StatusCode], ...] = (
     (WorkflowNotFound, grpc.StatusCode.NOT_FOUND),
     (WorkflowOperationFailed, grpc.StatusCode.FAILED_PRECONDITION),
     (FlipRefusedError, grpc.StatusCode.FAILED_PRECONDITION),
+    (FlipConflict, grpc.StatusCode.ABORTED),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
     (StackError, grpc.StatusCode.INTERNAL),
     # A payload that fails authentication is corrupt or tampered with: never guessed at.

@@ -136,7 +136,8 @@ def flip_record(event: AuditEvent) -> dict[str, Any]:
         f = event.flip
         return {
             "kind": "flip",
-            "outcome": "done",
+            # "adopted": decided by another replica, followed here through Consul.
+            "outcome": "adopted" if event.adopted else "done",
             "time": utc(f.at),
             "region": event.region,
             "zone": event.zone,

@@ -44,7 +44,20 @@ def cmd_status(args: argparse.Namespace) -> int:
             json.dumps(json_format.MessageToDict(topo, preserving_proto_field_name=True), indent=2)
         )
         return 0
-    print(f"config version {topo.config_version}; default region {topo.default_region}")
+    print(f"config version {topo.config_version} from {topo.config_source}; "
+          f"default region {topo.default_region}")  # fmt: skip
+    if topo.consul:
+        reach = "reachable" if topo.consul_reachable else "UNREACHABLE"
+        me = " (this replica)" if topo.is_leader else ""
+        print(f"consul {topo.consul} ({reach}); replica {topo.replica_id}; "
+              f"leader {topo.leader or 'none'}{me}")  # fmt: skip
+    if topo.HasField("last_rejected"):
+        r = topo.last_rejected
+        print(
+            f"last rejected config change: {r.time.ToDatetime():%Y-%m-%d %H:%M:%SZ} from {r.source}"
+        )
+        for e in r.errors:
+            print(f"  - {e}")
     print(render_table(STATUS_HEADERS, status_rows(topo)))
     return 0
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from router.cli.common import config_args, log, race, render_table, until_signalled
-from router.errors import ConfigError, MeridianError, StackError
+from router.errors import ConfigError, FieldError, MeridianError, StackError
 
 
 def _open_audit(config: Any, directory: Path, key_file: Path | None) -> Any:
@@ -31,6 +32,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from router.codec import FileKeyProvider
     from router.config.load import load_file, resolve_path
     from router.devstack import DevStack, check_ports
+    from router.failover import LocalStore
     from router.paths import meridian_home
     from router.service import Meridian
 
@@ -59,7 +61,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 config,
                 FileKeyProvider(keys),
                 audit=audit,
-                state_file=home / "state" / "failover.json",
+                store=LocalStore(home / "state" / "failover.json"),
             )
             server = RouterServer(meridian, host=args.host, port=args.port)
             if not await race(server.start(), stop):
@@ -107,53 +109,107 @@ def _print_summary(say: Callable[[str], None], config: Any, host: str, port: int
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import socket
+
     from router.api.server import RouterServer
     from router.codec import default_provider
-    from router.config.load import load_file, resolve_path
+    from router.config.layers import Layer, env_layer, resolve
+    from router.config.load import parse_yaml, resolve_path
+    from router.consul import ConsulAddress, ConsulClient
+    from router.failover import LocalStore
+    from router.live import Live
     from router.paths import keys_dir, meridian_home
     from router.service import Meridian
 
-    path = resolve_path(args.config)
-    config = load_file(path)
+    paths = [resolve_path(args.config), *(Path(p) for p in args.overlay)]
     home = meridian_home()
     state_dir = Path(args.state_dir) if args.state_dir else home / "state"
-    audit = _open_audit(
-        config,
-        Path(args.audit_dir) if args.audit_dir else home / "audit",
-        Path(args.audit_key_file) if args.audit_key_file else None,
-    )
-    meridian = Meridian(
-        config,
-        default_provider(keys_dir(args.keys_dir)),
-        audit=audit,
-        state_file=state_dir / "failover.json",
-    )
 
-    async def reload() -> None:
-        """SIGHUP: read the config file again; apply it whole, or reject it whole."""
-        try:
-            fresh = load_file(path)
-        except ConfigError as exc:
-            log.error("config reload rejected; keeping %s\n%s", meridian.config.version, exc)
-            await meridian.reject_config(exc)
-            return
-        if fresh.version != meridian.config.version:
-            await meridian.apply_config(fresh)
-            log.info("config reloaded: version %s", fresh.version)
+    def file_layers() -> list[Layer]:
+        layers = []
+        for p in paths:
+            try:
+                text = p.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(
+                    [FieldError("", f"cannot read: {exc.strerror}")], source=str(p)
+                ) from exc
+            layers.append(Layer(f"file:{p}", parse_yaml(text, source=str(p)) or {}))
+        return layers
+
+    replica = args.replica_id or f"{socket.gethostname()}:{args.port}"
+    live: Live | None = None
+    if args.consul:
+        address = ConsulAddress.parse(
+            args.consul, args.consul_prefix, os.environ.get("CONSUL_HTTP_TOKEN")
+        )
+        live = Live(
+            ConsulClient(address), file_layers=file_layers(), env=env_layer(),
+            cache_dir=state_dir, replica_id=replica, lock_delay=args.lock_delay,
+        )  # fmt: skip
+    else:
+        env = env_layer()
+        config = resolve([*file_layers(), *([env] if env else [])])
 
     async def main(stop: asyncio.Event) -> None:
+        problems: list[ConfigError] = []
+        if live is not None:
+            first, problems = await live.initial()
+        else:
+            first = config
+        audit = _open_audit(
+            first,
+            Path(args.audit_dir) if args.audit_dir else home / "audit",
+            Path(args.audit_key_file) if args.audit_key_file else None,
+        )
+        local = LocalStore(state_dir / "failover.json")
+        meridian = Meridian(
+            first,
+            default_provider(keys_dir(args.keys_dir)),
+            audit=audit,
+            store=live.store(local) if live else local,
+            authority=live.authority if live else (lambda: True),
+        )
+        if live is not None:
+            meridian.live_status = live.status
+
+        async def reload() -> None:
+            """SIGHUP: read the files again; apply the result whole, or reject it whole."""
+            try:
+                layers = file_layers()
+                if live is not None:
+                    live.file_layers = layers
+                    fresh = resolve(live.layers(live.consul_doc))
+                else:
+                    env = env_layer()
+                    fresh = resolve([*layers, *([env] if env else [])])
+            except ConfigError as exc:
+                log.error("config reload rejected; keeping %s\n%s", meridian.config.version, exc)
+                await meridian.reject_config(exc)
+                return
+            if fresh.version != meridian.config.version:
+                await meridian.apply_config(fresh)
+                log.info("config reloaded: version %s", fresh.version)
+
         server = RouterServer(meridian, host=args.host, port=args.port)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
         try:
             if await race(server.start(), stop):
+                for problem in problems:
+                    await meridian.reject_config(problem)
+                if live is not None:
+                    await live.start(meridian)
                 print(
-                    f"router ready on {args.host}:{server.port} (config {config.version})",
+                    f"router {replica} ready on {args.host}:{server.port} "
+                    f"(config {meridian.config.version})",
                     flush=True,
                 )
                 await stop.wait()
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
+            if live is not None:
+                await live.stop()
             await server.stop(grace=args.grace)
             await audit.close()
 
@@ -291,6 +347,20 @@ def add_parsers(sub: Any) -> None:
         help="where active-cluster choices persist (default: $MERIDIAN_HOME/state)",
     )
     serve.add_argument("--audit-dir", help="the audit log (default: $MERIDIAN_HOME/audit)")
+    serve.add_argument(
+        "--overlay", action="append", default=[],
+        help="another YAML layer over --config (repeatable; later wins)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--consul", help="host:port of a Consul agent: live config, flips and leadership"
+    )
+    serve.add_argument("--consul-prefix", default="meridian/", help="KV prefix (default meridian/)")
+    serve.add_argument("--replica-id", help="this replica's name (default: hostname:port)")
+    serve.add_argument(
+        "--lock-delay", type=int, default=1,
+        help="seconds the leader lock stays blocked after the leader's session dies "
+        "(Consul's lock-delay; default 1)",
+    )  # fmt: skip
     serve.add_argument(
         "--audit-key-file",
         help="base64 HMAC key (0600) that makes the audit chain unforgeable "

@@ -129,7 +129,16 @@ class Tick:
     pass
 
 
-Event = HealthObserved | FlipRequested | Tick
+@dataclass(frozen=True, slots=True)
+class FlipAdopted:
+    """A flip decided elsewhere (another replica, through the shared store): adopted as
+    is. It was checked against the rules where it was made; only the region is checked
+    here, so a bad store entry can never move traffic out of the region."""
+
+    flip: Flip
+
+
+Event = HealthObserved | FlipRequested | Tick | FlipAdopted
 
 
 # -- audit events out --------------------------------------------------------------
@@ -141,6 +150,8 @@ class FlipDone:
     zone: str
     flip: Flip
     health: Mapping[str, bool | None]
+    # Decided by another replica and adopted here from the shared store.
+    adopted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,14 +173,35 @@ AuditEvent = FlipDone | FlipRefused
 
 
 def apply(
-    state: RegionState, event: Event, now: float
+    state: RegionState, event: Event, now: float, *, authority: bool = True
 ) -> tuple[RegionState, tuple[AuditEvent, ...]]:
-    if isinstance(event, HealthObserved):
-        state = _observe(state, event, now)
-        return _automatic(state, now, event.detail if event.cluster == state.active else "")
+    """``authority``: this replica may decide automatic flips (the leader, or a replica
+    that cannot reach its peers); otherwise it only observes and follows adopted flips."""
+    if isinstance(event, FlipAdopted):
+        return _adopt(state, event.flip)
     if isinstance(event, FlipRequested):
         return _manual(state, event, now)
-    return _automatic(state, now, "")
+    if isinstance(event, HealthObserved):
+        state = _observe(state, event, now)
+        if not authority:
+            return state, ()
+        return _automatic(state, now, event.detail if event.cluster == state.active else "")
+    return _automatic(state, now, "") if authority else (state, ())
+
+
+def _adopt(state: RegionState, flip: Flip) -> tuple[RegionState, tuple[AuditEvent, ...]]:
+    if flip.to_cluster not in state.clusters:
+        refused = FlipRefused(
+            state.region, state.zone, flip.to_cluster, flip.actor, flip.reason,
+            "target-in-region",
+            f"adopted flip names {flip.to_cluster}, not a cluster of region {state.region}; "
+            "ignored", flip.automatic, flip.forced, flip.at, state.health,
+        )  # fmt: skip
+        return state, (refused,)
+    if flip.to_cluster == state.active and state.last_flip == flip:
+        return state, ()
+    new = replace(state, active=flip.to_cluster, last_flip=flip, stuck=False)
+    return new, (FlipDone(state.region, state.zone, flip, state.health, adopted=True),)
 
 
 def _observe(state: RegionState, event: HealthObserved, now: float) -> RegionState:

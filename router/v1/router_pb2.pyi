@@ -726,12 +726,32 @@ class Topology(_message.Message):
     REGIONS_FIELD_NUMBER: _builtins.int
     ZONES_FIELD_NUMBER: _builtins.int
     DEFAULT_REGION_FIELD_NUMBER: _builtins.int
+    CONFIG_SOURCE_FIELD_NUMBER: _builtins.int
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
+    LEADER_FIELD_NUMBER: _builtins.int
+    IS_LEADER_FIELD_NUMBER: _builtins.int
+    CONSUL_FIELD_NUMBER: _builtins.int
+    CONSUL_REACHABLE_FIELD_NUMBER: _builtins.int
+    LAST_REJECTED_FIELD_NUMBER: _builtins.int
     config_version: _builtins.str
     default_region: _builtins.str
+    config_source: _builtins.str
+    """Where the config came from: its layers, e.g. "file:/etc/meridian.yaml + consul:meridian/config@42"."""
+    replica_id: _builtins.str
+    """This replica, the leader among replicas (the health authority), and whether they are one."""
+    leader: _builtins.str
+    is_leader: _builtins.bool
+    consul: _builtins.str
+    """"host:port/prefix" of Consul, when it is the live source; empty otherwise."""
+    consul_reachable: _builtins.bool
     @_builtins.property
     def regions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Region]: ...
     @_builtins.property
     def zones(self) -> _containers.RepeatedCompositeFieldContainer[Global___Zone]: ...
+    @_builtins.property
+    def last_rejected(self) -> Global___ConfigRejection:
+        """The last config change this replica rejected (file reload or Consul), if any."""
+
     def __init__(
         self,
         *,
@@ -739,14 +759,48 @@ class Topology(_message.Message):
         regions: _abc.Iterable[Global___Region] | None = ...,
         zones: _abc.Iterable[Global___Zone] | None = ...,
         default_region: _builtins.str = ...,
+        config_source: _builtins.str = ...,
+        replica_id: _builtins.str = ...,
+        leader: _builtins.str = ...,
+        is_leader: _builtins.bool = ...,
+        consul: _builtins.str = ...,
+        consul_reachable: _builtins.bool = ...,
+        last_rejected: Global___ConfigRejection | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_rejected", b"last_rejected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_version", b"config_version", "default_region", b"default_region", "regions", b"regions", "zones", b"zones"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_source", b"config_source", "config_version", b"config_version", "consul", b"consul", "consul_reachable", b"consul_reachable", "default_region", b"default_region", "is_leader", b"is_leader", "last_rejected", b"last_rejected", "leader", b"leader", "regions", b"regions", "replica_id", b"replica_id", "zones", b"zones"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Topology: _TypeAlias = Topology  # noqa: Y015
+
+@_typing.final
+class ConfigRejection(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        source: _builtins.str = ...,
+        errors: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "source", b"source", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfigRejection: _TypeAlias = ConfigRejection  # noqa: Y015
 
 @_typing.final
 class SetActiveClusterRequest(_message.Message):

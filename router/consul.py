@@ -1,0 +1,310 @@
+"""Consul as the live source: the routing config document, per-region active clusters,
+and one health authority (leader) among router replicas.
+
+Layout under a prefix (default ``meridian/``)::
+
+    meridian/config            the routing config (YAML), an overlay on the file layers
+    meridian/active/<region>   JSON {"active": cluster, "flip": {...}}: written with CAS
+    meridian/leader            the leader lock (Consul session + acquire); value: replica id
+
+Consul's documented rules are honoured: blocking queries (``index``/``wait``) may return
+with nothing changed; an index that goes backwards resets to 0; the watch loop is
+rate-limited and backs off on errors; the client's total timeout exceeds ``wait`` plus
+Consul's ``wait/16`` jitter. Every foreign error is translated here into
+``ConsulUnavailable`` (or a boolean for CAS outcomes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import aiohttp
+import consul
+import consul.aio
+
+from router.core.failover import Flip
+from router.errors import MeridianError
+
+log = logging.getLogger(__name__)
+
+WAIT_SECONDS = 10
+# py-consul's timeout is total: above wait + wait/16 (Consul's jitter), or every
+# blocking query would time out (FIELD_NOTES).
+CLIENT_TIMEOUT = WAIT_SECONDS + WAIT_SECONDS / 16 + 5
+MIN_WATCH_INTERVAL = 0.05  # rate limit: at most 20 queries/s even if every one returns at once
+MAX_BACKOFF = 5.0
+
+
+class ConsulUnavailable(MeridianError):
+    """Consul did not answer (or answered with an error); the router keeps serving."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsulAddress:
+    host: str
+    port: int
+    prefix: str = "meridian/"
+    token: str | None = None
+
+    @classmethod
+    def parse(
+        cls, address: str, prefix: str = "meridian/", token: str | None = None
+    ) -> ConsulAddress:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise MeridianError(f"--consul: {address!r} is not host:port")
+        prefix = prefix.strip("/") + "/"
+        return cls(host, int(port), prefix, token)
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+
+def flip_to_json(active: str, flip: Flip | None) -> str:
+    return json.dumps({"active": active, "flip": asdict(flip) if flip else None}, sort_keys=True)
+
+
+def flip_from_json(raw: bytes | None) -> tuple[str, Flip | None] | None:
+    """Parse an active-cluster entry; None when it is not one (logged, ignored)."""
+    if not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+        flip = Flip(**doc["flip"]) if doc.get("flip") else None
+        return str(doc["active"]), flip
+    except (ValueError, KeyError, TypeError):
+        log.error("consul: an active-cluster entry is not valid JSON of the expected shape")
+        return None
+
+
+_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, consul.ConsulException, OSError)
+
+
+class ConsulClient:
+    """The few KV and session calls Meridian makes, each translated and bounded."""
+
+    def __init__(self, address: ConsulAddress) -> None:
+        self.address = address
+        self._client: consul.aio.Consul | None = None
+
+    def _c(self) -> consul.aio.Consul:
+        if self._client is None:
+            self._client = consul.aio.Consul(
+                host=self.address.host,
+                port=self.address.port,
+                token=self.address.token,
+                connections_timeout=CLIENT_TIMEOUT,
+            )
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.http.close()
+            self._client = None
+
+    async def get(
+        self, key: str, *, index: int = 0, wait: str | None = None, recurse: bool = False
+    ) -> tuple[int, Any]:
+        try:
+            idx, value = await self._c().kv.get(
+                key, index=index or None, wait=wait, recurse=recurse
+            )
+        except _ERRORS as exc:
+            raise ConsulUnavailable(
+                f"consul {self.address.host}:{self.address.port}: {exc!r}"
+            ) from exc
+        return int(idx or 0), value
+
+    async def put(self, key: str, value: str, **kw: Any) -> bool:
+        try:
+            return bool(await self._c().kv.put(key, value, **kw))
+        except _ERRORS as exc:
+            raise ConsulUnavailable(
+                f"consul {self.address.host}:{self.address.port}: {exc!r}"
+            ) from exc
+
+    async def session_create(self, name: str, ttl: int, lock_delay: int) -> str:
+        try:
+            sid: str = await self._c().session.create(
+                name=name, ttl=ttl, lock_delay=lock_delay, behavior="release"
+            )
+        except _ERRORS as exc:
+            raise ConsulUnavailable(f"consul session create: {exc!r}") from exc
+        return sid
+
+    async def session_renew(self, sid: str) -> bool:
+        try:
+            await self._c().session.renew(sid)
+        except consul.NotFound:
+            return False
+        except _ERRORS as exc:
+            raise ConsulUnavailable(f"consul session renew: {exc!r}") from exc
+        return True
+
+    async def session_destroy(self, sid: str) -> None:
+        with contextlib.suppress(*_ERRORS):
+            await self._c().session.destroy(sid)
+
+
+@dataclass
+class KVSnapshot:
+    """The watched keys as last seen: value and ModifyIndex of each."""
+
+    entries: dict[str, tuple[bytes | None, int]]
+
+    @classmethod
+    def from_entries(cls, items: list[Mapping[str, Any]] | None) -> KVSnapshot:
+        return cls({e["Key"]: (e.get("Value"), int(e["ModifyIndex"])) for e in items or []})
+
+
+class Watcher:
+    """One blocking-query loop over the prefix; calls ``on_change`` with the full
+    snapshot whenever any key under it changed (by ModifyIndex)."""
+
+    def __init__(
+        self,
+        client: ConsulClient,
+        on_change: Callable[[KVSnapshot], Awaitable[None]],
+        *,
+        on_reachable: Callable[[bool], None] = lambda ok: None,
+    ) -> None:
+        self.client = client
+        self.on_change = on_change
+        self.on_reachable = on_reachable
+        self.index = 0
+        self.last: KVSnapshot | None = None
+        self.reachable = False
+
+    async def poll_once(self, *, block: bool) -> KVSnapshot:
+        """One query (blocking from the last index when ``block``); dispatches changes."""
+        index = self.index if block else 0
+        new_index, items = await self.client.get(
+            self.client.address.prefix, index=index, wait=f"{WAIT_SECONDS}s", recurse=True
+        )
+        # Consul: an index that goes backwards (a restored or new cluster) resets to 0.
+        self.index = new_index if new_index >= self.index else 0
+        snap = KVSnapshot.from_entries(items)
+        if self.last is None or snap.entries != self.last.entries:
+            self.last = snap
+            await self.on_change(snap)
+        return snap
+
+    async def run(self) -> None:
+        backoff = 0.2
+        while True:
+            started = time.monotonic()
+            try:
+                await self.poll_once(block=self.last is not None)
+            except ConsulUnavailable as exc:
+                if self.reachable:
+                    log.error("consul unreachable, serving the current config: %s", exc.message)
+                self._set_reachable(False)
+                await asyncio.sleep(backoff)
+                backoff = min(MAX_BACKOFF, backoff * 2)
+                continue
+            backoff = 0.2
+            self._set_reachable(True)
+            spent = time.monotonic() - started
+            if spent < MIN_WATCH_INTERVAL:
+                await asyncio.sleep(MIN_WATCH_INTERVAL - spent)
+
+    def _set_reachable(self, ok: bool) -> None:
+        if ok != self.reachable:
+            self.reachable = ok
+            if ok:
+                log.info("consul reachable again")
+            self.on_reachable(ok)
+
+
+class Leadership:
+    """Leader election with a Consul session and a lock key (Consul's documented
+    recipe). Only the leader decides automatic flips. If the leader dies, its session's
+    TTL expires, the lock is released, and after the lock delay another replica takes it.
+    """
+
+    def __init__(
+        self,
+        client: ConsulClient,
+        replica_id: str,
+        *,
+        ttl: int = 10,
+        lock_delay: int = 1,
+        on_change: Callable[[bool], None] = lambda leader: None,
+    ) -> None:
+        self.client = client
+        self.replica_id = replica_id
+        self.ttl = ttl
+        self.lock_delay = lock_delay
+        self.on_change = on_change
+        self.is_leader = False
+        self.leader_id = ""
+        self._session = ""
+
+    @property
+    def key(self) -> str:
+        return self.client.address.key("leader")
+
+    def _set(self, leader: bool) -> None:
+        if leader != self.is_leader:
+            self.is_leader = leader
+            log.warning(
+                "replica %s is %s the leader", self.replica_id, "now" if leader else "no longer"
+            )
+            self.on_change(leader)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                self._session = await self.client.session_create(
+                    f"meridian-{self.replica_id}", self.ttl, self.lock_delay
+                )
+                renew = asyncio.create_task(self._renew())
+                try:
+                    await self._campaign(renew)
+                finally:
+                    renew.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await renew
+            except ConsulUnavailable as exc:
+                log.error("leader election: %s", exc.message)
+            self._set(False)
+            self.leader_id = ""
+            await asyncio.sleep(1.0)
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            if not await self.client.session_renew(self._session):
+                log.error("leader election: session %s expired", self._session)
+                return
+
+    async def _campaign(self, renew: asyncio.Task[None]) -> None:
+        index = 0
+        while not renew.done():
+            acquired = await self.client.put(self.key, self.replica_id, acquire=self._session)
+            self._set(acquired)
+            index, entry = await self.client.get(self.key, index=index, wait="5s")
+            holder = entry.get("Session") if entry else None
+            self.leader_id = (
+                entry["Value"].decode() if entry and holder and entry.get("Value") else ""
+            )
+            if holder == self._session:
+                continue
+            self._set(False)
+            if holder is None:
+                # Free, perhaps within the lock delay: try again shortly.
+                await asyncio.sleep(0.2)
+
+    async def resign(self) -> None:
+        """Give the lock up at once (a graceful stop): no TTL wait for the others."""
+        if self._session:
+            await self.client.session_destroy(self._session)
+        self._set(False)
