@@ -68,6 +68,92 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _consul(args: argparse.Namespace) -> Any:
+    import os
+
+    from router.consul import ConsulAddress, ConsulClient
+
+    if not args.consul:
+        raise MeridianError("--consul: required (host:port of a Consul agent)")
+    address = ConsulAddress.parse(args.consul, args.prefix, os.environ.get("CONSUL_HTTP_TOKEN"))
+    return ConsulClient(address)
+
+
+async def _consul_config(client: Any) -> tuple[int, str]:
+    """The pushed config document and its ModifyIndex (0, "" when there is none)."""
+    _, entry = await client.get(client.address.key("config"))
+    if entry is None:
+        return 0, ""
+    return int(entry["ModifyIndex"]), (entry.get("Value") or b"").decode("utf-8")
+
+
+def cmd_config_push(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from router.config.load import load_file
+
+    config = load_file(args.file)  # the whole document must be valid on its own
+    text = Path(args.file).read_text(encoding="utf-8")
+    client = _consul(args)
+
+    async def push() -> tuple[bool, int]:
+        try:
+            index, _ = await _consul_config(client)
+            cas = index if args.cas is None else args.cas
+            return await client.put(client.address.key("config"), text, cas=cas), cas
+        finally:
+            await client.close()
+
+    ok, cas = asyncio.run(push())
+    if not ok:
+        raise MeridianError(
+            f"{client.address.key('config')} changed since index {cas} (someone else pushed): "
+            "nothing was written; run `meridian config diff` and push again"
+        )
+    print(f"pushed {args.file} (version {config.version}) to {client.address.key('config')}")
+    return 0
+
+
+def cmd_config_diff(args: argparse.Namespace) -> int:
+    import asyncio
+    import dataclasses
+
+    from router.config.diff import diff
+    from router.config.load import load, load_file, load_text
+
+    new = load_file(args.file)
+    if args.consul:
+        client = _consul(args)
+
+        async def fetch() -> str:
+            try:
+                return (await _consul_config(client))[1]
+            finally:
+                await client.close()
+
+        text = asyncio.run(fetch())
+        old = load_text(text, source="consul") if text else load(args.against)
+    else:
+        old = load(args.against)
+    changes, routes = diff(old, new)
+    if args.json:
+        print(json.dumps({
+            "from": old.source, "to": new.source, "from_version": old.version,
+            "to_version": new.version, "changes": changes,
+            "route_changes": [dataclasses.asdict(r) for r in routes],
+        }, indent=2))  # fmt: skip
+        return 0
+    print(f"{old.source} ({old.version}) -> {new.source} ({new.version})")
+    print("\n".join(changes) if changes else "no changes to the document")
+    if routes:
+        print()
+        print(render_table(["requests", "now routed to", "would route to"],
+                           [(r.requests, r.before, r.after) for r in routes]))  # fmt: skip
+    else:
+        print("no route changes (with every primary healthy)")
+    return 0
+
+
 def _audit_paths(args: argparse.Namespace) -> list[Path]:
     from router.paths import meridian_home
 
@@ -258,3 +344,23 @@ def add_parsers(sub: Any) -> None:
     validate.add_argument("file")
     validate.add_argument("--json", action="store_true")
     validate.set_defaults(func=cmd_config_validate)
+
+    def consul_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--consul", help="host:port of a Consul agent ($CONSUL_HTTP_TOKEN for ACLs)"
+        )
+        sp.add_argument("--prefix", default="meridian/", help="KV prefix (default meridian/)")
+
+    push = config_sub.add_parser("push", help="validate a config, then write it to Consul (CAS)")
+    push.add_argument("file")
+    consul_args(push)
+    push.add_argument("--cas", type=int, help="expected ModifyIndex (default: the one just read)")
+    push.set_defaults(func=cmd_config_push)
+    cdiff = config_sub.add_parser("diff", help="what would change in routing")
+    cdiff.add_argument("file")
+    consul_args(cdiff)
+    cdiff.add_argument(
+        "--against", help="compare with this file (default: Consul's, else the embedded default)"
+    )
+    cdiff.add_argument("--json", action="store_true")
+    cdiff.set_defaults(func=cmd_config_diff)
