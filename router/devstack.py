@@ -10,11 +10,9 @@ reaches only us), told to die with us (PR_SET_PDEATHSIG), and stopped by PID on 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -31,8 +29,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.service import ConnectConfig, ServiceClient
 
-from router.codec.keys import FileKeyProvider, new_ring, write_private
-from router.codec.tokens import new_token_file, token_path
+from router.codec.secrets import ensure_secrets
 from router.config.compile import worker_queues
 from router.config.settings import ResolvedConfig
 from router.core.model import ClusterSpec
@@ -279,23 +276,12 @@ class DevStack:
         ]  # fmt: skip
 
     def ensure_secrets(self) -> None:
-        """Development key rings and codec tokens, generated on first run (0600 files in
-        an ignored directory; never in git, never printed)."""
-        provider = FileKeyProvider(self.keys_dir)
-        made = []
-        for region in self.config.table.regions:
-            if not provider.path(region).exists():
-                provider.save(new_ring(region))
-                made.append(f"key ring {region}")
-            if not token_path(self.keys_dir, region).exists():
-                new_token_file(self.keys_dir, region)
-                made.append(f"codec token {region}")
-        audit_key = self.keys_dir / "audit.key"
-        if not audit_key.exists():
-            write_private(audit_key, base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
-            made.append("audit key")
+        """Development key rings, codec tokens and audit key, generated on first run
+        (0600 files in an ignored directory; never in git, never printed)."""
+        made = ensure_secrets(self.keys_dir, self.config.table.regions)
         if made:
-            self.say(f"generated development secrets in {self.keys_dir}: {', '.join(made)}")
+            what = ", ".join(w for w, _ in made)
+            self.say(f"generated development secrets in {self.keys_dir}: {what}")
         else:
             self.say(f"using development secrets in {self.keys_dir}")
 

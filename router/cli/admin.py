@@ -12,23 +12,24 @@ from router.errors import MeridianError
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from router.codec import FileKeyProvider, KeyRingError, new_ring
+    from router.codec import FileKeyProvider, KeyRingError
+    from router.codec.secrets import ensure_secrets
     from router.config.load import load
     from router.paths import keys_dir
 
-    provider = FileKeyProvider(keys_dir(args.keys_dir))
+    directory = keys_dir(args.keys_dir)
+    provider = FileKeyProvider(directory)
     regions = list(load(args.config).table.regions) if args.region is None else [args.region]
-    rows = []
+    rows: list[tuple[str, ...]] = []
+    if args.action == "init":
+        made = ensure_secrets(directory, regions)
+        rows = [(what, str(path), "created") for what, path in made] or [
+            ("all secrets", str(directory), "kept (they exist)")
+        ]
+        regions = []
     for region in regions:
         path = provider.path(region)
-        if args.action == "init":
-            if path.exists():
-                rows.append((region, provider.load(region).active, str(path), "kept (exists)"))
-                continue
-            ring = new_ring(region)
-            provider.save(ring)
-            rows.append((region, ring.active, str(path), "created"))
-        elif args.action == "rotate":
+        if args.action == "rotate":
             ring = provider.load(region).rotated()
             provider.save(ring)
             rows.append((region, ring.active, str(path), f"rotated; {len(ring.keys)} keys"))
@@ -41,14 +42,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
             rows.append(
                 (region, ring.active, str(path), f"{len(ring.keys)} keys: {', '.join(ring.keys)}")
             )
+    headers = ["secret", "file", "note"] if args.action == "init" else [
+        "region", "active key", "file", "note"
+    ]  # fmt: skip
     if args.json:
-        print(
-            json.dumps(
-                [dict(zip(("region", "active", "path", "note"), r, strict=True)) for r in rows]
-            )
-        )
+        print(json.dumps([dict(zip(headers, r, strict=True)) for r in rows]))
     else:
-        print(render_table(["region", "active key", "file", "note"], rows))
+        print(render_table(headers, rows))
     return 0
 
 
@@ -303,7 +303,10 @@ def cmd_audit_report(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    keys = sub.add_parser("keys", help="key rings: init (first key), rotate (new active key), list")
+    keys = sub.add_parser(
+        "keys",
+        help="secrets: init (key rings, codec tokens, audit key), rotate (new active key), list",
+    )
     keys.add_argument("action", choices=["init", "rotate", "list"])
     config_args(keys)
     keys.add_argument("--region", help="one region (default: every region in config)")

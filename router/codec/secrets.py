@@ -1,0 +1,32 @@
+"""First-run secrets of a deployment: each region's key ring and codec-server token, and
+the audit key. Files only, mode 0600, never printed; existing ones are kept."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+
+from router.codec.keys import FileKeyProvider, new_ring, write_private
+from router.codec.tokens import new_token_file, token_path
+
+AUDIT_KEY = "audit.key"
+
+
+def ensure_secrets(keys_dir: Path, regions: Iterable[str]) -> list[tuple[str, Path]]:
+    """Create what is missing; return (what, path) of each file created."""
+    provider = FileKeyProvider(keys_dir)
+    made: list[tuple[str, Path]] = []
+    for region in regions:
+        ring = provider.path(region)
+        if not ring.exists():
+            provider.save(new_ring(region))
+            made.append((f"key ring {region}", ring))
+        if not token_path(keys_dir, region).exists():
+            made.append((f"codec token {region}", new_token_file(keys_dir, region)))
+    audit_key = keys_dir / AUDIT_KEY
+    if not audit_key.exists():
+        write_private(audit_key, base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+        made.append(("audit key", audit_key))
+    return made
