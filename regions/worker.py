@@ -13,11 +13,20 @@ import logging
 from dataclasses import dataclass
 
 from temporalio.client import Client
+from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.converter import DataConverter
 from temporalio.worker import Worker
 
 from regions.workflows import WORKFLOWS, RegionalActivities, WorkerIdentity
 from router.codec import KeyRingHolder, RegionCodec, data_converter
+
+
+def _tracing() -> bool:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    return isinstance(trace.get_tracer_provider(), TracerProvider)
+
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +43,17 @@ class WorkerPlan:
 async def connect(
     endpoint: str, namespace: str, converter: DataConverter, *, wait: float
 ) -> Client:
-    """Connect, retrying while the cluster is still starting (up to ``wait`` seconds)."""
+    """Connect, retrying while the cluster is still starting (up to ``wait`` seconds).
+    With tracing on (a provider installed), workflows and activities continue the trace
+    the router started (TracingInterceptor, inherited by workers built on the client)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
+    interceptors = [TracingInterceptor()] if _tracing() else []
     while True:
         try:
-            return await Client.connect(endpoint, namespace=namespace, data_converter=converter)
+            return await Client.connect(
+                endpoint, namespace=namespace, data_converter=converter, interceptors=interceptors
+            )
         except RuntimeError:
             if loop.time() >= deadline:
                 raise

@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from router import telemetry
 from router.api.servicers import RoutingAdminServicer, WorkflowRouterServicer
 from router.errors import StackError
 from router.service import Meridian
@@ -35,11 +36,12 @@ class RouterServer:
         # names the field, not grpc's RESOURCE_EXHAUSTED.
         max_message = max(4 * 1024 * 1024, 2 * limit + 1024 * 1024)
         self._server = grpc.aio.server(
+            interceptors=telemetry.server_interceptors(),
             options=[
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", max_message),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         self._health = health.aio.HealthServicer()
         pb_grpc.add_WorkflowRouterServicer_to_server(WorkflowRouterServicer(meridian), self._server)

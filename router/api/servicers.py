@@ -18,6 +18,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from temporalio.client import WorkflowExecutionStatus
 
+from router import telemetry
 from router.api.status import message_of, status_of
 from router.api.values import args_to_python, from_python
 from router.audit import Receipt
@@ -158,8 +159,10 @@ def _caller(context: grpc.aio.ServicerContext) -> tuple[str, str]:
     W3C trace id of the request, if it carries a traceparent header."""
     meta = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
     caller = meta.get(CALLER_HEADER) or context.peer()
-    parts = meta.get("traceparent", "").split("-")
-    trace_id = parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
+    trace_id = telemetry.current_trace_id()
+    if not trace_id:  # tracing off: still record the caller's trace id, if it sent one
+        parts = meta.get("traceparent", "").split("-")
+        trace_id = parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
     return caller[:256], trace_id
 
 

@@ -34,6 +34,15 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def tracing(service_name: str) -> Callable[[], None]:
+    """Tracing for this process when OTEL_EXPORTER_OTLP_ENDPOINT is set; returns the
+    function that flushes and stops it at exit."""
+    from router import telemetry
+
+    provider = telemetry.setup(service_name)
+    return provider.shutdown if provider is not None else (lambda: None)
+
+
 async def until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``main(stop)``; SIGINT/SIGTERM set ``stop`` (once) for a clean shutdown."""
     stop = asyncio.Event()

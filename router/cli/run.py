@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from router.cli.common import config_args, log, race, render_table, until_signalled
+from router.cli.common import config_args, log, race, render_table, tracing, until_signalled
 from router.errors import ConfigError, FieldError, MeridianError, StackError
 
 
@@ -83,7 +83,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
             await stack.stop()
             say("stopped")
 
-    asyncio.run(until_signalled(main))
+    stop_tracing = tracing("meridian-router")
+    try:
+        asyncio.run(until_signalled(main))
+    finally:
+        stop_tracing()
     return 0
 
 
@@ -213,7 +217,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await server.stop(grace=args.grace)
             await audit.close()
 
-    asyncio.run(until_signalled(main))
+    stop_tracing = tracing("meridian-router")
+    try:
+        asyncio.run(until_signalled(main))
+    finally:
+        stop_tracing()
     return 0
 
 
@@ -246,7 +254,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     holder = KeyRingHolder(default_provider(keys_dir(args.keys_dir)), region.name)
     compression = config.codec.compression
-    asyncio.run(until_signalled(lambda stop: run(plan, stop, keys=holder, compression=compression)))
+    stop_tracing = tracing(f"meridian-worker-{cluster.name}")
+    try:
+        asyncio.run(
+            until_signalled(lambda stop: run(plan, stop, keys=holder, compression=compression))
+        )
+    finally:
+        stop_tracing()
     return 0
 
 

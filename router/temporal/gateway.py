@@ -23,6 +23,7 @@ from temporalio.api.workflowservice.v1 import StartWorkflowExecutionRequest
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
+from router import telemetry
 from router.core.model import Decision
 from router.errors import DeadlineExceeded
 from router.temporal.errors import translate
@@ -113,11 +114,14 @@ class Gateway:
             req.input.CopyFrom(Payloads(payloads=await converter.encode(args)))
         (memo_payload,) = await converter.encode([dict(memo)])
         req.memo.CopyFrom(Memo(fields={MEMO_KEY: memo_payload}))
-        call = client.workflow_service.start_workflow_execution(
-            req, retry=False, timeout=timedelta(seconds=timeout)
-        )
         try:
-            resp = await asyncio.wait_for(call, timeout + 0.05)
+            with telemetry.start_span(workflow_type, decision.cluster) as trace_header:
+                if trace_header is not None:
+                    req.header.fields[telemetry.HEADER_KEY].CopyFrom(trace_header)
+                call = client.workflow_service.start_workflow_execution(
+                    req, retry=False, timeout=timedelta(seconds=timeout)
+                )
+                resp = await asyncio.wait_for(call, timeout + 0.05)
         except RPCError as exc:
             existing = _already_started_run(exc)
             if existing is not None:

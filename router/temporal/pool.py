@@ -16,6 +16,7 @@ from temporalio.client import Client
 from temporalio.converter import DataConverter
 from temporalio.service import ConnectConfig, GrpcCompression, RetryConfig, ServiceClient
 
+from router import telemetry
 from router.core.model import ClusterSpec
 
 IDENTITY = f"meridian-router@{socket.gethostname()}"
@@ -52,7 +53,10 @@ class ClientPool:
                 del self._clients[key]
         for name, ns in keys - self._clients.keys():
             self._clients[(name, ns)] = Client(
-                self.service(name), namespace=ns, data_converter=self._converter_for(wanted[name])
+                self.service(name),
+                namespace=ns,
+                data_converter=self._converter_for(wanted[name]),
+                interceptors=telemetry.temporal_interceptors(),
             )
 
     async def _connect(self, endpoint: str) -> ServiceClient:

@@ -29,6 +29,7 @@ from router.codec import FileKeyProvider, KeyRingHolder, RegionCodec, data_conve
 from router.config import ResolvedConfig, load_file
 from router.v1 import router_pb2_grpc as pb_grpc
 from tests.helpers import default_doc, free_port, with_free_ports, write_config
+from tests.otlp_collector import Collector
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,7 +61,9 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def start_dev(home: Path, doc: dict[str, Any], *, port: int | None = None) -> DevProcess:
+def start_dev(
+    home: Path, doc: dict[str, Any], *, port: int | None = None, env: dict[str, str] | None = None
+) -> DevProcess:
     home.mkdir(parents=True, exist_ok=True)
     cfg = write_config(home / "config.yaml", doc)
     port = port or free_port()
@@ -83,6 +86,7 @@ def start_dev(home: Path, doc: dict[str, Any], *, port: int | None = None) -> De
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
     return DevProcess(proc, home, f"127.0.0.1:{port}", load_file(cfg), log)
 
@@ -125,8 +129,23 @@ def stop_dev(dev: DevProcess, sig: int = signal.SIGTERM, timeout: float = 60.0) 
 
 
 @pytest.fixture(scope="session")
-def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevProcess]:
-    process = start_dev(tmp_path_factory.mktemp("stack"), with_free_ports(default_doc()))
+def collector() -> Iterator[Collector]:
+    c = Collector()
+    c.start(free_port())
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="session")
+def dev(tmp_path_factory: pytest.TempPathFactory, collector: Collector) -> Iterator[DevProcess]:
+    tracing = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+    }
+    process = start_dev(
+        tmp_path_factory.mktemp("stack"), with_free_ports(default_doc()), env=tracing
+    )
     try:
         wait_serving(process)
         yield process
