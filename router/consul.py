@@ -287,21 +287,20 @@ class Leadership:
                 return
 
     async def _campaign(self, renew: asyncio.Task[None]) -> None:
-        index = 0
         while not renew.done():
             acquired = await self.client.put(self.key, self.replica_id, acquire=self._session)
             self._set(acquired)
-            index, entry = await self.client.get(self.key, index=index, wait="5s")
+            # Who holds it now; then, if someone does, wait until that changes.
+            index, entry = await self.client.get(self.key)
             holder = entry.get("Session") if entry else None
-            self.leader_id = (
-                entry["Value"].decode() if entry and holder and entry.get("Value") else ""
-            )
-            if holder == self._session:
-                continue
-            self._set(False)
+            value = entry.get("Value") if entry else None
+            self.leader_id = value.decode() if holder and value else ""
             if holder is None:
-                # Free, perhaps within the lock delay: try again shortly.
-                await asyncio.sleep(0.2)
+                # Free but refused: within the lock delay after a leader died. Retry soon.
+                self._set(False)
+                await asyncio.sleep(0.25)
+                continue
+            await self.client.get(self.key, index=index, wait="5s")
 
     async def resign(self) -> None:
         """Give the lock up at once (a graceful stop): no TTL wait for the others."""

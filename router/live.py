@@ -112,6 +112,8 @@ class Live:
         self.watcher = Watcher(client, self._changed, on_reachable=self._reachable)
         self.leadership = Leadership(client, replica_id, ttl=session_ttl, lock_delay=lock_delay)
         self._tasks: list[asyncio.Task[None]] = []
+        # Rejections seen before there is a service to audit them (at start-up).
+        self._early_rejections: list[ConfigError] = []
 
     @property
     def config_key(self) -> str:
@@ -148,7 +150,7 @@ class Live:
     async def initial(self) -> tuple[ResolvedConfig, list[ConfigError]]:
         """The config to start with: files + Consul (or its cached copy) + env. A bad
         Consul document is left out (and returned, to be audited once serving)."""
-        problems: list[ConfigError] = []
+        problems = self._early_rejections
         try:
             await asyncio.wait_for(self.watcher.poll_once(block=False), 3.0)
             self.watcher.reachable = True
@@ -214,6 +216,8 @@ class Live:
             log.error("config change in consul rejected; keeping the current one\n%s", error)
             if self.meridian is not None:
                 await self.meridian.reject_config(error)
+            else:
+                self._early_rejections.append(error)
             return
         self.consul_doc = layer
         if value is not None:

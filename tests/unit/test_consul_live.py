@@ -1,0 +1,181 @@
+"""Meridian's Consul side against the in-process Consul emulator: the watch loop,
+check-and-set flips between two replicas, leader election and hand-over, and the config
+layers a replica builds from what it watches."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from router.audit import MemoryAuditSink
+from router.config import compile_config
+from router.config.layers import Layer
+from router.consul import ConsulAddress, ConsulClient, KVSnapshot, Leadership, Watcher
+from router.core.failover import FlipRequested
+from router.errors import FlipConflict
+from router.failover import FailoverController, StateFile
+from router.live import ConsulFlipStore, Live
+from tests.consul_emulator import ConsulEmulator
+from tests.helpers import default_doc
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+OPEN: list[ConsulClient] = []
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[tuple[ConsulEmulator, Clock]]:
+    clock = Clock()
+    emu = ConsulEmulator(clock=clock)
+    await emu.start()
+    try:
+        yield emu, clock
+    finally:
+        while OPEN:
+            await OPEN.pop().close()
+        await emu.stop()
+
+
+def client(emu: ConsulEmulator) -> ConsulClient:
+    c = ConsulClient(ConsulAddress.parse(emu.address))
+    OPEN.append(c)
+    return c
+
+
+async def test_watcher_dispatches_changes_only(emulator: tuple[ConsulEmulator, Clock]) -> None:
+    emu, _ = emulator
+    seen: list[KVSnapshot] = []
+
+    async def on_change(snap: KVSnapshot) -> None:
+        seen.append(snap)
+
+    c = client(emu)
+    w = Watcher(c, on_change)
+    await c.put("meridian/config", "a: 1")
+    await w.poll_once(block=False)
+    task = asyncio.create_task(w.poll_once(block=True))
+    await asyncio.sleep(0.1)
+    assert not task.done(), "a blocking query waits for a change"
+    await c.put("meridian/active/eu-west", '{"active": "eu-west-b", "flip": null}')
+    await asyncio.wait_for(task, 5)
+    assert [sorted(s.entries) for s in seen] == [
+        ["meridian/config"],
+        ["meridian/active/eu-west", "meridian/config"],
+    ]
+    await c.close()
+
+
+def controller(
+    table: Any, c: ConsulClient, tmp: Path, name: str
+) -> tuple[FailoverController, Watcher]:
+    async def ignore(_: KVSnapshot) -> None:
+        return None
+
+    watcher = Watcher(c, ignore)
+    store = ConsulFlipStore(c, watcher, StateFile(tmp / f"{name}.json"))
+    ctl = FailoverController(table, MemoryAuditSink(), store=store)
+    return ctl, watcher
+
+
+async def test_concurrent_flips_one_wins_one_conflicts(
+    emulator: tuple[ConsulEmulator, Clock], tmp_path: Path
+) -> None:
+    emu, _ = emulator
+    table = compile_config(default_doc()).table
+    a, wa = controller(table, client(emu), tmp_path, "a")
+    b, wb = controller(table, client(emu), tmp_path, "b")
+    for ctl in (a, b):
+        for cluster in ("eu-west-a", "eu-west-b"):
+            await ctl.observe(cluster, True)
+    # Both replicas read the store, then both flip before either sees the other's write.
+    await wa.poll_once(block=False)
+    await wb.poll_once(block=False)
+    await a.request("eu-west", FlipRequested("eu-west-b", "sre-a", "maintenance"))
+    with pytest.raises(FlipConflict, match="changed concurrently"):
+        await b.request("eu-west", FlipRequested("eu-west-b", "sre-b", "maintenance too"))
+    assert b.states["eu-west"].active == "eu-west-a", "the loser changed nothing"
+    _, entry = await client(emu).get("meridian/active/eu-west")
+    assert b'"actor": "sre-a"' in entry["Value"]
+    # Once it has seen the winner's write, the other replica's flip goes through (CAS on
+    # the index it now knows).
+    await wb.poll_once(block=False)
+    await b.request("eu-west", FlipRequested("eu-west-b", "sre-b", "retry", force=True))
+    _, entry = await client(emu).get("meridian/active/eu-west")
+    assert b'"actor": "sre-b"' in entry["Value"]
+
+
+async def test_one_leader_and_hand_over(emulator: tuple[ConsulEmulator, Clock]) -> None:
+    emu, clock = emulator
+    first = Leadership(client(emu), "r1", ttl=10, lock_delay=1)
+    second = Leadership(client(emu), "r2", ttl=10, lock_delay=1)
+    tasks = [asyncio.create_task(x.run()) for x in (first, second)]
+
+    async def until(check: Any, what: str) -> None:
+        for _ in range(200):
+            if check():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(what)
+
+    try:
+        await until(lambda: first.is_leader or second.is_leader, "a leader")
+        leader, other = (first, second) if first.is_leader else (second, first)
+        await until(lambda: other.leader_id == leader.replica_id, "the follower knows the leader")
+        assert not other.is_leader
+        # The leader dies: its session is no longer renewed; the TTL runs out.
+        tasks[0 if leader is first else 1].cancel()
+        clock.now += 11
+        emu.expire_sessions()
+        await asyncio.sleep(0.3)
+        assert not other.is_leader, "the lock delay holds the lock for a moment"
+        clock.now += 2
+        await until(lambda: other.is_leader, "hand-over after the lock delay")
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_live_layers_and_rejections(
+    emulator: tuple[ConsulEmulator, Clock], tmp_path: Path
+) -> None:
+    emu, _ = emulator
+    c = client(emu)
+    base = Layer("file:base.yaml", default_doc())
+    live = Live(c, file_layers=[base], env=None, cache_dir=tmp_path, replica_id="r1")
+    await c.put(
+        "meridian/config", yaml.safe_dump({"tenants": {"initech": {"residency_zone": "us"}}})
+    )
+    config, problems = await live.initial()
+    assert not problems
+    assert config.table.tenants["initech"].residency_zone == "us"
+    assert config.source.startswith("file:base.yaml + consul:meridian/config@")
+    assert live.cache_file.exists(), "the last good Consul document is cached for a cold start"
+
+    # A bad document is left out (the files still serve) and reported.
+    await c.put("meridian/config", yaml.safe_dump({"default_region": "mars"}))
+    cold = Live(c, file_layers=[base], env=None, cache_dir=tmp_path / "cold", replica_id="r2")
+    config, problems = await cold.initial()
+    assert "initech" not in config.table.tenants
+    assert problems and "default_region: unknown region 'mars'" in str(problems[0])
+
+    # Consul down at start: the cached last good document serves.
+    await c.close()
+    await emu.stop()
+    offline = Live(client(emu), file_layers=[base], env=None, cache_dir=tmp_path, replica_id="r3")
+    config, problems = await offline.initial()
+    assert config.table.tenants["initech"].residency_zone == "us"
+    assert offline.authority(), "cut off from peers, a replica decides flips itself"
