@@ -6,6 +6,7 @@ import grpc
 
 from router.audit import AuditUnavailable
 from router.codec import CodecError, KeyRingError
+from router.consul import ConsulUnavailable
 from router.errors import (
     ClusterUnavailable,
     ConfigError,
@@ -28,6 +29,7 @@ STATUS: tuple[tuple[type[MeridianError], grpc.StatusCode], ...] = (
     (NoHealthyTarget, grpc.StatusCode.UNAVAILABLE),
     (ClusterUnavailable, grpc.StatusCode.UNAVAILABLE),
     (AuditUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (ConsulUnavailable, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (WorkflowNotFound, grpc.StatusCode.NOT_FOUND),
     (WorkflowOperationFailed, grpc.StatusCode.FAILED_PRECONDITION),

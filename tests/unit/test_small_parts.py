@@ -15,12 +15,14 @@ from router.api.status import STATUS, message_of, status_of
 from router.api.values import args_to_python, from_python, to_python
 from router.cli import main, render_table
 from router.codec import CodecError, KeyRingError
+from router.consul import ConsulUnavailable
 from router.core.health import ProbeState, Thresholds, observe
 from router.errors import (
     ClusterUnavailable,
     ConfigError,
     DeadlineExceeded,
     FieldError,
+    FlipConflict,
     InvalidArgument,
     MeridianError,
     NoHealthyTarget,
@@ -117,6 +119,8 @@ def test_non_json_results_are_type_errors() -> None:
         (WorkflowOperationFailed("m"), grpc.StatusCode.FAILED_PRECONDITION),
         (ConfigError([FieldError("a", "b")]), grpc.StatusCode.FAILED_PRECONDITION),
         (CodecError("m"), grpc.StatusCode.DATA_LOSS),
+        (ConsulUnavailable("m"), grpc.StatusCode.UNAVAILABLE),
+        (FlipConflict("m", region="r"), grpc.StatusCode.ABORTED),
         (KeyRingError("m"), grpc.StatusCode.INTERNAL),
         (MeridianError("m"), grpc.StatusCode.INTERNAL),
     ],
