@@ -121,6 +121,55 @@ class Cluster:
 
 
 @dataclass
+class Replica:
+    """One router process (``meridian serve``) with its own state and audit dirs."""
+
+    name: str
+    home: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.home / "audit"
+
+    def log(self) -> str:
+        path = self.home / "router.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self, config: Path, keys: Path, extra: list[str]) -> None:
+        argv = [
+            sys.executable, "-m", "router.cli", "serve", "--config", str(config),
+            "--keys-dir", str(keys), "--state-dir", str(self.home / "state"),
+            "--audit-dir", str(self.audit_dir), "--port", str(self.port),
+            "--replica-id", self.name, *extra,
+        ]  # fmt: skip
+        self.proc = _popen(argv, self.home / "router.log")
+
+    async def wait_serving(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"router {self.name} exited: {self.log()}")
+                with contextlib.suppress(grpc.RpcError):
+                    resp = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"router {self.name} not serving after {timeout} s: {self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        _stop(self.proc, sig)
+
+
+@dataclass
 class Fleet:
     """Clusters per region (primary first) plus one router, under ``home``."""
 
@@ -130,6 +179,7 @@ class Fleet:
     extra: dict[str, Any] = field(default_factory=dict)
     router_port: int = field(default_factory=free_port)
     router: subprocess.Popen[bytes] | None = None
+    replicas: list[Replica] = field(default_factory=list)
 
     @classmethod
     def create(
@@ -195,10 +245,7 @@ class Fleet:
                 provider.save(new_ring(region))
 
     async def start(self) -> None:
-        self.write_config()
-        for c in self.clusters():
-            c.start()
-        await asyncio.gather(*(c.wait_ready() for c in self.clusters()))
+        await self.start_clusters()
         self.start_router()
         await self.wait_router()
 
@@ -232,8 +279,22 @@ class Fleet:
     def stop_router(self) -> None:
         _stop(self.router)
 
+    async def start_clusters(self) -> None:
+        self.write_config()
+        for c in self.clusters():
+            c.start()
+        await asyncio.gather(*(c.wait_ready() for c in self.clusters()))
+
+    def replica(self, name: str) -> Replica:
+        """A router replica of this fleet (not started); ``stop`` stops it too."""
+        r = Replica(name, self.home / name)
+        self.replicas.append(r)
+        return r
+
     def stop(self) -> None:
         self.stop_router()
+        for r in self.replicas:
+            r.stop()
         for c in self.clusters():
             c.terminate()
 
