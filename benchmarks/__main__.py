@@ -8,6 +8,7 @@ BENCHMARKS = {
     "audit": "benchmarks.audit",
     "codec": "benchmarks.codec",
     "failover": "benchmarks.failover",
+    "propagation": "benchmarks.propagation",
 }
 
 
