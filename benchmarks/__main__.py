@@ -7,8 +7,10 @@ import sys
 BENCHMARKS = {
     "audit": "benchmarks.audit",
     "codec": "benchmarks.codec",
+    "core": "benchmarks.core",
     "failover": "benchmarks.failover",
     "propagation": "benchmarks.propagation",
+    "router_vs_direct": "benchmarks.router_vs_direct",
 }
 
 

@@ -137,9 +137,11 @@ async def test_cli_start_through_encode_runs_on_the_regional_worker(
 
 
 def iter_payloads(msg: Message) -> Iterator[Payload]:
-    """Every Payload anywhere inside a proto message (history events, memo...)."""
+    """Every data Payload anywhere inside a proto message (inputs, results, memo...).
+    Headers are skipped: they carry only the trace context (W3C traceparent), which
+    Temporal passes to workers unencoded, by design."""
     for field, value in msg.ListFields():
-        if field.message_type is None:
+        if field.message_type is None or field.name == "header":
             continue
         if field.message_type.GetOptions().map_entry:
             items = list(value.values())
