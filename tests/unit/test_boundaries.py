@@ -47,3 +47,11 @@ async def test_audit_records_benchmark_runs(tmp_path: Path) -> None:
     from router.audit import verify
 
     assert verify([tmp_path]).records == 40
+
+
+def test_core_benchmark_runs() -> None:
+    from benchmarks.core import requests, run
+
+    assert len({(r.user_country, r.data_class) for r in requests(500)}) > 20, "a real mix"
+    result = run(0.05, 1)
+    assert result["decisions_per_s"] > 0
