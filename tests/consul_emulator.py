@@ -63,6 +63,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from router.devstack import die_with_parent
+
 __all__ = [
     "ConsulEmulator",
     "EmulatorProcess",
@@ -920,18 +922,6 @@ def _lock_delay_field(fields: dict[str, Any]) -> int:
 _PORT_RANGE: Final = (20000, 32000)
 _handed_out: set[int] = set()
 _ROOT: Final = Path(__file__).resolve().parents[1]
-# Runs as the child, then execs the emulator: Linux SIGTERMs it when its parent dies
-# (PR_SET_PDEATHSIG survives exec), so no emulator outlives a SIGKILLed test run. A
-# trampoline rather than preexec_fn, which is unsafe in a process with threads.
-_TRAMPOLINE: Final = (
-    "import ctypes, os, signal, sys\n"
-    "try:\n"
-    "    ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)\n"
-    "except OSError:\n"
-    "    pass\n"
-    "if os.getppid() == int(sys.argv[1]):\n"
-    "    os.execvp(sys.argv[2], sys.argv[2:])\n"
-)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -1079,7 +1069,7 @@ class EmulatorProcess:
             self._stdout = files.enter_context(tempfile.TemporaryFile())
             self._stderr = files.enter_context(tempfile.TemporaryFile())
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", _TRAMPOLINE, str(os.getpid()), *argv],
+                die_with_parent(argv),
                 stdin=subprocess.DEVNULL,
                 stdout=self._stdout,
                 stderr=self._stderr,

@@ -3,16 +3,31 @@ embedded default."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from benchmarks.fleet import free_port
-
-__all__ = ["default_doc", "free_port", "with_free_ports", "write_config"]
 from router.config.load import DEFAULT_CONFIG
+
+__all__ = ["default_doc", "eventually", "free_port", "with_free_ports", "write_config"]
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 30) -> Any:
+    """Poll ``check`` until it returns something true; fail naming ``what`` after
+    ``timeout`` (a bound that catches "never", not a speed assertion)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
 
 
 def default_doc() -> dict[str, Any]:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from router.audit.query import records
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 from tests.consul_emulator import EmulatorProcess
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -61,16 +62,6 @@ class Setup:
             if (await side.topology()).is_leader:
                 return side, next(s for s in self.sides if s is not side)
         raise AssertionError("no leader")
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def meridian(*args: str) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from benchmarks.fleet import Fleet, Outcome, start_stream
 from router.codec import FileKeyProvider, RegionCodec, data_converter
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -75,16 +75,6 @@ def active(region: pb.Region) -> str:
 
 def healthy(region: pb.Region) -> set[str]:
     return {c.name for c in region.clusters if c.healthy}
-
-
-async def eventually(check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def restore(fx: Fixture) -> None:
