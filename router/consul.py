@@ -189,12 +189,14 @@ class Watcher:
         new_index, items = await self.client.get(
             self.client.address.prefix, index=index, wait=f"{WAIT_SECONDS}s", recurse=True
         )
-        # Consul: an index that goes backwards (a restored or new cluster) resets to 0.
-        self.index = new_index if new_index >= self.index else 0
         snap = KVSnapshot.from_entries(items)
         if self.last is None or snap.entries != self.last.entries:
-            self.last = snap
+            # Handled first, remembered after: a change whose handling failed is seen
+            # (and handled) again on the next query.
             await self.on_change(snap)
+            self.last = snap
+        # Consul: an index that goes backwards (a restored or new cluster) resets to 0.
+        self.index = new_index if new_index >= self.index else 0
         return snap
 
     async def run(self) -> None:
@@ -207,6 +209,12 @@ class Watcher:
                 if self.reachable:
                     log.error("consul unreachable, serving the current config: %s", exc.message)
                 self._set_reachable(False)
+                await asyncio.sleep(backoff)
+                backoff = min(MAX_BACKOFF, backoff * 2)
+                continue
+            except Exception:
+                # A bug in handling one change must not end the watch for good.
+                log.exception("consul watch: handling a change failed; watching on")
                 await asyncio.sleep(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
                 continue

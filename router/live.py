@@ -36,7 +36,7 @@ from router.consul import (
     flip_to_json,
 )
 from router.core.failover import Flip, RegionState
-from router.errors import ConfigError, FieldError
+from router.errors import ConfigError, FieldError, MeridianError
 from router.failover import StateFile
 
 if TYPE_CHECKING:
@@ -224,7 +224,17 @@ class Live:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             self.cache_file.write_text(value.decode("utf-8"))
         if self.meridian is not None and config.version != self.meridian.config.version:
-            await self.meridian.apply_config(config)
+            try:
+                await self.meridian.apply_config(config)
+            except ConfigError:
+                raise
+            except MeridianError as exc:
+                # Valid, but not applicable here (e.g. a new region whose key ring this
+                # replica lacks): rejected whole, like an invalid one.
+                error = ConfigError([FieldError("", f"cannot apply: {exc.message}")], source=name)
+                log.error("config change in consul not applied; keeping the current one\n%s", error)
+                await self.meridian.reject_config(error)
+                return
             log.info("config from consul applied: version %s (index %d)", config.version, index)
 
     async def _apply_actives(self, snap: KVSnapshot) -> None:

@@ -179,3 +179,23 @@ async def test_live_layers_and_rejections(
     config, problems = await offline.initial()
     assert config.table.tenants["initech"].residency_zone == "us"
     assert offline.authority(), "cut off from peers, a replica decides flips itself"
+
+
+async def test_a_change_whose_handling_failed_is_handled_again(
+    emulator: tuple[ConsulEmulator, Clock],
+) -> None:
+    emu, _ = emulator
+    calls: list[int] = []
+
+    async def flaky(snap: KVSnapshot) -> None:
+        calls.append(len(snap.entries))
+        if len(calls) == 1:
+            raise RuntimeError("handler bug")
+
+    c = client(emu)
+    await c.put("meridian/config", "a: 1")
+    w = Watcher(c, flaky)
+    with pytest.raises(RuntimeError):
+        await w.poll_once(block=False)
+    await asyncio.wait_for(w.poll_once(block=True), 5)  # the old index: returns at once
+    assert calls == [1, 1] and w.last is not None
