@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from temporalio.converter import DataConverter
 
@@ -106,7 +106,7 @@ class Ref:
     tenant_id: str
 
 
-def raise_refusal(refusal: Refusal) -> None:
+def raise_refusal(refusal: Refusal) -> NoReturn:
     if refusal.kind is RefusalKind.RESIDENCY:
         raise ResidencyUnsatisfiable(refusal.message, zone=refusal.residency_zone)
     raise NoHealthyTarget(refusal.message, zone=refusal.residency_zone)
@@ -241,13 +241,14 @@ class Meridian:
             log.error("failover: could not apply a health change", exc_info=task.exception())
 
     async def apply_config(self, config: ResolvedConfig) -> None:
-        """Swap in an already validated config: audited first, then keys and connections,
-        then the table."""
+        """Swap in an already validated config: its key rings first (a region without
+        keys cannot be served: KeyRingError, nothing changes), then the audit record,
+        then connections and the table."""
+        self._load_codecs(config)
         await self._record(config_record(
             outcome="accepted", source=config.source, version=config.version,
             previous=self._config.version,
         ))  # fmt: skip
-        self._load_codecs(config)
         clusters = list(config.table.clusters.values())
         await self._pool.sync(clusters)
         self._config = config
@@ -342,7 +343,6 @@ class Meridian:
             record = refusal_record(req, outcome, ctx, workflow_id=workflow_id)
             await self._record({**record, "dry_run": dry_run})
             raise_refusal(outcome)
-            raise AssertionError("unreachable")
         receipt = await self._record_decision(req, outcome, ctx, workflow_id, dry_run=dry_run)
         return outcome, receipt
 
@@ -384,11 +384,12 @@ class Meridian:
             started = await self._start_with_failover(
                 attempt, req=req, inp=inp, ctx=ctx, workflow_id=workflow_id, deadline=deadline
             )
-        except ClusterUnavailable as exc:
-            await self._record(outcome_record(
-                ctx=ctx, workflow_id=workflow_id, decision_seq=_seq(attempt.receipt),
-                cluster=attempt.decision.cluster, error=exc.message,
-            ))  # fmt: skip
+        except MeridianError as exc:
+            if not isinstance(exc, AuditUnavailable):  # else there is no log to write to
+                await self._record(outcome_record(
+                    ctx=ctx, workflow_id=workflow_id, decision_seq=_seq(attempt.receipt),
+                    cluster=attempt.decision.cluster, error=exc.message,
+                ))  # fmt: skip
             raise
         decision = attempt.decision
         try:
