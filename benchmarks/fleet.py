@@ -128,10 +128,16 @@ class Replica:
     home: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    argv: list[str] = field(default_factory=list)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"router {self.name} was never started"
+        return self.proc.pid
 
     @property
     def audit_dir(self) -> Path:
@@ -142,13 +148,19 @@ class Replica:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def start(self, config: Path, keys: Path, extra: list[str]) -> None:
-        argv = [
+        self.argv = [
             sys.executable, "-m", "router.cli", "serve", "--config", str(config),
             "--keys-dir", str(keys), "--state-dir", str(self.home / "state"),
             "--audit-dir", str(self.audit_dir), "--port", str(self.port),
             "--replica-id", self.name, *extra,
         ]  # fmt: skip
-        self.proc = _popen(argv, self.home / "router.log")
+        self.proc = _popen(self.argv, self.home / "router.log")
+
+    async def restart(self) -> None:
+        """Stop, then start again with the same arguments (same state and audit dirs)."""
+        self.stop()
+        self.proc = _popen(self.argv, self.home / "router.log")
+        await self.wait_serving()
 
     async def wait_serving(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -177,9 +189,8 @@ class Fleet:
     regions: dict[str, tuple[str, list[Cluster]]]  # region -> (zone, clusters)
     countries: dict[str, list[str]]  # zone -> countries
     extra: dict[str, Any] = field(default_factory=dict)
-    router_port: int = field(default_factory=free_port)
-    router: subprocess.Popen[bytes] | None = None
     replicas: list[Replica] = field(default_factory=list)
+    router: Replica | None = None
 
     @classmethod
     def create(
@@ -201,7 +212,8 @@ class Fleet:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.router_port}"
+        assert self.router is not None, "start() the fleet first"
+        return self.router.address
 
     @property
     def config_path(self) -> Path:
@@ -245,39 +257,11 @@ class Fleet:
                 provider.save(new_ring(region))
 
     async def start(self) -> None:
+        """The clusters, and one router (``self.router``) in front of them."""
         await self.start_clusters()
-        self.start_router()
-        await self.wait_router()
-
-    def start_router(self) -> None:
-        argv = [
-            sys.executable, "-m", "router.cli", "serve", "--config", str(self.config_path),
-            "--keys-dir", str(self.keys_dir), "--state-dir", str(self.home / "state"),
-            "--audit-dir", str(self.home / "audit"), "--port", str(self.router_port),
-        ]  # fmt: skip
-        self.router = _popen(argv, self.home / "logs" / "router.log")
-
-    async def wait_router(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        async with grpc.aio.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                assert self.router is not None
-                if self.router.poll() is not None:
-                    raise RuntimeError(f"router exited: {self.router_log()}")
-                with contextlib.suppress(grpc.RpcError):
-                    resp = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                await asyncio.sleep(0.1)
-        raise RuntimeError(f"router not serving after {timeout} s: {self.router_log()}")
-
-    def router_log(self) -> str:
-        path = self.home / "logs" / "router.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop_router(self) -> None:
-        _stop(self.router)
+        self.router = self.replica("router")
+        self.router.start(self.config_path, self.keys_dir, [])
+        await self.router.wait_serving()
 
     async def start_clusters(self) -> None:
         self.write_config()
@@ -292,7 +276,6 @@ class Fleet:
         return r
 
     def stop(self) -> None:
-        self.stop_router()
         for r in self.replicas:
             r.stop()
         for c in self.clusters():

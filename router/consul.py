@@ -245,13 +245,11 @@ class Leadership:
         *,
         ttl: int = 10,
         lock_delay: int = 1,
-        on_change: Callable[[bool], None] = lambda leader: None,
     ) -> None:
         self.client = client
         self.replica_id = replica_id
         self.ttl = ttl
         self.lock_delay = lock_delay
-        self.on_change = on_change
         self.is_leader = False
         self.leader_id = ""
         self._session = ""
@@ -266,7 +264,6 @@ class Leadership:
             log.warning(
                 "replica %s is %s the leader", self.replica_id, "now" if leader else "no longer"
             )
-            self.on_change(leader)
 
     async def run(self) -> None:
         while True:

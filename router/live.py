@@ -54,7 +54,6 @@ class LiveStatus:
     is_leader: bool
     consul: str
     consul_reachable: bool
-    config_index: int
 
 
 class ConsulFlipStore:
@@ -144,7 +143,6 @@ class Live:
             is_leader=self.leadership.is_leader,
             consul=f"{a.host}:{a.port}/{a.prefix}",
             consul_reachable=self.watcher.reachable,
-            config_index=self.config_index,
         )
 
     async def initial(self) -> tuple[ResolvedConfig, list[ConfigError]]:

@@ -45,7 +45,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,13 +55,14 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, Self, TypeVar
 from urllib.parse import urlencode
 
 from aiohttp import web
 
+from benchmarks.fleet import ROOT as _ROOT
+from benchmarks.fleet import free_port  # one port picker, below the ephemeral range
 from router.devstack import die_with_parent
 
 __all__ = [
@@ -918,30 +918,6 @@ def _lock_delay_field(fields: dict[str, Any]) -> int:
 
 
 # -- a separate process, for code under test that runs in its own process ----------------
-
-_PORT_RANGE: Final = (20000, 32000)
-_handed_out: set[int] = set()
-_ROOT: Final = Path(__file__).resolve().parents[1]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A free port in 20000-32000, below Linux's ephemeral range, where the kernel hands
-    out ports to every outgoing connection and could take ours before the child binds."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(1000):
-        port = random.randrange(*_PORT_RANGE)
-        if port in _handed_out:
-            continue
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            # As servers bind: a previous owner's TIME_WAIT does not make it taken.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-    raise RuntimeError(f"no free port in {_PORT_RANGE}")
 
 
 class EmulatorProcess:

@@ -353,8 +353,7 @@ def region_pb(m: Meridian, state: RegionState, out: pb.Region) -> None:
     out.failed_over = state.failed_over
     if state.last_flip is not None:
         f = state.last_flip
-        out.last_flip.time.FromSeconds(int(f.at))
-        out.last_flip.time.nanos = int((f.at % 1) * 1e9)
+        out.last_flip.time.FromNanoseconds(int(f.at * 1e9))
         out.last_flip.from_cluster, out.last_flip.to_cluster = f.from_cluster, f.to_cluster
         out.last_flip.actor, out.last_flip.reason, out.last_flip.rule = f.actor, f.reason, f.rule
         out.last_flip.automatic, out.last_flip.forced = f.automatic, f.forced

@@ -29,19 +29,22 @@ def canonical(record: Mapping[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def digest(record: Mapping[str, Any], key: bytes | None) -> str:
-    data = canonical(record)
+def _hash(data: bytes, key: bytes | None) -> str:
     if key is None:
         return hashlib.sha256(data).hexdigest()
     return hmac.new(key, data, hashlib.sha256).hexdigest()
 
 
-def line(record: Mapping[str, Any]) -> bytes:
-    """The JSON Lines form of a complete record (with its hash)."""
-    return (
-        json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-        + b"\n"
-    )
+def digest(record: Mapping[str, Any], key: bytes | None) -> str:
+    return _hash(canonical(record), key)
+
+
+def seal(record: Mapping[str, Any], key: bytes | None) -> tuple[str, bytes]:
+    """The record's hash and its JSON Lines form: the canonical bytes with the hash
+    appended as the last member, so each record is serialized once."""
+    body = canonical(record)
+    h = _hash(body, key)
+    return h, body[:-1] + b',"hash":"' + h.encode() + b'"}\n'
 
 
 def file_name(first_seq: int) -> str:

@@ -37,10 +37,9 @@ from router.audit.chain import (
     ALG_SHA256,
     GENESIS,
     HEAD_NAME,
-    digest,
     file_name,
-    line,
     log_files,
+    seal,
 )
 from router.audit.records import utc
 from router.codec.keys import check_private
@@ -171,10 +170,6 @@ class AuditLog:
             self._writer = asyncio.create_task(self._run(), name="audit-writer")
         return await pending.future
 
-    async def write(self, record: Mapping[str, Any]) -> None:
-        """The AuditSink interface."""
-        await self.append(record)
-
     async def _io(self, data: bytes, new_file_seq: int | None, seq: int, last: str) -> None:
         """Write and fsync on the log's own thread (the event loop never blocks on the
         disk); a plain queue and one wake-up each way: cheaper than an executor."""
@@ -234,8 +229,8 @@ class AuditLog:
                 seq += 1
                 rec = {"alg": self._alg, "prev": last, "seq": seq, **body}
                 rec.setdefault("time", utc(self._clock()))
-                rec["hash"] = last = digest(rec, self._key)
-                chunks.append(line(rec))
+                last, sealed = seal(rec, self._key)
+                chunks.append(sealed)
                 if i >= len(notes):
                     receipts.append(Receipt(seq, last, file_name(first_seq)))
             data = b"".join(chunks)

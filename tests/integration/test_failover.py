@@ -9,7 +9,6 @@ how fast (README)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,8 +18,10 @@ from typing import Any
 import grpc
 import pytest
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from benchmarks.fleet import Fleet, Outcome, start_stream
+from router.audit.query import records
 from router.codec import FileKeyProvider, RegionCodec, data_converter
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
@@ -99,15 +100,15 @@ async def restore(fx: Fixture) -> None:
 
 
 async def exists_on(fleet: Fleet, cluster: str, workflow_id: str) -> bool:
+    """Asked of the cluster itself, not the router."""
     spec = fleet.cluster(cluster)
-    codec = RegionCodec(FileKeyProvider(fleet.keys_dir).load("eu-west"))
-    client = await Client.connect(
-        spec.endpoint, namespace="eu-west", data_converter=data_converter(codec)
-    )
+    client = await Client.connect(spec.endpoint, namespace=spec.namespaces[0])
     try:
         await client.get_workflow_handle(workflow_id).describe()
-    except Exception:
-        return False
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
     return True
 
 
@@ -269,13 +270,9 @@ async def test_safety_rules_and_dry_run(fx: Fixture) -> None:
     assert forced.changed and forced.after.last_flip.rule == "manual-forced"
 
     # Every flip, done or refused, is audited with actor, reason, rule and health.
-    records = [
-        json.loads(line)
-        for f in sorted((fx.fleet.home / "audit").glob("audit-*.jsonl"))
-        for line in f.read_text().splitlines()
-    ]
-    records = [r for r in records if r["kind"] == "flip"]
-    rules = {(r["outcome"], r["rule"]) for r in records}
+    assert fx.fleet.router is not None
+    flips = [r for r in records([fx.fleet.router.audit_dir]) if r["kind"] == "flip"]
+    rules = {(r["outcome"], r["rule"]) for r in flips}
     assert {
         ("refused", "target-in-region"),
         ("refused", "target-healthy"),
@@ -283,7 +280,7 @@ async def test_safety_rules_and_dry_run(fx: Fixture) -> None:
         ("done", "manual"),
         ("done", "manual-forced"),
     } <= rules
-    drill = next(r for r in records if r["reason"] == "drill 2")
+    drill = next(r for r in flips if r["reason"] == "drill 2")
     assert drill["actor"] == "sre" and drill["health"] == {
         "eu-west-a": "healthy",
         "eu-west-b": "healthy",
@@ -306,6 +303,7 @@ async def test_zone_down_refuses_regulated_and_moves_public(fx: Fixture) -> None
     assert "zone eu" in details and "eu-west" in details and "not healthy" in details
     public = await fx.router.StartWorkflow(start_req("DE", pb.PUBLIC), timeout=5)
     assert public.decision.region == "us-east" and public.decision.cluster == "us-east-a"
+    assert await exists_on(fx.fleet, "us-east-a", public.workflow_id)
     await restore(fx)
 
 
@@ -317,9 +315,8 @@ async def test_active_choice_survives_a_router_restart(fx: Fixture, tmp_path: Pa
         ),
         timeout=5,
     )
-    fx.fleet.stop_router()
-    fx.fleet.start_router()
-    await fx.fleet.wait_router()
+    assert fx.fleet.router is not None
+    await fx.fleet.router.restart()
     eu = (await topology(fx))["eu-west"]
     assert active(eu) == "eu-west-b"
     assert eu.last_flip.reason == "before restart" and eu.last_flip.actor == "sre"
