@@ -30,7 +30,7 @@ import consul
 import consul.aio
 
 from router.core.failover import Flip
-from router.errors import MeridianError
+from router.errors import ConsulUnavailable, MeridianError
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,6 @@ WAIT_SECONDS = 10
 CLIENT_TIMEOUT = WAIT_SECONDS + WAIT_SECONDS / 16 + 5
 MIN_WATCH_INTERVAL = 0.05  # rate limit: at most 20 queries/s even if every one returns at once
 MAX_BACKOFF = 5.0
-
-
-class ConsulUnavailable(MeridianError):
-    """Consul did not answer (or answered with an error); the router keeps serving."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,30 @@
-"""One error root for Meridian.
+"""Every error Meridian raises on purpose, in one module.
 
-Every failure the router reports derives from :class:`MeridianError`; subclasses carry
-keyword-only structured fields so callers (and the gRPC adapter's single status table in
-``router.api.status``) never parse messages. Foreign exceptions (temporalio, grpc, yaml,
-pydantic) are translated into these at the adapter that met them, with ``raise ... from``.
+Subclasses carry keyword-only structured fields, so callers (and the gRPC adapter's one
+status table, ``router.api.status``) never parse messages. Foreign exceptions (temporalio,
+grpc, yaml, pydantic, aiohttp, py-consul, OSError) are translated into these at the
+adapter that met them, with ``raise ... from``. The hierarchy, with the gRPC status each
+maps to::
+
+    MeridianError                        root; anything else unexpected is INTERNAL
+    ├── InvalidArgument                  INVALID_ARGUMENT   a request field is malformed
+    ├── Refused                          a request no compliant target can take
+    │   ├── ResidencyUnsatisfiable       FAILED_PRECONDITION  no compliant zone exists
+    │   ├── WorkflowTypeNotServed        FAILED_PRECONDITION  no allowed region runs it
+    │   └── NoHealthyTarget              UNAVAILABLE          none is healthy now
+    ├── Unavailable                      UNAVAILABLE        a dependency did not answer
+    │   ├── ClusterUnavailable           a Temporal cluster (may_have_reached says if sent)
+    │   ├── AuditUnavailable             the audit log cannot be written: nothing acts
+    │   └── ConsulUnavailable            Consul did not answer; the router keeps serving
+    ├── DeadlineExceeded                 DEADLINE_EXCEEDED
+    ├── WorkflowNotFound                 NOT_FOUND
+    ├── WorkflowOperationFailed          FAILED_PRECONDITION  Temporal refused the operation
+    ├── FlipRefusedError                 FAILED_PRECONDITION  a safety rule (named) refused it
+    ├── FlipConflict                     ABORTED            lost a check-and-set race
+    ├── ConfigError                      FAILED_PRECONDITION  a config rejected whole
+    ├── CodecError                       DATA_LOSS          a payload failed authentication
+    ├── KeyRingError                     INTERNAL           a key ring missing or unsafe
+    └── StackError                       INTERNAL           the local dev stack
 """
 
 from __future__ import annotations
@@ -29,26 +50,36 @@ class InvalidArgument(MeridianError):
         self.reason = reason
 
 
-class ResidencyUnsatisfiable(MeridianError):
+class Refused(MeridianError):
+    """Routing found no compliant target for the request; it is never sent elsewhere."""
+
+    def __init__(self, message: str, *, zone: str | None = None) -> None:
+        super().__init__(message)
+        # The residency zone the request is bound to, if any.
+        self.zone = zone
+
+
+class ResidencyUnsatisfiable(Refused):
     """No compliant target can exist for this request under the current config.
 
     Retrying does not help; the caller must change the request or the config must change.
     """
 
-    def __init__(self, message: str, *, zone: str | None = None) -> None:
-        super().__init__(message)
-        self.zone = zone
+
+class WorkflowTypeNotServed(Refused):
+    """No region the request may go to declares its workflow type: a start would sit on
+    a queue no worker polls. Retrying does not help."""
 
 
-class NoHealthyTarget(MeridianError):
+class NoHealthyTarget(Refused):
     """Compliant targets exist but none is healthy now; retrying later may succeed."""
 
-    def __init__(self, message: str, *, zone: str | None = None) -> None:
-        super().__init__(message)
-        self.zone = zone
+
+class Unavailable(MeridianError):
+    """A dependency (a Temporal cluster, the audit log, Consul) did not answer."""
 
 
-class ClusterUnavailable(MeridianError):
+class ClusterUnavailable(Unavailable):
     """A Temporal cluster did not answer within the call's deadline, or refused it."""
 
     def __init__(self, message: str, *, cluster: str, may_have_reached: bool) -> None:
@@ -59,16 +90,32 @@ class ClusterUnavailable(MeridianError):
         self.may_have_reached = may_have_reached
 
 
+class AuditUnavailable(Unavailable):
+    """The audit log cannot be written now; nothing may be acted on without a record."""
+
+
+class ConsulUnavailable(Unavailable):
+    """Consul did not answer (or answered with an error); the router keeps serving."""
+
+
 class DeadlineExceeded(MeridianError):
     """The caller's deadline (or the configured wait) ran out before the answer."""
 
 
 class WorkflowNotFound(MeridianError):
-    """No workflow with this id (and run, and tenant) exists on any reachable cluster."""
+    """No workflow with this id (and run, and tenant) exists where it could live."""
 
     def __init__(self, message: str, *, workflow_id: str) -> None:
         super().__init__(message)
         self.workflow_id = workflow_id
+
+
+class WorkflowOperationFailed(MeridianError):
+    """Temporal rejected an operation on an existing workflow (unknown query, closed run)."""
+
+    def __init__(self, message: str, *, precondition: bool = True) -> None:
+        super().__init__(message)
+        self.precondition = precondition
 
 
 class FlipRefusedError(MeridianError):
@@ -86,14 +133,6 @@ class FlipConflict(MeridianError):
     def __init__(self, message: str, *, region: str) -> None:
         super().__init__(message)
         self.region = region
-
-
-class WorkflowOperationFailed(MeridianError):
-    """Temporal rejected an operation on an existing workflow (unknown query, closed run)."""
-
-    def __init__(self, message: str, *, precondition: bool = True) -> None:
-        super().__init__(message)
-        self.precondition = precondition
 
 
 @dataclass(frozen=True)
@@ -116,6 +155,14 @@ class ConfigError(MeridianError):
         lines = "\n".join(f"  - {e}" for e in self.errors)
         noun = "error" if len(self.errors) == 1 else "errors"
         super().__init__(f"{source}: {len(self.errors)} {noun}\n{lines}")
+
+
+class CodecError(MeridianError):
+    """A payload could not be decoded (unknown key, failed tag, wrong region)."""
+
+
+class KeyRingError(MeridianError):
+    """A key ring is missing, malformed, or not safely stored. Never contains key bytes."""
 
 
 class StackError(MeridianError):

@@ -28,7 +28,6 @@ from router.config.load import parse_yaml
 from router.config.settings import ResolvedConfig
 from router.consul import (
     ConsulClient,
-    ConsulUnavailable,
     KVSnapshot,
     Leadership,
     Watcher,
@@ -36,7 +35,7 @@ from router.consul import (
     flip_to_json,
 )
 from router.core.failover import Flip, RegionState
-from router.errors import ConfigError, FieldError, MeridianError
+from router.errors import ConfigError, ConsulUnavailable, FieldError, MeridianError
 from router.failover import StateFile
 
 if TYPE_CHECKING:

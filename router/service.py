@@ -22,7 +22,6 @@ from temporalio.converter import DataConverter
 
 from router.audit import (
     AuditSink,
-    AuditUnavailable,
     CallContext,
     Receipt,
     config_record,
@@ -48,6 +47,7 @@ from router.core.model import (
 from router.core.policy import route
 from router.core.validate import build_request, check_args_size, check_name, check_workflow_id
 from router.errors import (
+    AuditUnavailable,
     ClusterUnavailable,
     ConfigError,
     DeadlineExceeded,

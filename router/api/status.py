@@ -1,31 +1,37 @@
-"""The one table from Meridian errors to gRPC status codes."""
+"""The one table from Meridian errors to gRPC status codes (the hierarchy and the
+reasoning for each code are in ``router.errors``)."""
 
 from __future__ import annotations
 
 import grpc
 
-from router.audit import AuditUnavailable
-from router.codec import CodecError, KeyRingError
-from router.consul import ConsulUnavailable
 from router.errors import (
+    AuditUnavailable,
     ClusterUnavailable,
+    CodecError,
     ConfigError,
+    ConsulUnavailable,
     DeadlineExceeded,
     FlipConflict,
     FlipRefusedError,
     InvalidArgument,
+    KeyRingError,
     MeridianError,
     NoHealthyTarget,
+    Refused,
     ResidencyUnsatisfiable,
     StackError,
+    Unavailable,
     WorkflowNotFound,
     WorkflowOperationFailed,
+    WorkflowTypeNotServed,
 )
 
 # Most specific first: the first isinstance match wins.
 STATUS: tuple[tuple[type[MeridianError], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (ResidencyUnsatisfiable, grpc.StatusCode.FAILED_PRECONDITION),
+    (WorkflowTypeNotServed, grpc.StatusCode.FAILED_PRECONDITION),
     (NoHealthyTarget, grpc.StatusCode.UNAVAILABLE),
     (ClusterUnavailable, grpc.StatusCode.UNAVAILABLE),
     (AuditUnavailable, grpc.StatusCode.UNAVAILABLE),
@@ -40,6 +46,9 @@ STATUS: tuple[tuple[type[MeridianError], grpc.StatusCode], ...] = (
     # A payload that fails authentication is corrupt or tampered with: never guessed at.
     (CodecError, grpc.StatusCode.DATA_LOSS),
     (KeyRingError, grpc.StatusCode.INTERNAL),
+    # The abstract bases last: a new subclass gets its family's code until it has its own.
+    (Refused, grpc.StatusCode.FAILED_PRECONDITION),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
 )
 
 

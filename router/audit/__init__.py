@@ -2,7 +2,7 @@
 and authentication failure, hash-chained, durable before its effect is acknowledged,
 verifiable and searchable by auditors (``meridian audit verify|query|report``)."""
 
-from router.audit.log import AuditLog, AuditUnavailable, Receipt, load_key
+from router.audit.log import AuditLog, Receipt, load_key
 from router.audit.records import (
     CallContext,
     auth_failure_record,
@@ -18,7 +18,6 @@ from router.audit.verify import VerifyResult, verify
 __all__ = [
     "AuditLog",
     "AuditSink",
-    "AuditUnavailable",
     "CallContext",
     "MemoryAuditSink",
     "Receipt",

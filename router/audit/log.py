@@ -43,17 +43,13 @@ from router.audit.chain import (
 )
 from router.audit.records import utc
 from router.codec.keys import check_private
-from router.errors import MeridianError
+from router.errors import AuditUnavailable
 
 log = logging.getLogger(__name__)
 
 _TAIL_BYTES = 1 << 20  # enough to find the last complete record of a file
 _MAX_BATCH = 4096
 _HEAD_BYTES = 256
-
-
-class AuditUnavailable(MeridianError):
-    """The audit log cannot be written now; nothing may be acted on without a record."""
 
 
 @dataclass(frozen=True, slots=True)

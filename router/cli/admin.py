@@ -12,9 +12,10 @@ from router.errors import MeridianError
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from router.codec import FileKeyProvider, KeyRingError
+    from router.codec import FileKeyProvider
     from router.codec.secrets import ensure_secrets
     from router.config.load import load
+    from router.errors import KeyRingError
     from router.paths import keys_dir
 
     directory = keys_dir(args.keys_dir)

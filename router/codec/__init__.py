@@ -4,7 +4,7 @@ Only this package of ``router`` is imported by ``regions/``: a region's worker a
 server use the same keys and wire format as the router, and nothing else of it.
 """
 
-from router.codec.aead import CodecError, RegionCodec
+from router.codec.aead import RegionCodec
 from router.codec.converter import data_converter
 from router.codec.keys import (
     ChainKeyProvider,
@@ -13,7 +13,6 @@ from router.codec.keys import (
     Key,
     KeyProvider,
     KeyRing,
-    KeyRingError,
     KeyRingHolder,
     default_provider,
     new_ring,
@@ -21,13 +20,11 @@ from router.codec.keys import (
 
 __all__ = [
     "ChainKeyProvider",
-    "CodecError",
     "EnvKeyProvider",
     "FileKeyProvider",
     "Key",
     "KeyProvider",
     "KeyRing",
-    "KeyRingError",
     "KeyRingHolder",
     "RegionCodec",
     "data_converter",

@@ -26,7 +26,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
 from router.codec.keys import Key, KeyRing, KeyRingHolder
-from router.errors import MeridianError
+from router.errors import CodecError
 
 ENCODING = b"binary/encrypted"
 META_ENCODING = "encoding"
@@ -36,10 +36,6 @@ META_COMPRESSION = "meridian-compression"
 NONCE_BYTES = 12
 TAG_BYTES = 16
 _AAD_PREFIX = b"meridian/v1\x00"
-
-
-class CodecError(MeridianError):
-    """A payload could not be decoded (unknown key, failed tag, wrong region)."""
 
 
 def associated_data(region: str, key_id: str, compressed: bool) -> bytes:

@@ -35,16 +35,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from router.errors import MeridianError
+from router.errors import KeyRingError
 
 log = logging.getLogger(__name__)
 
 KEY_BYTES = 32  # AES-256
 KEY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-
-
-class KeyRingError(MeridianError):
-    """A key ring is missing, malformed, or not safely stored. Never contains key bytes."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,9 @@ from aiohttp import web
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 
-from router.codec.aead import CodecError, RegionCodec
+from router.codec.aead import RegionCodec
 from router.codec.tokens import token_ok
+from router.errors import CodecError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from router.codec.keys import KeyRingError, check_private, write_private
+from router.codec.keys import check_private, write_private
+from router.errors import KeyRingError
 
 MIN_TOKEN_LENGTH = 16
 

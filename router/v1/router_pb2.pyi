@@ -183,7 +183,9 @@ class RouteDecision(_message.Message):
     rule: _builtins.str
     config_version: _builtins.str
     failed_over: _builtins.bool
-    """The region's active cluster is not its primary."""
+    """The region's active cluster is not its primary. Always set (explicit presence,
+    so JSON renderings show false too).
+    """
     endpoint: _builtins.str
     """The cluster's frontend, host:port."""
     @_builtins.property
@@ -205,15 +207,17 @@ class RouteDecision(_message.Message):
         rule: _builtins.str = ...,
         reasons: _abc.Iterable[_builtins.str] | None = ...,
         config_version: _builtins.str = ...,
-        failed_over: _builtins.bool = ...,
+        failed_over: _builtins.bool | None = ...,
         endpoint: _builtins.str = ...,
         receipt: Global___AuditReceipt | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_failed_over", b"_failed_over", "failed_over", b"failed_over", "receipt", b"receipt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "config_version", b"config_version", "endpoint", b"endpoint", "failed_over", b"failed_over", "namespace", b"namespace", "reasons", b"reasons", "receipt", b"receipt", "region", b"region", "rule", b"rule", "task_queue", b"task_queue", "zone", b"zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_failed_over", b"_failed_over", "cluster", b"cluster", "config_version", b"config_version", "endpoint", b"endpoint", "failed_over", b"failed_over", "namespace", b"namespace", "reasons", b"reasons", "receipt", b"receipt", "region", b"region", "rule", b"rule", "task_queue", b"task_queue", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__failed_over: _TypeAlias = _typing.Literal["failed_over"]  # noqa: Y015
+    _WhichOneofArgType__failed_over: _TypeAlias = _typing.Literal["_failed_over", b"_failed_over"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__failed_over) -> _WhichOneofReturnType__failed_over | None: ...
 
 Global___RouteDecision: _TypeAlias = RouteDecision  # noqa: Y015
 
@@ -260,7 +264,10 @@ class StartWorkflowResponse(_message.Message):
     workflow_id: _builtins.str
     run_id: _builtins.str
     started: _builtins.bool
-    """False when an existing run with this workflow_id was returned."""
+    """True when this call started a new run; false when an existing run with this
+    workflow_id was returned (a duplicate start). Always set: explicit presence, so
+    a duplicate is visible in every rendering (proto3 JSON drops a plain false).
+    """
     request_id: _builtins.str
     @_builtins.property
     def decision(self) -> Global___RouteDecision: ...
@@ -274,15 +281,17 @@ class StartWorkflowResponse(_message.Message):
         workflow_id: _builtins.str = ...,
         run_id: _builtins.str = ...,
         decision: Global___RouteDecision | None = ...,
-        started: _builtins.bool = ...,
+        started: _builtins.bool | None = ...,
         request_id: _builtins.str = ...,
         receipt: Global___AuditReceipt | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "receipt", b"receipt"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_started", b"_started", "decision", b"decision", "receipt", b"receipt", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "receipt", b"receipt", "request_id", b"request_id", "run_id", b"run_id", "started", b"started", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_started", b"_started", "decision", b"decision", "receipt", b"receipt", "request_id", b"request_id", "run_id", b"run_id", "started", b"started", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__started: _TypeAlias = _typing.Literal["started"]  # noqa: Y015
+    _WhichOneofArgType__started: _TypeAlias = _typing.Literal["_started", b"_started"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__started) -> _WhichOneofReturnType__started | None: ...
 
 Global___StartWorkflowResponse: _TypeAlias = StartWorkflowResponse  # noqa: Y015
 

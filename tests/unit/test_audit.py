@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from router.audit import AuditLog, AuditUnavailable, load_key, verify
+from router.audit import AuditLog, load_key, verify
 from router.audit.chain import GENESIS, canonical, digest, log_files
 from router.audit.query import Filter, records, report, residency_violations
+from router.errors import AuditUnavailable
 
 KEY = b"k" * 32
 

@@ -15,12 +15,10 @@ from temporalio.api.failure.v1 import Failure
 from temporalio.converter import DataConverter
 
 from router.codec import (
-    CodecError,
     EnvKeyProvider,
     FileKeyProvider,
     Key,
     KeyRing,
-    KeyRingError,
     KeyRingHolder,
     RegionCodec,
     data_converter,
@@ -28,6 +26,7 @@ from router.codec import (
 )
 from router.codec.aead import META_COMPRESSION, META_KEY_ID, META_REGION
 from router.codec.tokens import load_tokens, new_token_file, token_ok
+from router.errors import CodecError, KeyRingError
 
 MARKER = "marker-7f3a-residency"
 

@@ -14,16 +14,17 @@ from google.protobuf import struct_pb2
 from router.api.status import STATUS, message_of, status_of
 from router.api.values import args_to_python, from_python, to_python
 from router.cli import main, render_table
-from router.codec import CodecError, KeyRingError
-from router.consul import ConsulUnavailable
 from router.core.health import ProbeState, Thresholds, observe
 from router.errors import (
     ClusterUnavailable,
+    CodecError,
     ConfigError,
+    ConsulUnavailable,
     DeadlineExceeded,
     FieldError,
     FlipConflict,
     InvalidArgument,
+    KeyRingError,
     MeridianError,
     NoHealthyTarget,
     ResidencyUnsatisfiable,
