@@ -16,11 +16,12 @@ from typing import Any
 
 from benchmarks.common import emit, machine, render
 from benchmarks.fleet import Fleet
+from router.app import Router
 from router.audit import AuditLog, AuditSink, MemoryAuditSink
 from router.codec import FileKeyProvider
-from router.config import load_file
+from router.config.sources import ConfigSources
 from router.core.model import DataClass, Priority
-from router.service import Meridian, StartInput
+from router.starts import StartInput
 
 RECORD = {
     "kind": "route.decision", "workflow_type": "EchoWorkflow", "tenant": "acme",
@@ -58,11 +59,11 @@ def start_input() -> StartInput:
     )  # fmt: skip
 
 
-async def start_latencies(m: Meridian, n: int) -> list[float]:
+async def start_latencies(m: Router, n: int) -> list[float]:
     out = []
     for _ in range(n):
         t = time.perf_counter()
-        await m.start_workflow(start_input(), remaining=None)
+        await m.starts.start(start_input(), remaining=None)
         out.append(time.perf_counter() - t)
     return out
 
@@ -83,7 +84,8 @@ async def run(records: int, starts: int, rounds: int) -> dict[str, Any]:
         cluster.start()
         try:
             await cluster.wait_ready()
-            config = load_file(fleet.config_path)
+            sources = ConfigSources.read([fleet.config_path], use_env=False)
+            config = sources.resolve()
             keys = FileKeyProvider(fleet.keys_dir)
             durable = AuditLog(home / "router-audit")
             durable.open()
@@ -91,7 +93,9 @@ async def run(records: int, starts: int, rounds: int) -> dict[str, Any]:
                 "with audit": durable,
                 "without audit": MemoryAuditSink(),
             }
-            routers = {name: Meridian(config, keys, audit=sink) for name, sink in sinks.items()}
+            routers = {
+                name: Router(sources, config, keys, audit=sink) for name, sink in sinks.items()
+            }
             for m in routers.values():
                 await m.start(first_probe_timeout=5)
                 await start_latencies(m, 50)  # warm up connections and caches

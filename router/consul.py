@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
@@ -47,7 +47,8 @@ class ConsulAddress:
     host: str
     port: int
     prefix: str = "meridian/"
-    token: str | None = None
+    # An ACL token: a secret, so never in repr, logs or errors.
+    token: str | None = field(default=None, repr=False)
 
     @classmethod
     def parse(
@@ -161,25 +162,22 @@ class KVSnapshot:
         return cls({e["Key"]: (e.get("Value"), int(e["ModifyIndex"])) for e in items or []})
 
 
+OnChange = Callable[["KVSnapshot"], Awaitable[None]]
+
+
 class Watcher:
     """One blocking-query loop over the prefix; calls ``on_change`` with the full
-    snapshot whenever any key under it changed (by ModifyIndex)."""
+    snapshot whenever any key under it changed (by ModifyIndex). It keeps the last
+    snapshot it handled (``last``: the ModifyIndex a check-and-set writer compares
+    against) and whether Consul answers (``reachable``); it holds no callbacks."""
 
-    def __init__(
-        self,
-        client: ConsulClient,
-        on_change: Callable[[KVSnapshot], Awaitable[None]],
-        *,
-        on_reachable: Callable[[bool], None] = lambda ok: None,
-    ) -> None:
+    def __init__(self, client: ConsulClient) -> None:
         self.client = client
-        self.on_change = on_change
-        self.on_reachable = on_reachable
         self.index = 0
         self.last: KVSnapshot | None = None
         self.reachable = False
 
-    async def poll_once(self, *, block: bool) -> KVSnapshot:
+    async def poll_once(self, on_change: OnChange, *, block: bool) -> KVSnapshot:
         """One query (blocking from the last index when ``block``); dispatches changes."""
         index = self.index if block else 0
         new_index, items = await self.client.get(
@@ -189,18 +187,18 @@ class Watcher:
         if self.last is None or snap.entries != self.last.entries:
             # Handled first, remembered after: a change whose handling failed is seen
             # (and handled) again on the next query.
-            await self.on_change(snap)
+            await on_change(snap)
             self.last = snap
         # Consul: an index that goes backwards (a restored or new cluster) resets to 0.
         self.index = new_index if new_index >= self.index else 0
         return snap
 
-    async def run(self) -> None:
+    async def run(self, on_change: OnChange) -> None:
         backoff = 0.2
         while True:
             started = time.monotonic()
             try:
-                await self.poll_once(block=self.last is not None)
+                await self.poll_once(on_change, block=self.last is not None)
             except ConsulUnavailable as exc:
                 if self.reachable:
                     log.error("consul unreachable, serving the current config: %s", exc.message)
@@ -225,7 +223,8 @@ class Watcher:
             self.reachable = ok
             if ok:
                 log.info("consul reachable again")
-            self.on_reachable(ok)
+            else:
+                log.warning("consul unreachable: this replica now decides automatic flips itself")
 
 
 class Leadership:

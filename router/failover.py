@@ -3,8 +3,9 @@
 tells the service when the view changed.
 
 Order of effects for a flip: the audit record is written first, then the state file,
-then the new active cluster is published. A flip whose record cannot be written does
-not happen.
+then the new active cluster is published (by the caller, ``router.clusters``). A flip
+whose record cannot be written does not happen. SREs' flips come here too (``request``
+and ``preview``); their dry-run impact is ``router.admin``'s.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Protocol
 
 from router.audit import AuditSink, flip_record
 from router.core.failover import (
+    RULE_KNOWN_REGION,
+    RULE_REASON_REQUIRED,
     AuditEvent,
     Event,
     Flip,
@@ -34,7 +37,7 @@ from router.core.failover import (
     apply,
 )
 from router.core.model import RoutingTable
-from router.errors import FlipConflict, FlipRefusedError, InvalidArgument, MeridianError
+from router.errors import FlipConflict, FlipRefusedError, InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -109,24 +112,24 @@ class LocalStore(StateFile):
 
 
 class FailoverController:
+    """Feeds health and SRE requests to the pure state machine, one event at a time,
+    and carries out what it decides: the audit record first, then the store. It holds
+    no callbacks: whoever calls it (``router.clusters.ClusterState``) publishes the new
+    view after each call."""
+
     def __init__(
         self,
         table: RoutingTable,
         audit: AuditSink,
         *,
         store: FlipStore | None = None,
-        on_change: Callable[[], None] = lambda: None,
-        health: Callable[[], Mapping[str, tuple[bool, str]]] = dict,
         authority: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._audit = audit
         # Whether this replica decides automatic flips (the leader, or cut off from peers).
         self._authority = authority
-        # The prober's current view, to reconcile with on every tick (see ``tick``).
-        self._health = health
         self._store = store
-        self._on_change = on_change
         self._clock = clock
         self._lock = asyncio.Lock()
         self._states: dict[str, RegionState] = {}
@@ -178,10 +181,11 @@ class FailoverController:
         if region in self._states:
             await self._apply(region, FlipAdopted(flip))
 
-    async def tick(self) -> None:
-        """Time-based rules, and reconciliation: a health change whose flip could not be
-        audited (so was not applied) is applied again here, until it can be."""
-        for cluster, (healthy, detail) in self._health().items():
+    async def tick(self, health: Mapping[str, tuple[bool, str]]) -> None:
+        """Time-based rules, and reconciliation with the prober's ``health`` (cluster ->
+        (healthy, detail)): a health change whose flip could not be audited (so was not
+        applied) is applied again here, until it can be."""
+        for cluster, (healthy, detail) in health.items():
             region = self.region_of(cluster)
             if region is not None and self._states[region].health.get(cluster) is not healthy:
                 await self._apply(region, HealthObserved(cluster, healthy, detail))
@@ -197,14 +201,31 @@ class FailoverController:
         return before, after, events
 
     async def request(self, region: str, req: FlipRequested) -> tuple[RegionState, RegionState]:
-        """An SRE flip: applied (and audited) or refused (audited, then raised)."""
+        """An SRE flip: applied (and audited), or refused (audited, then raised). Every
+        refusal goes through the state machine's rules and into the log, a missing
+        reason and an unknown region included."""
         async with self._lock:
-            before = self._state(region)
+            state = self._states.get(region)
+            if state is None:
+                await self._audit.append(flip_record(self._unknown_region(region, req)))
+                known = ", ".join(self._states)
+                raise InvalidArgument(
+                    field="region", reason=f"unknown region {region!r} (known: {known})"
+                )
             after, events = await self._commit(region, req)
         for e in events:
             if isinstance(e, FlipRefused):
+                if e.rule == RULE_REASON_REQUIRED:
+                    raise InvalidArgument(field="reason", reason=f"required: {e.message}")
                 raise FlipRefusedError(e.message, rule=e.rule, region=region)
-        return before, after
+        return state, after
+
+    def _unknown_region(self, region: str, req: FlipRequested) -> FlipRefused:
+        return FlipRefused(
+            region, "", req.target, req.actor, req.reason, RULE_KNOWN_REGION,
+            f"unknown region {region!r}", automatic=False, forced=req.force,
+            at=self._clock(), health={},
+        )  # fmt: skip
 
     def _state(self, region: str) -> RegionState:
         state = self._states.get(region)
@@ -251,15 +272,4 @@ class FailoverController:
                     f.to_cluster, f.actor, f.rule, ", adopted" if e.adopted else "", f.reason,
                 )  # fmt: skip
         self._states = {**self._states, region: after}
-        if after.active != before.active:
-            self._on_change()
         return after, events
-
-    async def run_ticks(self, interval: float = 1.0) -> None:
-        """Periodic ticks drive time-based rules (automatic failback)."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.tick()
-            except MeridianError as exc:  # e.g. the audit log is unavailable: retry later
-                log.error("failover tick: %s", exc.message)

@@ -1,10 +1,11 @@
 """Replicas sharing one live config and one set of active clusters through Consul.
 
-``Live`` owns the Consul watch and the leader election of one router replica and drives
-the service: a changed config document is merged with the file and environment layers,
-validated, and swapped in whole (or rejected whole, audited, and shown in status); a
-changed active-cluster entry is adopted by the failover controller; flips this replica
-decides are written with check-and-set (``ConsulFlipStore``).
+``Live`` owns one replica's Consul watch and leader election. It hands a changed config
+document to the config controller (``router.config.runtime``), which applies it whole,
+rejects it whole (audited, shown in status) or retries a transient failure; it hands a
+changed active-cluster entry to whoever follows flips (a ``FlipFollower``: the cluster
+state). Flips this replica decides are written with check-and-set (``ConsulFlipStore``).
+``Live`` knows nothing of the application object: no import or object cycle.
 
 Consul unreachable at start: serve from the last good Consul document cached on disk (or
 the files alone) and keep retrying; lost later: keep serving what is current. A replica
@@ -18,14 +19,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from router.config.layers import Layer, resolve
-from router.config.load import parse_yaml
-from router.config.settings import ResolvedConfig
+from router.config.runtime import ConfigController, Outcome
+from router.config.sources import ConfigSources, text_layer
 from router.consul import (
     ConsulClient,
     KVSnapshot,
@@ -35,11 +35,8 @@ from router.consul import (
     flip_to_json,
 )
 from router.core.failover import Flip, RegionState
-from router.errors import ConfigError, ConsulUnavailable, FieldError, MeridianError
+from router.errors import ConfigError, ConsulUnavailable, FieldError
 from router.failover import StateFile
-
-if TYPE_CHECKING:
-    from router.service import Meridian
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +50,15 @@ class LiveStatus:
     is_leader: bool
     consul: str
     consul_reachable: bool
+
+
+class FlipFollower(Protocol):
+    """Who follows the active clusters written to Consul (``router.clusters``)."""
+
+    @property
+    def states(self) -> Mapping[str, RegionState]: ...
+
+    async def adopt(self, region: str, flip: Flip) -> None: ...
 
 
 class ConsulFlipStore:
@@ -87,31 +93,36 @@ class ConsulFlipStore:
         return ok
 
 
+class ConsulAuthority:
+    """Whether this replica decides automatic flips: it leads, or it cannot reach its
+    peers (then nobody could tell it otherwise)."""
+
+    def __init__(self, leadership: Leadership, watcher: Watcher) -> None:
+        self._leadership = leadership
+        self._watcher = watcher
+
+    def __call__(self) -> bool:
+        return self._leadership.is_leader or not self._watcher.reachable
+
+
 class Live:
     def __init__(
         self,
         client: ConsulClient,
         *,
-        file_layers: Sequence[Layer],
-        env: Layer | None,
         cache_dir: Path,
         replica_id: str,
         lock_delay: int = 1,
         session_ttl: int = 10,
     ) -> None:
         self.client = client
-        self.file_layers = list(file_layers)
-        self.env = env
         self.cache_dir = cache_dir
         self.replica_id = replica_id
-        self.consul_doc: Layer | None = None
         self.config_index = 0
-        self.meridian: Meridian | None = None
-        self.watcher = Watcher(client, self._changed, on_reachable=self._reachable)
+        self.watcher = Watcher(client)
         self.leadership = Leadership(client, replica_id, ttl=session_ttl, lock_delay=lock_delay)
+        self.authority = ConsulAuthority(self.leadership, self.watcher)
         self._tasks: list[asyncio.Task[None]] = []
-        # Rejections seen before there is a service to audit them (at start-up).
-        self._early_rejections: list[ConfigError] = []
 
     @property
     def config_key(self) -> str:
@@ -120,16 +131,6 @@ class Live:
     @property
     def cache_file(self) -> Path:
         return self.cache_dir / "consul-config.yaml"
-
-    def layers(self, consul_doc: Layer | None) -> list[Layer]:
-        return [
-            *self.file_layers,
-            *([consul_doc] if consul_doc else []),
-            *([self.env] if self.env else []),
-        ]
-
-    def authority(self) -> bool:
-        return self.leadership.is_leader or not self.watcher.reachable
 
     def store(self, cache: StateFile) -> ConsulFlipStore:
         return ConsulFlipStore(self.client, self.watcher, cache)
@@ -144,39 +145,74 @@ class Live:
             consul_reachable=self.watcher.reachable,
         )
 
-    async def initial(self) -> tuple[ResolvedConfig, list[ConfigError]]:
-        """The config to start with: files + Consul (or its cached copy) + env. A bad
-        Consul document is left out (and returned, to be audited once serving)."""
-        problems = self._early_rejections
+    async def initial(self, sources: ConfigSources) -> tuple[ConfigSources, list[ConfigError]]:
+        """The sources to start with: the files with Consul's document (or its cached
+        copy, when Consul does not answer), and the document's problem if it is not
+        even YAML (to be audited once the log is open). Whether the merged config is
+        valid is for ``ConfigSources.initial`` to say."""
+        seen: list[KVSnapshot] = []
+
+        async def keep(snap: KVSnapshot) -> None:
+            seen.append(snap)
+
         try:
-            await asyncio.wait_for(self.watcher.poll_once(block=False), 3.0)
+            await asyncio.wait_for(self.watcher.poll_once(keep, block=False), 3.0)
             self.watcher.reachable = True
         except (ConsulUnavailable, TimeoutError) as exc:
             log.error("consul unreachable at start (%s); using the cached copy", exc)
             if self.cache_file.exists():
-                self.consul_doc = self._layer(self.cache_file.read_text(), "consul-cache")
-        if self.consul_doc is not None:
+                layer = text_layer(self.cache_file.read_text(), "consul-cache")
+                return sources.with_consul(layer), []
+            return sources, []
+        entry = seen[-1].entries.get(self.config_key) if seen else None
+        if entry is None:
+            return sources, []
+        self.config_index = entry[1]
+        try:
+            candidate = self._build(entry[0], entry[1])(sources)
+            candidate.resolve()
+        except ConfigError as exc:
+            return sources, [exc]
+        if entry[0]:
+            self._cache(entry[0])
+        return candidate, []
+
+    def _cache(self, value: bytes) -> None:
+        """The last good document, for a start while Consul does not answer."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.cache_file.write_bytes(value)
+
+    def _build(self, value: bytes | None, index: int) -> Callable[[ConfigSources], ConfigSources]:
+        """The sources with Consul's document at ``index`` (``ConfigError`` if it is not
+        a YAML mapping in UTF-8)."""
+        name = self._layer_name(index)
+
+        def build(sources: ConfigSources) -> ConfigSources:
+            if not value:
+                return sources.with_consul(None)
             try:
-                return resolve(self.layers(self.consul_doc)), problems
-            except ConfigError as exc:
-                problems.append(exc)
-                self.consul_doc = None
-        return resolve(self.layers(None)), problems
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ConfigError([FieldError("", "not UTF-8 text")], source=name) from None
+            return sources.with_consul(text_layer(text, name))
 
-    def _layer(self, text: str, name: str) -> Layer:
-        doc = parse_yaml(text, source=name) if text.strip() else {}
-        if doc is None:
-            doc = {}
-        if not isinstance(doc, Mapping):
-            raise ConfigError([FieldError("", "the document must be a mapping")], source=name)
-        return Layer(name, doc)
+        return build
 
-    async def start(self, meridian: Meridian) -> None:
-        self.meridian = meridian
+    def _layer_name(self, index: int) -> str:
+        return f"consul:{self.config_key}@{index}"
+
+    async def start(self, config: ConfigController, follower: FlipFollower) -> None:
+        async def changed(snap: KVSnapshot) -> None:
+            entry = snap.entries.get(self.config_key)
+            index = entry[1] if entry else 0
+            if index != self.config_index:
+                await self._config_changed(config, entry[0] if entry else None, index)
+            await self._apply_actives(follower, snap)
+
         if self.watcher.last is not None:
-            await self._apply_actives(self.watcher.last)
+            await self._apply_actives(follower, self.watcher.last)
         self._tasks = [
-            asyncio.create_task(self.watcher.run(), name="consul-watch"),
+            asyncio.create_task(self.watcher.run(changed), name="consul-watch"),
             asyncio.create_task(self.leadership.run(), name="consul-leader"),
         ]
 
@@ -187,58 +223,21 @@ class Live:
         await self.leadership.resign()
         await self.client.close()
 
-    def _reachable(self, ok: bool) -> None:
-        if not ok:
-            log.warning("consul unreachable: this replica now decides automatic flips itself")
-
-    async def _changed(self, snap: KVSnapshot) -> None:
-        entry = snap.entries.get(self.config_key)
-        index = entry[1] if entry else 0
-        if index != self.config_index:
-            await self._config_changed(entry[0] if entry else None, index)
-        await self._apply_actives(snap)
-
-    async def _config_changed(self, value: bytes | None, index: int) -> None:
+    async def _config_changed(
+        self, config: ConfigController, value: bytes | None, index: int
+    ) -> None:
+        """Hand the document to the controller. It is handled once per ModifyIndex: an
+        invalid one is rejected (and audited) there; a valid one that could not be
+        applied yet (a transient failure) is retried there until it is."""
+        outcome = await config.submit(self._build(value, index))
         self.config_index = index
-        name = f"consul:{self.config_key}@{index}"
-        try:
-            layer = self._layer((value or b"").decode("utf-8"), name) if value else None
-            config = resolve(self.layers(layer))
-        except (ConfigError, UnicodeDecodeError) as exc:
-            error = (
-                exc
-                if isinstance(exc, ConfigError)
-                else ConfigError([FieldError("", "not UTF-8 text")], source=name)
-            )
-            log.error("config change in consul rejected; keeping the current one\n%s", error)
-            if self.meridian is not None:
-                await self.meridian.reject_config(error)
-            else:
-                self._early_rejections.append(error)
-            return
-        self.consul_doc = layer
-        if value is not None:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            self.cache_file.write_text(value.decode("utf-8"))
-        if self.meridian is not None and config.version != self.meridian.config.version:
-            try:
-                await self.meridian.apply_config(config)
-            except ConfigError:
-                raise
-            except MeridianError as exc:
-                # Valid, but not applicable here (e.g. a new region whose key ring this
-                # replica lacks): rejected whole, like an invalid one.
-                error = ConfigError([FieldError("", f"cannot apply: {exc.message}")], source=name)
-                log.error("config change in consul not applied; keeping the current one\n%s", error)
-                await self.meridian.reject_config(error)
-                return
-            log.info("config from consul applied: version %s (index %d)", config.version, index)
+        if outcome is not Outcome.REJECTED and value:
+            self._cache(value)
+        log.info("config document in consul (index %d): %s", index, outcome.value)
 
-    async def _apply_actives(self, snap: KVSnapshot) -> None:
-        if self.meridian is None:
-            return
+    async def _apply_actives(self, follower: FlipFollower, snap: KVSnapshot) -> None:
         prefix = self.client.address.key(ACTIVE_PREFIX)
-        states = self.meridian.failover.states
+        states = follower.states
         for key, (value, _) in snap.entries.items():
             if not key.startswith(prefix):
                 continue
@@ -255,4 +254,4 @@ class Live:
                             "external", automatic=False, forced=False)  # fmt: skip
             elif active == state.active and flip == state.last_flip:
                 continue
-            await self.meridian.failover.adopt(region, flip)
+            await follower.adopt(region, flip)

@@ -14,8 +14,8 @@ from grpc_reflection.v1alpha import reflection
 
 from router import telemetry
 from router.api.servicers import RoutingAdminServicer, WorkflowRouterServicer
+from router.app import Router
 from router.errors import StackError
-from router.service import Meridian
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 
@@ -27,11 +27,11 @@ SERVICES = tuple(
 
 
 class RouterServer:
-    def __init__(self, meridian: Meridian, *, host: str = "127.0.0.1", port: int = 50051) -> None:
-        self.meridian = meridian
+    def __init__(self, router: Router, *, host: str = "127.0.0.1", port: int = 50051) -> None:
+        self.router = router
         self.host = host
         self.port = port
-        limit = meridian.config.table.limits.max_args_bytes
+        limit = router.config.config.table.limits.max_args_bytes
         # Above the args limit, so an oversized request gets our INVALID_ARGUMENT that
         # names the field, not grpc's RESOURCE_EXHAUSTED.
         max_message = max(4 * 1024 * 1024, 2 * limit + 1024 * 1024)
@@ -44,8 +44,10 @@ class RouterServer:
             ],
         )
         self._health = health.aio.HealthServicer()
-        pb_grpc.add_WorkflowRouterServicer_to_server(WorkflowRouterServicer(meridian), self._server)
-        pb_grpc.add_RoutingAdminServicer_to_server(RoutingAdminServicer(meridian), self._server)
+        pb_grpc.add_WorkflowRouterServicer_to_server(
+            WorkflowRouterServicer(router.starts, router.followups), self._server
+        )
+        pb_grpc.add_RoutingAdminServicer_to_server(RoutingAdminServicer(router.admin), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
@@ -62,7 +64,7 @@ class RouterServer:
             raise StackError(f"router: port {self.port} on {self.host} is already in use")
         self.port = bound
         await self._server.start()
-        await self.meridian.start()
+        await self.router.start()
         await self._set(health_pb2.HealthCheckResponse.SERVING)
         log.info("router serving on %s:%d", self.host, self.port)
 
@@ -78,4 +80,4 @@ class RouterServer:
         """Stop taking new calls, let in-flight ones finish for ``grace`` seconds."""
         await self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.stop(grace)
-        await self.meridian.close()
+        await self.router.close()

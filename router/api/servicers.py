@@ -1,6 +1,7 @@
 """gRPC servicers: proto <-> service calls, and errors -> status codes (router.api.status).
 
-Nothing here decides anything; it converts, calls ``Meridian`` and reports. Every
+Nothing here decides anything; it converts, calls the router's services (``Starter``,
+``Followups``, ``Admin``) and reports. Every
 handler answers a MeridianError with its mapped status and message, and anything
 unexpected with INTERNAL and a generic message (the details go to the log, never to
 the caller), so a bad request never takes the service down.
@@ -16,16 +17,17 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from temporalio.client import WorkflowExecutionStatus
 
 from router import telemetry
+from router.admin import Admin
 from router.api.status import message_of, status_of
 from router.api.values import args_to_python, from_python
 from router.audit import Receipt
 from router.core.failover import RegionState
-from router.core.model import DataClass, Decision, Priority, Role
+from router.core.model import DataClass, Decision, Priority, Role, WorkflowStatus
 from router.errors import InvalidArgument, MeridianError
-from router.service import Meridian, Ref, StartInput
+from router.followups import Followups, Ref
+from router.starts import Starter, StartInput
 from router.temporal.gateway import WorkflowInfo
 from router.temporal.locator import Location
 from router.v1 import router_pb2 as pb
@@ -50,14 +52,14 @@ _PRIORITY: dict[int, Priority] = {
     pb.NORMAL: Priority.NORMAL,
     pb.HIGH: Priority.HIGH,
 }
-_STATUS: dict[WorkflowExecutionStatus | None, Any] = {
-    WorkflowExecutionStatus.RUNNING: pb.RUNNING,
-    WorkflowExecutionStatus.COMPLETED: pb.COMPLETED,
-    WorkflowExecutionStatus.FAILED: pb.FAILED,
-    WorkflowExecutionStatus.CANCELED: pb.CANCELED,
-    WorkflowExecutionStatus.TERMINATED: pb.TERMINATED,
-    WorkflowExecutionStatus.CONTINUED_AS_NEW: pb.CONTINUED_AS_NEW,
-    WorkflowExecutionStatus.TIMED_OUT: pb.TIMED_OUT,
+_STATUS: dict[WorkflowStatus | None, Any] = {
+    WorkflowStatus.RUNNING: pb.RUNNING,
+    WorkflowStatus.COMPLETED: pb.COMPLETED,
+    WorkflowStatus.FAILED: pb.FAILED,
+    WorkflowStatus.CANCELED: pb.CANCELED,
+    WorkflowStatus.TERMINATED: pb.TERMINATED,
+    WorkflowStatus.CONTINUED_AS_NEW: pb.CONTINUED_AS_NEW,
+    WorkflowStatus.TIMED_OUT: pb.TIMED_OUT,
 }
 
 
@@ -172,15 +174,16 @@ def _remaining(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
-    def __init__(self, meridian: Meridian) -> None:
-        self._m = meridian
+    def __init__(self, starts: Starter, followups: Followups) -> None:
+        self._starts = starts
+        self._followups = followups
 
     @handler
     async def StartWorkflow(
         self, request: pb.StartWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartWorkflowResponse:
         caller, trace_id = _caller(context)
-        res = await self._m.start_workflow(
+        res = await self._starts.start(
             start_input(request), remaining=_remaining(context), caller=caller, trace_id=trace_id
         )
         resp = pb.StartWorkflowResponse(
@@ -199,7 +202,7 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
         self, request: pb.StartWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> pb.RouteDecision:
         caller, trace_id = _caller(context)
-        decision, receipt = await self._m.explain(
+        decision, receipt = await self._starts.explain(
             start_input(request), caller=caller, trace_id=trace_id
         )
         out = decision_pb(decision)
@@ -210,14 +213,14 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
     async def DescribeWorkflow(
         self, request: pb.WorkflowRef, context: grpc.aio.ServicerContext
     ) -> pb.DescribeWorkflowResponse:
-        loc, info = await self._m.describe(_ref(request), remaining=_remaining(context))
+        loc, info = await self._followups.describe(_ref(request), remaining=_remaining(context))
         return describe_pb(loc, info)
 
     @handler
     async def SignalWorkflow(
         self, request: pb.SignalWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> pb.SignalWorkflowResponse:
-        loc = await self._m.signal(
+        loc = await self._followups.signal(
             _ref(request.ref),
             request.signal_name,
             args_to_python("args", request.args),
@@ -232,7 +235,7 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
     async def QueryWorkflow(
         self, request: pb.QueryWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> pb.QueryWorkflowResponse:
-        loc, value = await self._m.query(
+        loc, value = await self._followups.query(
             _ref(request.ref),
             request.query_name,
             args_to_python("args", request.args),
@@ -248,7 +251,7 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
     async def CancelWorkflow(
         self, request: pb.WorkflowRef, context: grpc.aio.ServicerContext
     ) -> pb.CancelWorkflowResponse:
-        loc = await self._m.cancel(_ref(request), remaining=_remaining(context))
+        loc = await self._followups.cancel(_ref(request), remaining=_remaining(context))
         resp = pb.CancelWorkflowResponse()
         _location(loc, resp.location)
         return resp
@@ -257,14 +260,16 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
     async def GetWorkflowResult(
         self, request: pb.WorkflowRef, context: grpc.aio.ServicerContext
     ) -> pb.WorkflowResult:
-        loc, info, outcome = await self._m.result(_ref(request), remaining=_remaining(context))
+        loc, info, outcome = await self._followups.result(
+            _ref(request), remaining=_remaining(context)
+        )
         resp = pb.WorkflowResult(
             workflow_id=info.workflow_id,
             run_id=info.run_id,
             status=_STATUS.get(outcome.status, pb.WORKFLOW_STATUS_UNSPECIFIED),
             failure=outcome.failure,
         )
-        if outcome.status is WorkflowExecutionStatus.COMPLETED:
+        if outcome.status is WorkflowStatus.COMPLETED:
             _result_value(outcome.result, resp.result, "workflow result")
         _location(loc, resp.location)
         return resp
@@ -287,9 +292,8 @@ def describe_pb(loc: Location, info: WorkflowInfo) -> pb.DescribeWorkflowRespons
         history_length=info.history_length,
         tenant_id=loc.tenant_id,
     )
-    dc = info.memo.get("data_class")
-    if isinstance(dc, str) and dc in DataClass._value2member_map_:
-        resp.data_class = _DATA_CLASS_PB[DataClass(dc)]
+    if info.memo is not None:
+        resp.data_class = _DATA_CLASS_PB[info.memo.data_class]
     _timestamp(info.start_time, resp.start_time)
     _timestamp(info.close_time, resp.close_time)
     _location(loc, resp.location)
@@ -297,21 +301,21 @@ def describe_pb(loc: Location, info: WorkflowInfo) -> pb.DescribeWorkflowRespons
 
 
 class RoutingAdminServicer(pb_grpc.RoutingAdminServicer):
-    def __init__(self, meridian: Meridian) -> None:
-        self._m = meridian
+    def __init__(self, admin: Admin) -> None:
+        self._admin = admin
 
     @handler
     async def GetTopology(
         self, request: pb.GetTopologyRequest, context: grpc.aio.ServicerContext
     ) -> pb.Topology:
-        return topology_pb(self._m)
+        return topology_pb(self._admin)
 
     @handler
     async def SetActiveCluster(
         self, request: pb.SetActiveClusterRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetActiveClusterResponse:
         actor = request.actor or f"anonymous@{context.peer()}"
-        out = await self._m.set_active_cluster(
+        out = await self._admin.set_active_cluster(
             region=request.region,
             cluster=request.cluster,
             reason=request.reason,
@@ -326,8 +330,8 @@ class RoutingAdminServicer(pb_grpc.RoutingAdminServicer):
             refused_rule=out.refused_rule,
             refused_message=out.refused_message,
         )
-        region_pb(self._m, out.before, resp.before)
-        region_pb(self._m, out.after, resp.after)
+        region_pb(self._admin, out.before, resp.before)
+        region_pb(self._admin, out.after, resp.after)
         if out.impact is not None:
             imp = out.impact
             resp.impact.leaving_cluster = imp.leaving_cluster
@@ -341,12 +345,12 @@ class RoutingAdminServicer(pb_grpc.RoutingAdminServicer):
         return resp
 
 
-def region_pb(m: Meridian, state: RegionState, out: pb.Region) -> None:
+def region_pb(m: Admin, state: RegionState, out: pb.Region) -> None:
     """One region as the status view shows it: clusters with role, health and which is
     active in ``state`` (the live state, or a before/after of a flip)."""
     table = m.config.table
     region = table.regions[state.region]
-    probes = m.health.states
+    probes = m.probes
     out.name, out.zone = region.name, region.zone
     out.codec_server = region.codec_server or ""
     out.mode = state.policy.mode.value
@@ -371,7 +375,7 @@ def region_pb(m: Meridian, state: RegionState, out: pb.Region) -> None:
         )
 
 
-def topology_pb(m: Meridian) -> pb.Topology:
+def topology_pb(m: Admin) -> pb.Topology:
     table = m.config.table
     topo = pb.Topology(config_version=table.version, default_region=table.default_region)
     for zone in table.zones.values():
@@ -379,10 +383,10 @@ def topology_pb(m: Meridian) -> pb.Topology:
             name=zone.name, countries=sorted(zone.countries), home_region=zone.home_region
         )
     for name in table.regions:
-        region_pb(m, m.failover.states[name], topo.regions.add())
+        region_pb(m, m.states[name], topo.regions.add())
     topo.config_source = m.config.source
-    if m.live_status is not None:
-        live = m.live_status()
+    live = m.live()
+    if live is not None:
         topo.replica_id, topo.leader, topo.is_leader = live.replica_id, live.leader, live.is_leader
         topo.consul, topo.consul_reachable = live.consul, live.consul_reachable
     else:

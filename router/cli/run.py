@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from router.cli.common import config_args, log, race, render_table, tracing, until_signalled
-from router.errors import ConfigError, FieldError, MeridianError, StackError
+from router.cli.common import config_args, race, render_table, tracing, until_signalled
+from router.errors import ConfigError, MeridianError, StackError
 
 
 def _open_audit(config: Any, directory: Path, key_file: Path | None) -> Any:
@@ -29,15 +29,19 @@ def _open_audit(config: Any, directory: Path, key_file: Path | None) -> Any:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from router.api.server import RouterServer
+    from router.app import Router
     from router.codec import FileKeyProvider
-    from router.config.load import load_file, resolve_path
+    from router.config.load import resolve_path
+    from router.config.sources import ConfigSources
     from router.devstack import DevStack, check_ports
     from router.failover import LocalStore
     from router.paths import meridian_home
-    from router.service import Meridian
 
     path = resolve_path(args.config).resolve()
-    config = load_file(path)
+    # The file alone (no environment layer): the workers and codec servers the stack
+    # starts read the same file and must see the same config.
+    sources = ConfigSources.read([path], use_env=False)
+    config = sources.resolve()
     check_ports(config, args.host, args.port)
     home = Path(args.home).resolve() if args.home else meridian_home()
     keys = Path(args.keys_dir).resolve() if args.keys_dir else home / "keys"
@@ -57,13 +61,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
                     return
             say(f"[4/4] starting the router on {args.host}:{args.port}")
             audit = _open_audit(config, home / "audit", keys / "audit.key")
-            meridian = Meridian(
+            router = Router(
+                sources,
                 config,
                 FileKeyProvider(keys),
                 audit=audit,
                 store=LocalStore(home / "state" / "failover.json"),
             )
-            server = RouterServer(meridian, host=args.host, port=args.port)
+            server = RouterServer(router, host=args.host, port=args.port)
             if not await race(server.start(), stop):
                 return
             _print_summary(say, config, args.host, server.port)
@@ -116,31 +121,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import socket
 
     from router.api.server import RouterServer
+    from router.app import Router
     from router.codec import default_provider
-    from router.config.layers import Layer, env_layer, resolve
-    from router.config.load import parse_yaml, resolve_path
+    from router.config.load import resolve_path
+    from router.config.sources import ConfigSources
     from router.consul import ConsulAddress, ConsulClient
     from router.failover import LocalStore
     from router.live import Live
     from router.paths import keys_dir, meridian_home
-    from router.service import Meridian
 
-    paths = [resolve_path(args.config), *(Path(p) for p in args.overlay)]
     home = meridian_home()
     state_dir = Path(args.state_dir) if args.state_dir else home / "state"
-
-    def file_layers() -> list[Layer]:
-        layers = []
-        for p in paths:
-            try:
-                text = p.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ConfigError(
-                    [FieldError("", f"cannot read: {exc.strerror}")], source=str(p)
-                ) from exc
-            layers.append(Layer(f"file:{p}", parse_yaml(text, source=str(p)) or {}))
-        return layers
-
+    sources = ConfigSources.read([resolve_path(args.config), *(Path(p) for p in args.overlay)])
     replica = args.replica_id or f"{socket.gethostname()}:{args.port}"
     live: Live | None = None
     if args.consul:
@@ -148,65 +140,52 @@ def cmd_serve(args: argparse.Namespace) -> int:
             args.consul, args.consul_prefix, os.environ.get("CONSUL_HTTP_TOKEN")
         )
         live = Live(
-            ConsulClient(address), file_layers=file_layers(), env=env_layer(),
-            cache_dir=state_dir, replica_id=replica, lock_delay=args.lock_delay,
+            ConsulClient(address), cache_dir=state_dir, replica_id=replica,
+            lock_delay=args.lock_delay,
         )  # fmt: skip
     else:
-        env = env_layer()
-        config = resolve([*file_layers(), *([env] if env else [])])
+        sources.resolve()  # invalid files are fatal before anything starts
 
     async def main(stop: asyncio.Event) -> None:
         problems: list[ConfigError] = []
+        start_sources = sources
         if live is not None:
-            first, problems = await live.initial()
-        else:
-            first = config
+            start_sources, problems = await live.initial(sources)
+        first, start_sources, rejected = start_sources.initial()
         audit = _open_audit(
             first,
             Path(args.audit_dir) if args.audit_dir else home / "audit",
             Path(args.audit_key_file) if args.audit_key_file else None,
         )
         local = LocalStore(state_dir / "failover.json")
-        meridian = Meridian(
+        router = Router(
+            start_sources,
             first,
             default_provider(keys_dir(args.keys_dir)),
             audit=audit,
             store=live.store(local) if live else local,
             authority=live.authority if live else (lambda: True),
+            live_status=live.status if live else None,
+            early_rejections=[*problems, *rejected],
         )
-        if live is not None:
-            meridian.live_status = live.status
+        server = RouterServer(router, host=args.host, port=args.port)
+        reloads: set[asyncio.Task[Any]] = set()
 
-        async def reload() -> None:
-            """SIGHUP: read the files again; apply the result whole, or reject it whole."""
-            try:
-                layers = file_layers()
-                if live is not None:
-                    live.file_layers = layers
-                    fresh = resolve(live.layers(live.consul_doc))
-                else:
-                    env = env_layer()
-                    fresh = resolve([*layers, *([env] if env else [])])
-            except ConfigError as exc:
-                log.error("config reload rejected; keeping %s\n%s", meridian.config.version, exc)
-                await meridian.reject_config(exc)
-                return
-            if fresh.version != meridian.config.version:
-                await meridian.apply_config(fresh)
-                log.info("config reloaded: version %s", fresh.version)
+        def sighup() -> None:
+            """SIGHUP: read the files again; applied whole, or rejected whole (audited)."""
+            task = asyncio.create_task(router.config.reload(), name="config-reload")
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
 
-        server = RouterServer(meridian, host=args.host, port=args.port)
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
+        loop.add_signal_handler(signal.SIGHUP, sighup)
         try:
             if await race(server.start(), stop):
-                for problem in problems:
-                    await meridian.reject_config(problem)
                 if live is not None:
-                    await live.start(meridian)
+                    await live.start(router.config, router.clusters)
                 print(
                     f"router {replica} ready on {args.host}:{server.port} "
-                    f"(config {meridian.config.version})",
+                    f"(config {router.config.config.version})",
                     flush=True,
                 )
                 await stop.wait()

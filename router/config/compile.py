@@ -310,6 +310,14 @@ class _Checker:
                 self.err(f"{path}.region", f"unknown region {rule.region!r}")
             elif rule.region in regions:
                 self._rule_residency(path, rule, regions[rule.region].zone)
+                served = regions[rule.region].workflow_types
+                for j, wt in enumerate(m.workflow_types):
+                    if served is not None and wt not in served:
+                        self.err(
+                            f"{path}.match.workflow_types[{j}]",
+                            f"region {rule.region} does not run {wt} (its workflow_types: "
+                            f"{', '.join(served)}); this rule could never start it",
+                        )
 
     def _rule_residency(self, path: str, rule: RuleConfig, region_zone: str) -> None:
         m = rule.match
@@ -397,6 +405,9 @@ def _build(doc: RouterConfig, source: str) -> ResolvedConfig:
             clusters=tuple(specs),
             codec_server=region.codec_server,
             failover=_policy(doc, region.failover),
+            workflow_types=(
+                frozenset(region.workflow_types) if region.workflow_types is not None else None
+            ),
         )
     zones = {}
     for zname, z in doc.zones.items():
@@ -503,6 +514,7 @@ def worker_queues(
     ``region``: by the default naming and by each rule that targets the region, at every
     priority. A worker polling all of them never misses routed work."""
     spec = table.regions[region]
+    workflow_types = [wt for wt in workflow_types if spec.serves(wt)]
     rules: list[Rule | None] = [None]
     rules += [r for rs in table.rules.values() for r in rs if r.region == region]
     out = [

@@ -33,7 +33,7 @@ def document_changes(old: Any, new: Any, path: tuple[str | int, ...] = ()) -> li
 def _where(table: RoutingTable, label: str, req: Any) -> str:
     if req.user_country not in table.known_countries:
         return "-"
-    outcome = route(req, table, ClusterView.all_primaries_healthy(table))
+    outcome = route(req, table, ClusterView.all_primaries_healthy(table), any_workflow_type=True)
     if isinstance(outcome, Decision):
         return f"{outcome.cluster} ({outcome.region}, rule {outcome.rule})"
     return f"refused: {outcome.kind.value}"

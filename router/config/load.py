@@ -63,11 +63,20 @@ def load_text(text: str, *, source: str) -> ResolvedConfig:
 
 def load_file(path: str | os.PathLike[str]) -> ResolvedConfig:
     p = Path(path)
+    return load_text(read_text(p), source=str(p))
+
+
+def read_text(path: Path) -> str:
+    """A config file's text; unreadable or not UTF-8 is a ConfigError naming the file."""
     try:
-        text = p.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([FieldError("", f"cannot read: {exc.strerror}")], source=str(p)) from exc
-    return load_text(text, source=str(p))
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError([FieldError("", f"cannot read: {reason}")], source=str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [FieldError("", f"cannot read: not UTF-8 text (byte {exc.start})")], source=str(path)
+        ) from exc
 
 
 def resolve_path(path: str | os.PathLike[str] | None) -> Path:

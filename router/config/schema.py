@@ -70,7 +70,14 @@ def _namespace(value: str) -> str:
     return value
 
 
+def _workflow_type(value: str) -> str:
+    if not value or value != value.strip() or len(value) > 1000 or not value.isprintable():
+        raise ValueError(f"{value!r} is not a workflow type name (printable, no edge spaces)")
+    return value
+
+
 Name = Annotated[str, AfterValidator(_name)]
+WorkflowTypeName = Annotated[str, AfterValidator(_workflow_type)]
 Tenant = Annotated[str, AfterValidator(_tenant)]
 Country = Annotated[str, AfterValidator(_country)]
 Subdivision = Annotated[str, AfterValidator(_subdivision)]
@@ -124,6 +131,10 @@ class RegionConfig(_Section):
     failover: FailoverOverride = Field(default_factory=FailoverOverride)
     # Where this region's codec server listens (host:port), if it runs one.
     codec_server: Endpoint | None = None
+    # The workflow types this region's workers run. A start of any other type is
+    # refused before anything is sent (it would wait on a queue nobody polls).
+    # Not given: the region accepts every type.
+    workflow_types: list[WorkflowTypeName] | None = Field(default=None, min_length=1)
 
 
 class TenantConfig(_Section):

@@ -30,6 +30,10 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 AUTOMATIC_ACTOR = "meridian"
+# Rule names of refusals an adapter reports by name (the others are only audited).
+RULE_REASON_REQUIRED = "reason-required"
+# A flip of a region the config does not have (refused by the adapter: no state exists).
+RULE_KNOWN_REGION = "known-region"
 
 
 class Mode(enum.Enum):
@@ -339,10 +343,21 @@ def _automatic(
     return state, ()
 
 
+def failover_expected(state: RegionState) -> bool:
+    """True while the active cluster is unhealthy and automatic failover has a healthy
+    standby to move to: a flip is imminent (this replica's or the leader's), so a start
+    that was refused before sending should wait for it rather than fail."""
+    return (
+        state.policy.mode is Mode.AUTOMATIC
+        and state.health[state.active] is False
+        and any(state.health[c] is True for c in state.clusters if c != state.active)
+    )
+
+
 def check_flip(state: RegionState, req: FlipRequested, now: float) -> tuple[str, str] | None:
     """The rule that refuses ``req`` and why, or None when it may proceed."""
     if not req.reason.strip():
-        return "reason-required", "a flip needs a reason (it goes into the audit log)"
+        return RULE_REASON_REQUIRED, "a flip needs a reason (it goes into the audit log)"
     if req.target not in state.clusters:
         return "target-in-region", (
             f"{req.target} is not a cluster of region {state.region} (zone {state.zone}; "

@@ -53,7 +53,7 @@ def representative_requests(table: RoutingTable) -> list[tuple[str, RouteRequest
 
 
 def _where(table: RoutingTable, req: RouteRequest, view: ClusterView) -> str:
-    outcome = route(req, table, view)
+    outcome = route(req, table, view, any_workflow_type=True)
     if isinstance(outcome, Decision):
         return f"{outcome.cluster} ({outcome.region})"
     return f"refused: {outcome.kind.value}"

@@ -44,6 +44,8 @@ class Role(enum.Enum):
 class RefusalKind(enum.Enum):
     # No compliant target can exist under this config: retrying will not help.
     RESIDENCY = "residency"
+    # No region the request may go to runs its workflow type: retrying will not help.
+    WORKFLOW_TYPE = "workflow_type"
     # Compliant targets exist but none is healthy now: retry later.
     NO_HEALTHY_TARGET = "no_healthy_target"
 
@@ -79,10 +81,15 @@ class RegionSpec:
     # host:port of the region's codec server, if it runs one.
     codec_server: str | None = None
     failover: Policy = Policy()  # noqa: RUF009 - frozen: one shared default is safe
+    # The workflow types the region's workers run; None: not declared (any type).
+    workflow_types: frozenset[str] | None = None
 
     @property
     def primary(self) -> ClusterSpec:
         return self.clusters[0]
+
+    def serves(self, workflow_type: str) -> bool:
+        return self.workflow_types is None or workflow_type in self.workflow_types
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +227,23 @@ class Decision:
     config_version: str
     failed_over: bool
     residency_zone: str | None
+
+
+class WorkflowStatus(enum.Enum):
+    """A run's status as Meridian reports it (its own enum: temporalio's stays behind
+    the Temporal adapter)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    TERMINATED = "terminated"
+    CONTINUED_AS_NEW = "continued_as_new"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def open(self) -> bool:
+        return self is WorkflowStatus.RUNNING
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,11 @@ RULE_ZONE_FALLBACK = "zone-fallback"
 RULE_DEFAULT_REGION = "default-region"
 
 
-def route(req: RouteRequest, table: RoutingTable, view: ClusterView) -> Decision | Refusal:
+def route(
+    req: RouteRequest, table: RoutingTable, view: ClusterView, *, any_workflow_type: bool = False
+) -> Decision | Refusal:
+    """``any_workflow_type``: route as if every region ran the request's workflow type
+    (for representative requests, which stand for every type: impact and diff views)."""
     reasons: list[str] = []
     tenant = table.tenants.get(req.tenant_id)
     zone: str | None
@@ -75,8 +79,10 @@ def route(req: RouteRequest, table: RoutingTable, view: ClusterView) -> Decision
     if required is None:
         candidates.append((table.default_region, RULE_DEFAULT_REGION))
 
-    # 4. The first candidate whose active cluster is healthy.
+    # 4. The first candidate that runs the workflow type and whose active cluster is
+    #    healthy.
     tried: list[str] = []
+    serving = 0
     for region_name, rule_name in candidates:
         if region_name in tried:
             continue
@@ -86,6 +92,13 @@ def route(req: RouteRequest, table: RoutingTable, view: ClusterView) -> Decision
             # Unreachable by construction (config validation); kept as the last line of
             # defence so that a bug elsewhere fails closed instead of crossing a border.
             continue
+        if not any_workflow_type and not region.serves(req.workflow_type):
+            reasons.append(
+                f"region {region_name} does not run workflow type {req.workflow_type} "
+                f"(it runs {', '.join(sorted(region.workflow_types or ()))})"
+            )
+            continue
+        serving += 1
         active_name = view.active.get(region_name, region.primary.name)
         if active_name not in view.healthy:
             reasons.append(f"region {region_name}: active cluster {active_name} is not healthy")
@@ -102,6 +115,13 @@ def route(req: RouteRequest, table: RoutingTable, view: ClusterView) -> Decision
             required=required,
         )
 
+    if not serving:
+        msg = (
+            f"workflow type {req.workflow_type} is not run by region "
+            f"{' or '.join(tried)}, where this request may go; no worker would pick it up"
+        )
+        reasons.append(msg)
+        return Refusal(RefusalKind.WORKFLOW_TYPE, msg, tuple(reasons), table.version, required)
     scope = f"zone {required}" if required is not None else "any allowed region"
     msg = f"no healthy cluster for {req.data_class.value} data in {scope}: " + "; ".join(
         r for r in reasons if r.startswith("region ")

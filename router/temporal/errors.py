@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from temporalio.client import WorkflowQueryFailedError, WorkflowQueryRejectedError
+from temporalio.client import WorkflowQueryRejectedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from router.errors import (
@@ -42,8 +42,6 @@ def translate(
     if isinstance(exc, WorkflowQueryRejectedError):
         run_status = exc.status.name if exc.status is not None else "unknown"
         return WorkflowOperationFailed(f"{what} rejected: the run is {run_status}")
-    if isinstance(exc, WorkflowQueryFailedError):
-        return WorkflowOperationFailed(f"{what} failed: {exc.message}")
     if refused_before_sending(exc):
         return ClusterUnavailable(
             f"cluster {cluster} refused the connection ({what} was not sent)",

@@ -1,37 +1,49 @@
-"""Workflow operations on one cluster, each bounded by a deadline.
+"""The Temporal side, behind one small Protocol (``Gateway``): every operation on one
+cluster, each bounded by a deadline, with temporalio's types and errors translated at
+this boundary. The start path and the follow-ups depend only on the Protocol, so they
+are unit-tested without a server (as httpx is tested through its transport seam); the
+integration tests run ``TemporalGateway`` against real dev servers.
 
 Starts use the raw ``StartWorkflowExecution`` call (not ``Client.start_workflow``) for
 three reasons: its response says whether the run is new (``started``); ``retry=False``
-lets us own the retry policy (a start must never be re-sent blindly, issue 4); and it
-skips the SDK's per-call handle and interceptor overhead on the hot path.
+lets us own the retry policy (a start must never be re-sent blindly); and it skips the
+SDK's per-call handle and interceptor overhead on the hot path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from temporalio.api.common.v1 import Memo, Payloads, WorkflowType
 from temporalio.api.enums.v1 import WorkflowIdConflictPolicy, WorkflowIdReusePolicy
-from temporalio.api.errordetails.v1 import WorkflowExecutionAlreadyStartedFailure
+from temporalio.api.errordetails.v1 import (
+    QueryFailedFailure,
+    WorkflowExecutionAlreadyStartedFailure,
+)
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import StartWorkflowExecutionRequest
-from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from router import telemetry
-from router.core.model import Decision
-from router.errors import DeadlineExceeded
+from router.core.memo import MEMO_KEY, WorkflowMemo
+from router.core.model import Decision, WorkflowStatus
+from router.errors import DeadlineExceeded, WorkflowOperationFailed
 from router.temporal.errors import translate
 from router.temporal.pool import IDENTITY, ClientPool
 
 T = TypeVar("T")
-
-MEMO_KEY = "meridian"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,23 +67,69 @@ class WorkflowInfo:
     workflow_id: str
     run_id: str
     workflow_type: str
-    status: WorkflowExecutionStatus | None
+    status: WorkflowStatus | None
     task_queue: str
     start_time: datetime | None
     close_time: datetime | None
     history_length: int
-    # Meridian's own memo (tenant, data class, where it was routed), {} if absent.
-    memo: Mapping[str, Any]
+    # Meridian's memo (owner, data class, where it was routed); None if absent.
+    memo: WorkflowMemo | None
 
 
 @dataclass(frozen=True, slots=True)
 class ResultOutcome:
-    status: WorkflowExecutionStatus
+    status: WorkflowStatus
     result: Any = None
     failure: str = ""
 
 
-class Gateway:
+class Gateway(Protocol):
+    """What Meridian asks of Temporal. Every method raises only ``router.errors``
+    types: ``ClusterUnavailable`` (with ``may_have_reached``), ``WorkflowNotFound``,
+    ``WorkflowOperationFailed``, ``InvalidArgument``, ``DeadlineExceeded``."""
+
+    async def start(
+        self,
+        decision: Decision,
+        *,
+        workflow_id: str,
+        workflow_type: str,
+        args: Sequence[Any],
+        memo: WorkflowMemo,
+        request_id: str,
+        timeout: float,
+    ) -> StartOutcome: ...
+
+    async def describe(self, t: Target, *, timeout: float) -> WorkflowInfo: ...
+
+    async def signal(
+        self, t: Target, name: str, args: Sequence[Any], *, timeout: float
+    ) -> None: ...
+
+    async def query(self, t: Target, name: str, args: Sequence[Any], *, timeout: float) -> Any: ...
+
+    async def cancel(self, t: Target, *, timeout: float) -> None: ...
+
+    async def result(self, t: Target, *, timeout: float) -> ResultOutcome: ...
+
+    async def count_running(self, cluster: str, namespace: str, *, timeout: float) -> int: ...
+
+
+_STATUS = {
+    WorkflowExecutionStatus.RUNNING: WorkflowStatus.RUNNING,
+    WorkflowExecutionStatus.COMPLETED: WorkflowStatus.COMPLETED,
+    WorkflowExecutionStatus.FAILED: WorkflowStatus.FAILED,
+    WorkflowExecutionStatus.CANCELED: WorkflowStatus.CANCELED,
+    WorkflowExecutionStatus.TERMINATED: WorkflowStatus.TERMINATED,
+    WorkflowExecutionStatus.CONTINUED_AS_NEW: WorkflowStatus.CONTINUED_AS_NEW,
+    WorkflowExecutionStatus.TIMED_OUT: WorkflowStatus.TIMED_OUT,
+}
+
+
+class TemporalGateway:
+    """``Gateway`` over real clusters, through the pool's per-region clients (so every
+    payload is encoded, and every failure decoded, with that region's codec)."""
+
     def __init__(self, pool: ClientPool) -> None:
         self._pool = pool
 
@@ -89,7 +147,7 @@ class Gateway:
         workflow_id: str,
         workflow_type: str,
         args: Sequence[Any],
-        memo: Mapping[str, Any],
+        memo: WorkflowMemo,
         request_id: str,
         timeout: float,
     ) -> StartOutcome:
@@ -112,7 +170,7 @@ class Gateway:
         )
         if args:
             req.input.CopyFrom(Payloads(payloads=await converter.encode(args)))
-        (memo_payload,) = await converter.encode([dict(memo)])
+        (memo_payload,) = await converter.encode([memo.to_json()])
         req.memo.CopyFrom(Memo(fields={MEMO_KEY: memo_payload}))
         try:
             with telemetry.start_span(workflow_type, decision.cluster) as trace_header:
@@ -131,26 +189,27 @@ class Gateway:
             raise translate(exc, cluster=decision.cluster, what="StartWorkflow") from exc
         return StartOutcome(run_id=resp.run_id, started=resp.started)
 
+    def _client(self, t: Target) -> Client:
+        return self._pool.client(t.cluster, t.namespace)
+
     def _handle(self, t: Target) -> WorkflowHandle[Any, Any]:
-        client = self._pool.client(t.cluster, t.namespace)
-        return client.get_workflow_handle(t.workflow_id, run_id=t.run_id or None)
+        return self._client(t).get_workflow_handle(t.workflow_id, run_id=t.run_id or None)
 
     async def describe(self, t: Target, *, timeout: float) -> WorkflowInfo:
         handle = self._handle(t)
 
         async def call() -> WorkflowInfo:
             d = await handle.describe(rpc_timeout=timedelta(seconds=timeout))
-            memo = (await d.memo()).get(MEMO_KEY, {})
             return WorkflowInfo(
                 workflow_id=d.id,
                 run_id=d.run_id,
                 workflow_type=d.workflow_type,
-                status=d.status,
+                status=_STATUS.get(d.status) if d.status is not None else None,
                 task_queue=d.task_queue,
                 start_time=d.start_time,
                 close_time=d.close_time,
                 history_length=d.history_length,
-                memo=memo if isinstance(memo, dict) else {},
+                memo=WorkflowMemo.from_json((await d.memo()).get(MEMO_KEY)),
             )
 
         return await self._bounded(call(), t, "DescribeWorkflow", timeout)
@@ -160,8 +219,28 @@ class Gateway:
         await self._bounded(call, t, f"SignalWorkflow {name!r}", timeout)
 
     async def query(self, t: Target, name: str, args: Sequence[Any], *, timeout: float) -> Any:
+        what = f"QueryWorkflow {name!r}"
         call = self._handle(t).query(name, args=args, rpc_timeout=timedelta(seconds=timeout))
-        return await self._bounded(call, t, f"QueryWorkflow {name!r}", timeout)
+        try:
+            return await asyncio.wait_for(call, timeout)
+        except WorkflowQueryFailedError as exc:
+            # The worker's failure travels encoded (the region's codec encrypts failure
+            # messages too); the SDK client reports only "Encoded failure". Decode it with
+            # the region's converter so the caller reads what the workflow said.
+            message = await self._query_failure(t, exc)
+            raise WorkflowOperationFailed(f"{what} failed: {message}") from exc
+        except Exception as exc:
+            raise translate(exc, cluster=t.cluster, what=what, workflow_id=t.workflow_id) from exc
+
+    async def _query_failure(self, t: Target, exc: WorkflowQueryFailedError) -> str:
+        rpc = exc.__cause__ or exc.__context__
+        if isinstance(rpc, RPCError):
+            for detail in rpc.grpc_status.details:
+                failed = QueryFailedFailure()
+                if detail.Unpack(failed) and failed.HasField("failure"):
+                    decoded = await self._client(t).data_converter.decode_failure(failed.failure)
+                    return str(decoded) or type(decoded).__name__
+        return exc.message
 
     async def cancel(self, t: Target, *, timeout: float) -> None:
         call = self._handle(t).cancel(rpc_timeout=timedelta(seconds=timeout))
@@ -192,10 +271,10 @@ class Gateway:
             raise translate(
                 exc, cluster=t.cluster, what="GetWorkflowResult", workflow_id=t.workflow_id
             ) from exc
-        return ResultOutcome(status=WorkflowExecutionStatus.COMPLETED, result=value)
+        return ResultOutcome(status=WorkflowStatus.COMPLETED, result=value)
 
 
-async def _count_running(client: Any) -> int:
+async def _count_running(client: Client) -> int:
     count = await client.count_workflows("ExecutionStatus = 'Running'")
     return int(count.count)
 
@@ -209,14 +288,14 @@ def _already_started_run(exc: RPCError) -> str | None:
     return None
 
 
-def _failure_status(cause: BaseException) -> WorkflowExecutionStatus:
+def _failure_status(cause: BaseException) -> WorkflowStatus:
     from temporalio.exceptions import CancelledError, TerminatedError
     from temporalio.exceptions import TimeoutError as WfTimeout
 
     if isinstance(cause, CancelledError):
-        return WorkflowExecutionStatus.CANCELED
+        return WorkflowStatus.CANCELED
     if isinstance(cause, TerminatedError):
-        return WorkflowExecutionStatus.TERMINATED
+        return WorkflowStatus.TERMINATED
     if isinstance(cause, WfTimeout):
-        return WorkflowExecutionStatus.TIMED_OUT
-    return WorkflowExecutionStatus.FAILED
+        return WorkflowStatus.TIMED_OUT
+    return WorkflowStatus.FAILED

@@ -2,9 +2,9 @@
 
 Callers of Describe/Signal/Query/Cancel/GetResult name a workflow, not its routing
 inputs. Each replica remembers where it started workflows (a bounded LRU); on a miss
-(another replica started it, or a restart) it asks every candidate cluster in parallel
-and trusts only the Meridian memo stored with the run, so a tenant can never reach
-another tenant's workflow by guessing its id.
+(another replica started it, or a restart) it asks every cluster where the tenant's
+workflows can live, in parallel, and trusts only the Meridian memo stored with the run,
+so a tenant can never reach another tenant's workflow by guessing its id.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from temporalio.client import WorkflowExecutionStatus
-
-from router.core.model import ClusterSpec
+from router.core.model import ClusterSpec, WorkflowStatus
 from router.errors import ClusterUnavailable, MeridianError, WorkflowNotFound
 from router.temporal.gateway import Gateway, Target, WorkflowInfo
 
@@ -38,10 +36,16 @@ class LocationCache:
         self._capacity = capacity
         self._entries: OrderedDict[str, Location] = OrderedDict()
 
-    def get(self, workflow_id: str) -> Location | None:
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, workflow_id: str, tenant_id: str) -> Location | None:
+        """Where ``workflow_id`` of ``tenant_id`` was seen; another tenant's entry is a
+        miss (the search then decides, by the memo)."""
         loc = self._entries.get(workflow_id)
-        if loc is not None:
-            self._entries.move_to_end(workflow_id)
+        if loc is None or loc.tenant_id != tenant_id:
+            return None
+        self._entries.move_to_end(workflow_id)
         return loc
 
     def put(self, workflow_id: str, loc: Location) -> None:
@@ -64,7 +68,11 @@ async def search(
     timeout: float,
 ) -> tuple[Location, WorkflowInfo]:
     """Describe ``workflow_id`` on every (cluster, namespace) at once; keep the runs
-    whose memo names ``tenant_id``; prefer a running one, then the latest started."""
+    whose memo names ``tenant_id``; prefer a running one, then the latest started.
+
+    NOT_FOUND only when every cluster asked answered; otherwise UNAVAILABLE naming
+    exactly the clusters that could not be asked (the workflow may be on one of them).
+    """
     pairs = [(c, ns) for c in clusters for ns in c.namespaces]
     results = await asyncio.gather(
         *(
@@ -74,35 +82,44 @@ async def search(
         return_exceptions=True,
     )
     found: list[tuple[Location, WorkflowInfo]] = []
-    unreachable: list[str] = []
+    unreachable: dict[str, str] = {}
     for (cluster, ns), res in zip(pairs, results, strict=True):
         if isinstance(res, WorkflowInfo):
-            if res.memo.get("tenant_id") == tenant_id:
+            if res.memo is not None and res.memo.tenant_id == tenant_id:
                 found.append(
                     (Location(cluster.name, ns, cluster.region, cluster.zone, tenant_id), res)
                 )
         elif isinstance(res, ClusterUnavailable):
-            unreachable.append(cluster.name)
+            unreachable.setdefault(cluster.name, res.message)
         elif isinstance(res, MeridianError):
-            continue  # not found there (or not ours): keep looking elsewhere
+            continue  # the cluster answered: not there (or not this tenant's)
         elif isinstance(res, BaseException):
             raise res
     if found:
         found.sort(
             key=lambda f: (
-                f[1].status == WorkflowExecutionStatus.RUNNING,
+                f[1].status is WorkflowStatus.RUNNING,
                 f[1].start_time.timestamp() if f[1].start_time else 0.0,
             ),
             reverse=True,
         )
         return found[0]
     if unreachable:
+        names = sorted(unreachable)
+        answered = sorted({c.name for c, _ in pairs} - unreachable.keys())
         raise ClusterUnavailable(
-            f"workflow {workflow_id} is not on any reachable cluster, and "
-            f"{', '.join(sorted(set(unreachable)))} did not answer; retry later",
-            cluster=",".join(sorted(set(unreachable))),
+            f"workflow {workflow_id} was not found on {_list(answered) or 'any cluster'}, "
+            f"and {_list(names)} could not be asked ("
+            + "; ".join(unreachable[n] for n in names)
+            + f"): it may be there. Ask again once {_list(names)} "
+            f"{'answers' if len(names) == 1 else 'answer'}",
+            cluster=",".join(names),
             may_have_reached=False,
         )
     raise WorkflowNotFound(
         f"workflow {workflow_id} not found for tenant {tenant_id}", workflow_id=workflow_id
     )
+
+
+def _list(names: list[str]) -> str:
+    return ", ".join(names)

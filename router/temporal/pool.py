@@ -9,7 +9,7 @@ on one connection share it; temporalio reconnects by itself when a server return
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 
 from temporalio.client import Client
@@ -25,21 +25,29 @@ IDENTITY = f"meridian-router@{socket.gethostname()}"
 # keep it short so a retry never outlives the caller.
 _RETRY = RetryConfig(max_retries=2, initial_interval_millis=50, max_elapsed_time_millis=1500)
 
-# Every client gets its region's converter (and so its region's codec): there is no
-# default, so no code path can send a payload unencrypted.
-ConverterFactory = Callable[[ClusterSpec], DataConverter]
-
 
 class ClientPool:
-    def __init__(self, converter_for: ConverterFactory, *, connect_timeout: float = 2.0) -> None:
-        self._converter_for = converter_for
+    """Every client gets its region's converter (and so its region's codec): there is
+    no default, so no code path can send a payload unencrypted."""
+
+    def __init__(self, *, connect_timeout: float = 2.0) -> None:
         self._connect_timeout = connect_timeout
         self._services: dict[str, tuple[str, ServiceClient]] = {}
         self._clients: dict[tuple[str, str], Client] = {}
 
-    async def sync(self, clusters: Iterable[ClusterSpec]) -> None:
+    async def sync(
+        self,
+        clusters: Iterable[ClusterSpec],
+        converters: Mapping[str, DataConverter],
+        *,
+        connect_timeout: float | None = None,
+    ) -> None:
         """Open connections for new clusters (or changed endpoints), drop removed ones,
-        and keep exactly one client per (cluster, namespace) the config names."""
+        and keep exactly one client per (cluster, namespace) the config names, built
+        on its region's converter (``converters``: region -> converter; a client whose
+        converter changed, e.g. new codec settings, is rebuilt)."""
+        if connect_timeout is not None:
+            self._connect_timeout = connect_timeout
         wanted = {c.name: c for c in clusters}
         for name in list(self._services):
             if name not in wanted or self._services[name][0] != wanted[name].endpoint:
@@ -49,13 +57,18 @@ class ClientPool:
                 self._services[name] = (spec.endpoint, await self._connect(spec.endpoint))
         keys = {(c.name, ns) for c in wanted.values() for ns in c.namespaces}
         for key in list(self._clients):
-            if key not in keys or self._clients[key].service_client is not self.service(key[0]):
+            client = self._clients[key]
+            if (
+                key not in keys
+                or client.service_client is not self.service(key[0])
+                or client.data_converter is not converters[wanted[key[0]].region]
+            ):
                 del self._clients[key]
         for name, ns in keys - self._clients.keys():
             self._clients[(name, ns)] = Client(
                 self.service(name),
                 namespace=ns,
-                data_converter=self._converter_for(wanted[name]),
+                data_converter=converters[wanted[name].region],
                 interceptors=telemetry.temporal_interceptors(),
             )
 

@@ -16,14 +16,18 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
 from temporalio.client import Client
 from temporalio.converter import DataConverter
+from temporalio.service import RPCError, RPCStatusCode
 
 from router.codec import FileKeyProvider, KeyRingHolder, RegionCodec, data_converter
 from router.config import ResolvedConfig, load_file
@@ -208,17 +212,24 @@ class Clusters:
         return await self._connect(cluster, codec=False)
 
     async def holding(self, workflow_id: str) -> set[str]:
-        """Names of the clusters on which ``workflow_id`` exists."""
+        """Names of the clusters on which ``workflow_id`` exists, in any namespace the
+        cluster serves (a workflow in a second namespace is found too). A cluster that
+        does not answer fails the call: an empty set always means "asked, not there"."""
         found = set()
-        for name in self.config.table.clusters:
+        for name, spec in self.config.table.clusters.items():
             client = await self.raw(name)
-            try:
-                await client.get_workflow_handle(workflow_id).describe()
-            except Exception as exc:
-                if "not found" not in str(exc).lower():
-                    raise
-            else:
-                found.add(name)
+            for ns in spec.namespaces:
+                service = client.workflow_service
+                req = DescribeWorkflowExecutionRequest(
+                    namespace=ns, execution=WorkflowExecution(workflow_id=workflow_id)
+                )
+                try:
+                    await service.describe_workflow_execution(req, timeout=timedelta(seconds=5))
+                except RPCError as exc:
+                    if exc.status != RPCStatusCode.NOT_FOUND:
+                        raise
+                else:
+                    found.add(name)
         return found
 
 

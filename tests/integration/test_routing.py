@@ -244,6 +244,44 @@ async def test_unknown_query_is_failed_precondition(router: pb_grpc.WorkflowRout
     )
     assert code is grpc.StatusCode.FAILED_PRECONDITION
     assert "noSuchQuery" in details
+    # The worker's failure comes back decoded with the region's codec: the caller reads
+    # what the worker said (it lists the queries it knows), not "Encoded failure".
+    assert "Encoded failure" not in details
+    assert "getProgress" in details, details
+
+
+async def test_signal_and_cancel_of_a_completed_workflow_name_its_status(
+    router: pb_grpc.WorkflowRouterStub, clusters: Clusters
+) -> None:
+    req = start_req("DE")
+    await router.StartWorkflow(req, timeout=10)
+    ref = pb.WorkflowRef(workflow_id=req.workflow_id, tenant_id="acme")
+    done = await router.GetWorkflowResult(ref, timeout=30)
+    assert done.status == pb.COMPLETED
+    code, details = await code_of(
+        router.SignalWorkflow(pb.SignalWorkflowRequest(ref=ref, signal_name="pause"), timeout=10)
+    )
+    assert code is grpc.StatusCode.FAILED_PRECONDITION and "COMPLETED" in details, details
+    code, details = await code_of(router.CancelWorkflow(ref, timeout=10))
+    assert code is grpc.StatusCode.FAILED_PRECONDITION and "COMPLETED" in details, details
+    desc = await router.DescribeWorkflow(ref, timeout=10)
+    assert desc.status == pb.COMPLETED, "describe still finds it"
+    at_source = (
+        await (await clusters.client("eu-west-a")).get_workflow_handle(req.workflow_id).describe()
+    )
+    assert at_source.status == WorkflowExecutionStatus.COMPLETED
+
+
+async def test_a_workflow_type_no_region_runs_is_refused_before_anything_is_sent(
+    router: pb_grpc.WorkflowRouterStub, clusters: Clusters
+) -> None:
+    req = start_req("DE", workflow_type="NoSuchWorkflow")
+    code, details = await code_of(router.StartWorkflow(req, timeout=10))
+    assert code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "NoSuchWorkflow" in details and "eu-west" in details
+    code, explained = await code_of(router.ExplainRoute(req, timeout=10))
+    assert code is grpc.StatusCode.FAILED_PRECONDITION and explained == details
+    assert await clusters.holding(req.workflow_id) == set()
 
 
 async def test_explain_has_no_side_effects(

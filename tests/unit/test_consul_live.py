@@ -16,6 +16,7 @@ import yaml
 from router.audit import MemoryAuditSink
 from router.config import compile_config
 from router.config.layers import Layer
+from router.config.sources import ConfigSources
 from router.consul import ConsulAddress, ConsulClient, KVSnapshot, Leadership, Watcher
 from router.core.failover import FlipRequested
 from router.errors import FlipConflict
@@ -63,10 +64,10 @@ async def test_watcher_dispatches_changes_only(emulator: tuple[ConsulEmulator, C
         seen.append(snap)
 
     c = client(emu)
-    w = Watcher(c, on_change)
+    w = Watcher(c)
     await c.put("meridian/config", "a: 1")
-    await w.poll_once(block=False)
-    task = asyncio.create_task(w.poll_once(block=True))
+    await w.poll_once(on_change, block=False)
+    task = asyncio.create_task(w.poll_once(on_change, block=True))
     await asyncio.sleep(0.1)
     assert not task.done(), "a blocking query waits for a change"
     await c.put("meridian/active/eu-west", '{"active": "eu-west-b", "flip": null}')
@@ -78,13 +79,14 @@ async def test_watcher_dispatches_changes_only(emulator: tuple[ConsulEmulator, C
     await c.close()
 
 
+async def ignore(_: KVSnapshot) -> None:
+    return None
+
+
 def controller(
     table: Any, c: ConsulClient, tmp: Path, name: str
 ) -> tuple[FailoverController, Watcher]:
-    async def ignore(_: KVSnapshot) -> None:
-        return None
-
-    watcher = Watcher(c, ignore)
+    watcher = Watcher(c)
     store = ConsulFlipStore(c, watcher, StateFile(tmp / f"{name}.json"))
     ctl = FailoverController(table, MemoryAuditSink(), store=store)
     return ctl, watcher
@@ -101,8 +103,8 @@ async def test_concurrent_flips_one_wins_one_conflicts(
         for cluster in ("eu-west-a", "eu-west-b"):
             await ctl.observe(cluster, True)
     # Both replicas read the store, then both flip before either sees the other's write.
-    await wa.poll_once(block=False)
-    await wb.poll_once(block=False)
+    await wa.poll_once(ignore, block=False)
+    await wb.poll_once(ignore, block=False)
     await a.request("eu-west", FlipRequested("eu-west-b", "sre-a", "maintenance"))
     with pytest.raises(FlipConflict, match="changed concurrently"):
         await b.request("eu-west", FlipRequested("eu-west-b", "sre-b", "maintenance too"))
@@ -111,7 +113,7 @@ async def test_concurrent_flips_one_wins_one_conflicts(
     assert b'"actor": "sre-a"' in entry["Value"]
     # Once it has seen the winner's write, the other replica's flip goes through (CAS on
     # the index it now knows).
-    await wb.poll_once(block=False)
+    await wb.poll_once(ignore, block=False)
     await b.request("eu-west", FlipRequested("eu-west-b", "sre-b", "retry", force=True))
     _, entry = await client(emu).get("meridian/active/eu-west")
     assert b'"actor": "sre-b"' in entry["Value"]
@@ -154,12 +156,13 @@ async def test_live_layers_and_rejections(
 ) -> None:
     emu, _ = emulator
     c = client(emu)
-    base = Layer("file:base.yaml", default_doc())
-    live = Live(c, file_layers=[base], env=None, cache_dir=tmp_path, replica_id="r1")
+    base = ConfigSources(paths=(), files=(Layer("file:base.yaml", default_doc()),))
+    live = Live(c, cache_dir=tmp_path, replica_id="r1")
     await c.put(
         "meridian/config", yaml.safe_dump({"tenants": {"initech": {"residency_zone": "us"}}})
     )
-    config, problems = await live.initial()
+    sources, problems = await live.initial(base)
+    config = sources.resolve()
     assert not problems
     assert config.table.tenants["initech"].residency_zone == "us"
     assert config.source.startswith("file:base.yaml + consul:meridian/config@")
@@ -167,17 +170,18 @@ async def test_live_layers_and_rejections(
 
     # A bad document is left out (the files still serve) and reported.
     await c.put("meridian/config", yaml.safe_dump({"default_region": "mars"}))
-    cold = Live(c, file_layers=[base], env=None, cache_dir=tmp_path / "cold", replica_id="r2")
-    config, problems = await cold.initial()
-    assert "initech" not in config.table.tenants
+    cold = Live(c, cache_dir=tmp_path / "cold", replica_id="r2")
+    sources, problems = await cold.initial(base)
+    assert "initech" not in sources.resolve().table.tenants
     assert problems and "default_region: unknown region 'mars'" in str(problems[0])
+    assert not cold.cache_file.exists(), "only a good document is cached"
 
     # Consul down at start: the cached last good document serves.
     await c.close()
     await emu.stop()
-    offline = Live(client(emu), file_layers=[base], env=None, cache_dir=tmp_path, replica_id="r3")
-    config, problems = await offline.initial()
-    assert config.table.tenants["initech"].residency_zone == "us"
+    offline = Live(client(emu), cache_dir=tmp_path, replica_id="r3")
+    sources, problems = await offline.initial(base)
+    assert sources.resolve().table.tenants["initech"].residency_zone == "us"
     assert offline.authority(), "cut off from peers, a replica decides flips itself"
 
 
@@ -194,8 +198,8 @@ async def test_a_change_whose_handling_failed_is_handled_again(
 
     c = client(emu)
     await c.put("meridian/config", "a: 1")
-    w = Watcher(c, flaky)
+    w = Watcher(c)
     with pytest.raises(RuntimeError):
-        await w.poll_once(block=False)
-    await asyncio.wait_for(w.poll_once(block=True), 5)  # the old index: returns at once
+        await w.poll_once(flaky, block=False)
+    await asyncio.wait_for(w.poll_once(flaky, block=True), 5)  # the old index: returns at once
     assert calls == [1, 1] and w.last is not None

@@ -260,3 +260,35 @@ def test_invariants(steps: list[tuple[float, Event]], mode: Mode, failback: bool
         for e in audit:
             if isinstance(e, FlipRefused) and not e.automatic:
                 assert isinstance(event, FlipRequested)
+
+
+@pytest.mark.parametrize(
+    ("region", "reason", "field", "rule"),
+    [
+        ("eu-west", "", "reason", "reason-required"),
+        ("eu-west", "   ", "reason", "reason-required"),
+        ("mars", "drill", "region", "known-region"),
+    ],
+    ids=["empty-reason", "blank-reason", "unknown-region"],
+)
+async def test_every_refused_sre_flip_is_audited(
+    region: str, reason: str, field: str, rule: str
+) -> None:
+    """The adapter leaves the rules to the state machine, so a flip refused for a missing
+    reason (or an unknown region) is audited like any other refusal, then reported as
+    INVALID_ARGUMENT naming the field."""
+    from router.audit import MemoryAuditSink
+    from router.config import compile_config
+    from router.errors import InvalidArgument
+    from router.failover import FailoverController
+    from tests.helpers import default_doc
+
+    audit = MemoryAuditSink()
+    ctl = FailoverController(compile_config(default_doc()).table, audit)
+    with pytest.raises(InvalidArgument) as info:
+        await ctl.request(region, FlipRequested("eu-west-b", "sre-1", reason))
+    assert info.value.field == field
+    (record,) = audit.records
+    assert (record["kind"], record["outcome"], record["rule"]) == ("flip", "refused", rule)
+    assert record["actor"] == "sre-1" and record["region"] == region
+    assert ctl.states["eu-west"].active == "eu-west-a"

@@ -166,3 +166,19 @@ def test_config_validate_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     err = capsys.readouterr().err
     assert "2 errors" in err
     assert "regions.eu-west.clusters[1].zone" in err and "default_region: unknown region" in err
+
+
+async def test_consul_token_is_never_shown(caplog: pytest.LogCaptureFixture) -> None:
+    """An ACL token is a secret: not in repr (of the address or the client), nor in the
+    error a failed call raises, nor in what it logs."""
+    from router.consul import ConsulAddress, ConsulClient
+
+    secret = "s3cr3t-acl-token-9f2b"
+    address = ConsulAddress.parse("127.0.0.1:1", token=secret)
+    assert address.token == secret
+    client = ConsulClient(address)
+    with pytest.raises(ConsulUnavailable) as info:
+        await client.get("meridian/config")
+    await client.close()
+    for shown in (repr(address), str(address), repr(client), info.value.message, caplog.text):
+        assert secret not in shown

@@ -1,0 +1,80 @@
+"""The application: one router replica's parts, wired once.
+
+::
+
+    ConfigController ──(subscribers)──> ClientPool, ClusterState
+    Starter    (StartWorkflow, ExplainRoute)   route → audit → send → in-flight failover
+    Followups  (Describe/Signal/Query/Cancel/Result)  locate → operate
+    Admin      (GetTopology, SetActiveCluster)
+    all three ──> TemporalGateway (the Gateway seam) ──> ClientPool ──> clusters
+
+Nothing here decides or converts anything: the gRPC servicers (``router.api``) call the
+three services; the CLI's ``serve`` and ``dev`` build a ``Router`` and, with Consul, a
+``router.live.Live`` beside it that follows the shared config and flips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from router.admin import Admin
+from router.audit import AuditSink
+from router.clusters import ClusterState
+from router.codec import KeyProvider
+from router.config.runtime import ConfigController, RuntimeConfig
+from router.config.settings import ResolvedConfig
+from router.config.sources import ConfigSources
+from router.errors import ConfigError
+from router.failover import FailoverController, FlipStore
+from router.followups import Followups
+from router.live import LiveStatus
+from router.starts import Starter
+from router.temporal.gateway import TemporalGateway
+from router.temporal.locator import LocationCache
+from router.temporal.pool import ClientPool
+
+
+class Router:
+    def __init__(
+        self,
+        sources: ConfigSources,
+        config: ResolvedConfig,
+        keys: KeyProvider,
+        *,
+        audit: AuditSink,
+        store: FlipStore | None = None,
+        authority: Callable[[], bool] = lambda: True,
+        live_status: Callable[[], LiveStatus] | None = None,
+        early_rejections: Sequence[ConfigError] = (),
+    ) -> None:
+        """``config``: what ``sources`` resolve to now (the caller opened the audit log
+        with its settings); ``early_rejections``: changes rejected before the audit log
+        was open (audited on start)."""
+        self._early_rejections = tuple(early_rejections)
+        self.config = ConfigController(sources, config, keys=keys, audit=audit)
+        self.pool = ClientPool(connect_timeout=config.temporal.connect_timeout)
+        self.gateway = TemporalGateway(self.pool)
+        failover = FailoverController(config.table, audit, store=store, authority=authority)
+        self.clusters = ClusterState(self.pool, config, failover)
+        locations = LocationCache()
+        self.starts = Starter(self.config, self.clusters, self.gateway, audit, locations)
+        self.followups = Followups(self.config, self.gateway, locations)
+        self.admin = Admin(self.config, self.clusters, self.gateway, live_status)
+        self.config.subscribe(self._sync_pool)
+        self.config.subscribe(self.clusters.apply_config)
+
+    async def _sync_pool(self, runtime: RuntimeConfig) -> None:
+        clusters = runtime.config.table.clusters.values()
+        await self.pool.sync(
+            clusters, runtime.converters, connect_timeout=runtime.config.temporal.connect_timeout
+        )
+
+    async def start(self, *, first_probe_timeout: float = 3.0) -> None:
+        """Connect (lazily) to every cluster, probe each once and let the failover state
+        machine act on what it saw, so the first request is routed on evidence."""
+        await self.config.start(self._early_rejections)
+        await self.clusters.start(first_probe_timeout=first_probe_timeout)
+
+    async def close(self) -> None:
+        await self.clusters.close()
+        await self.config.close()

@@ -1,0 +1,196 @@
+"""What the router believes about its clusters, published as one immutable view.
+
+``ClusterState`` joins the prober (``router.temporal.health``: which clusters answer)
+and the failover controller (``router.failover``: each region's active cluster) into a
+``ClusterView`` that routing reads, and wakes whoever waits for it to change.
+
+A health change reaches the view only after the failover controller has acted on it:
+the prober's events are consumed one at a time, each fed to the state machine (which
+may flip, audited) before the view is rebuilt. So a region never shows "active cluster
+unhealthy" in the moment between its primary dying and the flip to a healthy standby;
+a start refused by the dead primary in that moment waits for the flip and lands on the
+standby instead of being refused (``router.starts``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from router.config.runtime import RuntimeConfig
+from router.config.settings import ResolvedConfig
+from router.core.failover import (
+    AuditEvent,
+    Flip,
+    FlipRequested,
+    RegionState,
+    failover_expected,
+)
+from router.core.health import ProbeState
+from router.core.model import ClusterView, RoutingTable
+from router.errors import MeridianError
+from router.failover import FailoverController
+from router.temporal.health import HealthMonitor
+from router.temporal.pool import ClientPool
+
+log = logging.getLogger(__name__)
+
+
+class ClusterState:
+    def __init__(
+        self,
+        pool: ClientPool,
+        config: ResolvedConfig,
+        failover: FailoverController,
+        *,
+        tick_interval: float = 1.0,
+    ) -> None:
+        # The prober reports into a queue (not a callback into this object): its events
+        # are consumed in order by one task, and no object refers back to this one.
+        events: asyncio.Queue[tuple[str, ProbeState]] = asyncio.Queue()
+        self._events = events
+        self._health = HealthMonitor(
+            pool, config.health, on_change=lambda name, probe: events.put_nowait((name, probe))
+        )
+        self._failover = failover
+        self._table = config.table
+        self._tick_interval = tick_interval
+        self._tasks: list[asyncio.Task[None]] = []
+        self._view = ClusterView(active=MappingProxyType({}), healthy=frozenset())
+        self._changed = asyncio.Event()
+        self._publish()
+
+    # -- reading -------------------------------------------------------------------
+
+    @property
+    def view(self) -> ClusterView:
+        return self._view
+
+    @property
+    def states(self) -> Mapping[str, RegionState]:
+        """Each region's failover state (active cluster, mode, last flip)."""
+        return self._failover.states
+
+    @property
+    def probes(self) -> Mapping[str, ProbeState]:
+        return self._health.states
+
+    def failover_expected(self, region: str) -> bool:
+        """A flip of ``region`` to a healthy standby is imminent (see the core's rule)."""
+        state = self._failover.states.get(region)
+        return state is not None and failover_expected(state)
+
+    async def wait_change(self, timeout: float) -> bool:
+        """Wait until the view changes (True) or ``timeout`` passes (False)."""
+        changed = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout)
+            return True
+        return False
+
+    def nudge(self, cluster: str) -> None:
+        """A request just failed against ``cluster``: probe it now."""
+        self._health.nudge(cluster)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def apply_config(self, runtime: RuntimeConfig) -> None:
+        """Subscriber of the config controller: track exactly the new config's
+        clusters and regions (idempotent: a retried change is applied again)."""
+        config = runtime.config
+        self._table = config.table
+        self._failover.sync(config.table)
+        self._health.sync(list(config.table.clusters.values()), config.health)
+        for name, probe in self._health.states.items():
+            if probe.healthy is not None:
+                await self._observe(name, probe)
+        self._publish()
+
+    async def start(self, *, first_probe_timeout: float = 3.0) -> None:
+        """Probe every cluster once and let the failover state machine act on what it
+        saw, so the first request is routed on evidence; then follow the prober."""
+        await self._health.wait_first_round(first_probe_timeout)
+        while not self._events.empty():
+            await self._observe(*self._events.get_nowait())
+        self._publish()
+        self._tasks = [
+            asyncio.create_task(self._follow_health(), name="cluster-health"),
+            asyncio.create_task(self._ticks(), name="failover-ticks"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._health.close()
+
+    # -- changes -------------------------------------------------------------------
+
+    async def adopt(self, region: str, flip: Flip) -> None:
+        """A flip another replica decided (``router.live`` follows the shared store)."""
+        await self._failover.adopt(region, flip)
+        self._publish()
+
+    def preview(
+        self, region: str, req: FlipRequested
+    ) -> tuple[RegionState, RegionState, tuple[AuditEvent, ...]]:
+        """A dry run of an SRE flip: nothing audited, nothing changed."""
+        return self._failover.preview(region, req)
+
+    async def flip(self, region: str, req: FlipRequested) -> tuple[RegionState, RegionState]:
+        """An SRE flip, through the state machine's rules; audited either way."""
+        try:
+            return await self._failover.request(region, req)
+        finally:
+            self._publish()
+
+    async def _observe(self, cluster: str, probe: ProbeState) -> None:
+        if probe.healthy is None:
+            return
+        try:
+            await self._failover.observe(cluster, probe.healthy, probe.last_error)
+        except MeridianError as exc:
+            # E.g. the audit log is unavailable: no flip without its record. The tick
+            # reconciles with the prober and tries again.
+            log.error("failover: could not act on %s's health: %s", cluster, exc.message)
+
+    async def _follow_health(self) -> None:
+        while True:
+            cluster, probe = await self._events.get()
+            await self._observe(cluster, probe)
+            self._publish()
+
+    async def _ticks(self) -> None:
+        """Time-based rules (automatic failback) and reconciliation with the prober."""
+        while True:
+            await asyncio.sleep(self._tick_interval)
+            health = {
+                name: (bool(p.healthy), p.last_error)
+                for name, p in self._health.states.items()
+                if p.healthy is not None
+            }
+            try:
+                await self._failover.tick(health)
+            except MeridianError as exc:
+                log.error("failover tick: %s", exc.message)
+            self._publish()
+
+    def _publish(self) -> None:
+        """Publish the active clusters and the healthy set as one new immutable view,
+        and wake whoever waits for a change."""
+        view = ClusterView(
+            active=MappingProxyType(self._failover.active()),
+            healthy=self._health.healthy() & frozenset(self._table.clusters),
+        )
+        if view == self._view:
+            return
+        self._view = view
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    @property
+    def table(self) -> RoutingTable:
+        return self._table

@@ -1,0 +1,293 @@
+"""The config controller: the one owner of a router's live config.
+
+Every change, whatever brought it (a SIGHUP re-reading the files, a new Consul document),
+goes through ``ConfigController.submit``, one at a time:
+
+1. Build the candidate sources and resolve them. A document that fails validation is
+   **invalid**: rejected whole, audited (``config.change`` rejected, with every error),
+   shown in status; the last good config keeps serving. So is a config this replica
+   cannot apply at all (a region whose key ring it does not have).
+2. Load the key ring of every region (new regions get one, and a refresh task; removed
+   regions lose theirs) and build each region's codec from the ``codec`` settings.
+3. Audit ``config.change`` accepted, then tell the subscribers (the client pool, the
+   cluster state: prober and failover) in order, then swap the current value.
+
+A **transient** failure in 3 (the audit log briefly unwritable, say) is not a rejection:
+the candidate stays wanted and is applied again with backoff until it goes in or a newer
+change replaces it. Subscribers must be idempotent: a retried change is applied again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from temporalio.converter import DataConverter
+
+from router.audit import AuditSink, config_record
+from router.codec import KeyProvider, KeyRingHolder, RegionCodec, data_converter
+from router.config.settings import CodecSettings, ResolvedConfig
+from router.config.sources import ConfigSources
+from router.errors import ConfigError, FieldError, KeyRingError, MeridianError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RegionKeys:
+    """One region's key ring (kept current by its refresh task) and the converter every
+    client of that region encodes and decodes with."""
+
+    holder: KeyRingHolder
+    settings: CodecSettings
+    converter: DataConverter
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    """What is live now: the resolved config and each of its regions' keys."""
+
+    config: ResolvedConfig
+    regions: Mapping[str, RegionKeys]
+
+    @property
+    def converters(self) -> Mapping[str, DataConverter]:
+        return MappingProxyType({r: k.converter for r, k in self.regions.items()})
+
+    def key_id(self, region: str) -> str:
+        """The id of the key new payloads of ``region`` are encrypted with."""
+        return self.regions[region].holder.ring.active
+
+
+class Outcome(enum.Enum):
+    APPLIED = "applied"
+    UNCHANGED = "unchanged"
+    REJECTED = "rejected"
+    # A transient failure: the change is retried until applied or replaced.
+    PENDING = "pending"
+
+
+Subscriber = Callable[[RuntimeConfig], Awaitable[None]]
+Build = Callable[[ConfigSources], ConfigSources]
+
+
+class ConfigController:
+    def __init__(
+        self,
+        sources: ConfigSources,
+        first: ResolvedConfig,
+        *,
+        keys: KeyProvider,
+        audit: AuditSink,
+        retry_initial: float = 0.2,
+        retry_max: float = 5.0,
+        key_refresh_interval: float = 1.0,
+    ) -> None:
+        self._sources = sources
+        self._keys = keys
+        self._audit = audit
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._key_refresh = key_refresh_interval
+        self._subscribers: list[Subscriber] = []
+        self._lock = asyncio.Lock()
+        # Sources wanted but not applied yet (a transient failure is being retried).
+        self._wanted: ConfigSources | None = None
+        self._retry: asyncio.Task[None] | None = None
+        self._refresh: dict[str, asyncio.Task[None]] = {}
+        # Fail closed at start-up: a region without its keys cannot be served.
+        self._current = RuntimeConfig(first, self._region_keys(first, None))
+        self.last_rejected: tuple[float, ConfigError] | None = None
+
+    # -- reading -------------------------------------------------------------------
+
+    @property
+    def current(self) -> RuntimeConfig:
+        return self._current
+
+    @property
+    def config(self) -> ResolvedConfig:
+        return self._current.config
+
+    @property
+    def sources(self) -> ConfigSources:
+        return self._sources
+
+    @property
+    def pending(self) -> bool:
+        """A change is waiting to be applied again after a transient failure."""
+        return self._wanted is not None
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """``subscriber(runtime)`` runs on start and on every applied change, in the
+        order of subscription, before the change is current."""
+        self._subscribers.append(subscriber)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self, early_rejections: Sequence[ConfigError] = ()) -> None:
+        """Bring the subscribers up on the first config and audit it (``loaded``), and
+        any change rejected before the log was open (an invalid Consul document found
+        at start-up)."""
+        self._sync_refresh(self._current)
+        for subscriber in self._subscribers:
+            await subscriber(self._current)
+        try:
+            await self._audit.append(
+                config_record(
+                    outcome="loaded", source=self.config.source, version=self.config.version
+                )
+            )
+            for problem in early_rejections:
+                await self._reject(problem)
+        except MeridianError as exc:
+            log.error("could not record the config in the audit log: %s", exc.message)
+
+    async def close(self) -> None:
+        tasks = [*self._refresh.values(), *([self._retry] if self._retry else [])]
+        self._refresh.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- changes -------------------------------------------------------------------
+
+    async def reload(self) -> Outcome:
+        """The files again (SIGHUP): applied whole, or rejected whole."""
+        return await self.submit(ConfigSources.reread)
+
+    async def submit(self, build: Build) -> Outcome:
+        """Apply the sources ``build`` makes from the latest wanted ones. ``build`` may
+        raise ``ConfigError`` (e.g. a document that is not YAML): a rejection."""
+        async with self._lock:
+            base = self._wanted or self._sources
+            try:
+                candidate = build(base)
+                config = candidate.resolve()
+            except ConfigError as exc:
+                log.error("config change rejected; keeping %s\n%s", self.config.version, exc)
+                await self._reject(exc)
+                return Outcome.REJECTED
+            self._wanted = candidate
+            return await self._apply(candidate, config)
+
+    async def _apply(self, candidate: ConfigSources, config: ResolvedConfig) -> Outcome:
+        current = self._current
+        if config.version == current.config.version:
+            self._sources, self._wanted = candidate, None
+            return Outcome.UNCHANGED
+        try:
+            runtime = RuntimeConfig(config, self._region_keys(config, current))
+        except KeyRingError as exc:
+            self._wanted = None
+            error = ConfigError(
+                [FieldError("", f"cannot apply: {exc.message}")], source=config.source
+            )
+            log.error("config change not applied; keeping %s\n%s", current.config.version, error)
+            await self._reject(error)
+            return Outcome.REJECTED
+        try:
+            await self._audit.append(
+                config_record(
+                    outcome="accepted",
+                    source=config.source,
+                    version=config.version,
+                    previous=current.config.version,
+                )
+            )
+            for subscriber in self._subscribers:
+                await subscriber(runtime)
+        except MeridianError as exc:
+            log.error(
+                "config %s not applied yet (%s); retrying, %s keeps serving",
+                config.version,
+                exc.message,
+                current.config.version,
+            )
+            self._schedule_retry()
+            return Outcome.PENDING
+        self._current, self._sources, self._wanted = runtime, candidate, None
+        self._sync_refresh(runtime)
+        log.info("config applied: version %s from %s", config.version, config.source)
+        return Outcome.APPLIED
+
+    async def _reject(self, error: ConfigError) -> None:
+        self.last_rejected = (time.time(), error)
+        try:
+            await self._audit.append(
+                config_record(
+                    outcome="rejected",
+                    source=error.source,
+                    version="",
+                    previous=self.config.version,
+                    errors=[str(e) for e in error.errors],
+                )
+            )
+        except MeridianError as exc:
+            # Nothing changed, so nothing waits on this record; it is logged instead.
+            log.error("could not audit a config rejection: %s", exc.message)
+
+    def _schedule_retry(self) -> None:
+        if self._retry is None or self._retry.done():
+            self._retry = asyncio.create_task(self._retry_loop(), name="config-retry")
+
+    async def _retry_loop(self) -> None:
+        delay = self._retry_initial
+        while True:
+            await asyncio.sleep(delay)
+            async with self._lock:
+                candidate = self._wanted
+                if candidate is None:
+                    return
+                try:
+                    config = candidate.resolve()
+                except ConfigError as exc:  # cannot happen: it resolved before
+                    self._wanted = None
+                    await self._reject(exc)
+                    return
+                if await self._apply(candidate, config) is not Outcome.PENDING:
+                    return
+            delay = min(self._retry_max, delay * 2)
+
+    # -- keys ----------------------------------------------------------------------
+
+    def _region_keys(
+        self, config: ResolvedConfig, current: RuntimeConfig | None
+    ) -> Mapping[str, RegionKeys]:
+        """Each region's ring (kept from ``current`` where the region stays, loaded for
+        new ones: ``KeyRingError`` if missing) and its codec for ``config.codec``."""
+        out: dict[str, RegionKeys] = {}
+        for region in config.table.regions:
+            old = current.regions.get(region) if current else None
+            if old is not None and old.settings == config.codec:
+                out[region] = old
+                continue
+            holder = old.holder if old is not None else KeyRingHolder(self._keys, region)
+            codec = RegionCodec(
+                holder,
+                compression=config.codec.compression,
+                compression_min_bytes=config.codec.compression_min_bytes,
+            )
+            out[region] = RegionKeys(holder, config.codec, data_converter(codec))
+        return MappingProxyType(out)
+
+    def _sync_refresh(self, runtime: RuntimeConfig) -> None:
+        """One refresh task per region of the live config (a rotation reaches the
+        router within a second); none for regions that left it."""
+        for region in list(self._refresh):
+            if region not in runtime.regions:
+                self._refresh.pop(region).cancel()
+        for region, keys in runtime.regions.items():
+            if region not in self._refresh:
+                self._refresh[region] = asyncio.create_task(
+                    keys.holder.refresh_forever(self._key_refresh), name=f"keys-{region}"
+                )
+
+    def refreshing(self) -> frozenset[str]:
+        """Regions whose key ring is being refreshed now (for tests and status)."""
+        return frozenset(r for r, t in self._refresh.items() if not t.done())

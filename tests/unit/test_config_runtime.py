@@ -1,0 +1,174 @@
+"""The config controller: one path for every change (SIGHUP and Consul), an invalid
+config rejected whole (audited, last good keeps serving), a transient failure retried
+until applied, key rings and their refresh tasks following the regions, codec settings
+applied to existing regions, subscribers told in order."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from router.codec import RegionCodec
+from router.config.runtime import ConfigController, Outcome, RuntimeConfig
+from router.config.sources import ConfigSources, text_layer
+from router.errors import ConfigError
+from tests.helpers import default_doc, eventually
+from tests.unit.seams import Audit, controller, keys_for
+
+
+async def started(
+    tmp_path: Path, doc: dict[str, Any] | None = None, **kw: Any
+) -> tuple[ConfigController, Audit, list[str]]:
+    audit = Audit()
+    ctl = controller(doc or default_doc(), tmp_path / "keys", audit, **kw)
+    seen: list[str] = []
+
+    async def subscriber(runtime: RuntimeConfig) -> None:
+        seen.append(runtime.config.version)
+
+    ctl.subscribe(subscriber)
+    await ctl.start()
+    return ctl, audit, seen
+
+
+def with_doc(doc: dict[str, Any]) -> Any:
+    return lambda s: s.with_consul(text_layer(yaml.safe_dump(doc), "consul:test@1"))
+
+
+async def test_an_invalid_change_is_rejected_whole_and_audited(tmp_path: Path) -> None:
+    ctl, audit, seen = await started(tmp_path)
+    try:
+        before = ctl.config.version
+        outcome = await ctl.submit(with_doc({"default_region": "mars", "regions": {}}))
+        assert outcome is Outcome.REJECTED
+        assert ctl.config.version == before and seen == [before]
+        rejected = audit.journal.records("config.change")[-1]
+        assert rejected["outcome"] == "rejected" and rejected["previous_version"] == before
+        assert any("default_region" in e for e in rejected["errors"])
+        assert ctl.last_rejected is not None and "mars" in str(ctl.last_rejected[1])
+    finally:
+        await ctl.close()
+
+
+async def test_a_transient_failure_is_retried_until_applied(tmp_path: Path) -> None:
+    """The audit log is briefly unwritable when a valid change arrives: the change is not
+    mistaken for a rejection, and goes in once the log recovers."""
+    ctl, audit, seen = await started(tmp_path, retry_initial=0.01)
+    try:
+        doc = default_doc()
+        doc["tenants"]["initech"] = {"residency_zone": "us"}
+        audit.fail = 3
+        outcome = await ctl.submit(with_doc({"tenants": doc["tenants"]}))
+        assert outcome is Outcome.PENDING and ctl.pending
+        assert "initech" not in ctl.config.table.tenants, "nothing half-applied"
+
+        async def applied() -> bool:
+            return "initech" in ctl.config.table.tenants
+
+        await eventually(applied, "the change to be applied after the log recovered", 5)
+        assert not ctl.pending and ctl.last_rejected is None
+        outcomes = [r["outcome"] for r in audit.journal.records("config.change")]
+        assert outcomes == ["loaded", "accepted"]
+        assert seen[-1] == ctl.config.version
+    finally:
+        await ctl.close()
+
+
+async def test_a_region_added_later_gets_keys_and_a_refresh_task(tmp_path: Path) -> None:
+    ctl, _, _ = await started(tmp_path, key_refresh_interval=0.02)
+    try:
+        assert ctl.refreshing() == {"us-east", "eu-west", "ap-southeast"}
+        doc = default_doc()
+        doc["regions"]["eu-north"] = {
+            "zone": "eu",
+            "clusters": [{"name": "eu-north-a", "endpoint": "127.0.0.1:7299"}],
+        }
+        keys = keys_for(tmp_path / "keys", _compiled(doc))
+        outcome = await ctl.submit(with_doc({"regions": doc["regions"]}))
+        assert outcome is Outcome.APPLIED
+        assert "eu-north" in ctl.refreshing(), "a rotation would never reach the new region"
+        # A rotation of the new region's ring reaches the router.
+        rotated = keys.load("eu-north").rotated()
+        keys.save(rotated)
+
+        async def follows() -> bool:
+            return ctl.current.key_id("eu-north") == rotated.active
+
+        await eventually(follows, "the rotation to reach the router", 5)
+        # And a region removed again loses its task.
+        assert await ctl.submit(lambda s: s.with_consul(None)) is Outcome.APPLIED
+        assert "eu-north" not in ctl.refreshing()
+    finally:
+        await ctl.close()
+
+
+async def test_a_region_without_its_key_ring_cannot_be_applied(tmp_path: Path) -> None:
+    ctl, audit, _ = await started(tmp_path)
+    try:
+        doc = default_doc()
+        doc["regions"]["eu-north"] = {
+            "zone": "eu",
+            "clusters": [{"name": "eu-north-a", "endpoint": "127.0.0.1:7299"}],
+        }
+        assert await ctl.submit(with_doc({"regions": doc["regions"]})) is Outcome.REJECTED
+        assert "eu-north" not in ctl.config.table.regions
+        assert "cannot apply" in audit.journal.records("config.change")[-1]["errors"][0]
+    finally:
+        await ctl.close()
+
+
+async def test_codec_settings_reach_existing_regions(tmp_path: Path) -> None:
+    ctl, _, _ = await started(tmp_path)
+    try:
+        before = ctl.current.regions["eu-west"]
+        assert await ctl.submit(with_doc({"codec": {"compression": True}})) is Outcome.APPLIED
+        after = ctl.current.regions["eu-west"]
+        codec = after.converter.payload_codec
+        assert isinstance(codec, RegionCodec) and codec.compression
+        assert after.converter is not before.converter, "clients must be rebuilt on it"
+        assert after.holder is before.holder, "the same ring, still refreshed"
+    finally:
+        await ctl.close()
+
+
+async def test_reload_reads_the_files_again(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(default_doc()))
+    sources = ConfigSources.read([path], use_env=False)
+    first = sources.resolve()
+    audit = Audit()
+    ctl = ConfigController(sources, first, keys=keys_for(tmp_path / "keys", first), audit=audit)
+    await ctl.start()
+    try:
+        doc = default_doc()
+        doc["health"]["interval_ms"] = 250
+        path.write_text(yaml.safe_dump(doc))
+        assert await ctl.reload() is Outcome.APPLIED
+        assert ctl.config.health.interval == 0.25
+        assert await ctl.reload() is Outcome.UNCHANGED
+        path.write_text("zones: [")
+        assert await ctl.reload() is Outcome.REJECTED
+        assert ctl.config.health.interval == 0.25
+    finally:
+        await ctl.close()
+
+
+def test_invalid_files_are_fatal_at_start_and_a_bad_consul_document_is_left_out() -> None:
+    bad = ConfigSources(paths=(), files=(text_layer("zones: {}", "file:x"),))
+    with pytest.raises(ConfigError):
+        bad.initial()
+    good = ConfigSources(paths=(), files=(text_layer(yaml.safe_dump(default_doc()), "f"),))
+    config, used, problems = good.with_consul(
+        text_layer(yaml.safe_dump({"default_region": "mars"}), "consul:c@1")
+    ).initial()
+    assert used.consul is None and len(problems) == 1 and config.version
+
+
+def _compiled(doc: dict[str, Any]) -> Any:
+    from router.config import compile_config
+
+    return compile_config(copy.deepcopy(doc))
