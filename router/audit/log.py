@@ -219,6 +219,9 @@ class AuditLog:
         try:
             rotate = self._fd is None or self._needs_rotation()
             first_seq = seq + 1
+            # The file that will hold the batch: a new one, named after its first record,
+            # or the open one (named after ITS first record).
+            file = file_name(first_seq) if rotate or self._path is None else self._path.name
             notes = self._notes if rotate else []
             records = [*notes, *(p.record for p in batch)]
             for i, body in enumerate(records):
@@ -228,7 +231,7 @@ class AuditLog:
                 last, sealed = seal(rec, self._key)
                 chunks.append(sealed)
                 if i >= len(notes):
-                    receipts.append(Receipt(seq, last, file_name(first_seq)))
+                    receipts.append(Receipt(seq, last, file))
             data = b"".join(chunks)
             await self._io(data, first_seq if rotate else None, seq, last)
         except OSError as exc:

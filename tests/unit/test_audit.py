@@ -86,6 +86,24 @@ async def test_rotation_continues_the_chain(tmp_path: Path) -> None:
     assert result.ok and result.records == 40
 
 
+async def test_every_receipt_names_the_file_that_holds_its_record(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path, max_file_bytes=4096)
+    log.open()
+    receipts = []
+    for i in range(0, 60, 3):
+        receipts.append(await log.append(rec(i)))  # a batch of one
+        receipts += await asyncio.gather(log.append(rec(i + 1)), log.append(rec(i + 2)))
+    await log.close()
+    assert len(log_files(tmp_path)) > 2, "the records span several files"
+    for r in receipts:
+        path = tmp_path / r.file
+        assert path.is_file(), f"receipt of seq {r.sequence} names {r.file}, which does not exist"
+        held = [json.loads(line) for line in path.read_text().splitlines()]
+        assert any(h["seq"] == r.sequence and h["hash"] == r.hash for h in held), (
+            f"{r.file} does not hold seq {r.sequence}"
+        )
+
+
 async def test_restart_continues_in_a_new_file(tmp_path: Path) -> None:
     await write_log(tmp_path, 3)
     receipts = await write_log(tmp_path, 2)
