@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from router.audit import AuditLog, load_key, verify
+from router.audit import AuditLog, Receipt, load_key, verify
 from router.audit.chain import GENESIS, canonical, digest, log_files
 from router.audit.query import Filter, records, report, residency_violations
 from router.errors import AuditUnavailable
@@ -154,6 +154,100 @@ async def test_disk_failure_refuses_then_recovers(
     await log.close()
     result = verify([tmp_path])
     assert result.ok and result.records == 2
+
+
+def fail_once(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, *, partial: bool) -> None:
+    """``owner.name`` raises RuntimeError on its first call (after writing a few bytes of
+    its data when ``partial``), then behaves."""
+    real = getattr(owner, name)
+    calls = itertools.count()
+
+    def broken(*args: Any) -> Any:
+        if next(calls) == 0:
+            if partial:
+                real(args[0], bytes(args[1])[:10])
+            raise RuntimeError("a bug, not a disk error")
+        return real(*args)
+
+    monkeypatch.setattr(owner, name, broken)
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "partial"),
+    [(AuditLog, "_write", False), (os, "write", True)],
+    ids=["write step raises", "raises after a partial write"],
+)
+async def test_any_write_failure_fails_the_batch_and_the_writer_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, partial: bool
+) -> None:
+    log = AuditLog(tmp_path)
+    log.open()
+    await log.append(rec(0))
+    fail_once(monkeypatch, owner, name, partial=partial)
+    with pytest.raises(AuditUnavailable, match="audit log unavailable: unexpected RuntimeError"):
+        await asyncio.wait_for(log.append(rec(1)), 10)
+    assert not log.healthy and log.sequence == 1
+    receipt = await asyncio.wait_for(log.append(rec(2)), 10)
+    assert receipt.sequence == 2 and log.healthy
+    await log.close()
+    result = verify([tmp_path])
+    assert result.ok, result.problem
+    assert result.records == 2 and result.last_hash == receipt.hash
+    assert [r["workflow_id"] for r in records([tmp_path])] == ["wf-0", "wf-2"]
+
+
+async def test_a_failing_head_write_does_not_undo_a_durable_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = AuditLog(tmp_path)
+    log.open()
+    fail_once(monkeypatch, AuditLog, "_write_head", partial=False)
+    first = await asyncio.wait_for(log.append(rec(0)), 10)
+    second = await asyncio.wait_for(log.append(rec(1)), 10)
+    await log.close()
+    assert (first.sequence, second.sequence) == (1, 2)
+    result = verify([tmp_path])
+    assert result.ok and result.records == 2, result.problem
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        (rec(1, token={"s3cret-value"}), "cannot be serialised: Object of type set is not JSON"),
+        (rec(1, seq=1, token="s3cret-value"), "it sets seq, which only the log may set"),
+    ],
+    ids=["not JSON-shaped", "sets a chain field"],
+)
+async def test_a_record_the_log_cannot_take_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: dict[str, Any], why: str
+) -> None:
+    log = AuditLog(tmp_path)
+    log.open()
+    batches: list[int] = []
+    commit = log._commit
+
+    async def counted(batch: list[Any]) -> None:
+        batches.append(len(batch))
+        await commit(batch)
+
+    monkeypatch.setattr(log, "_commit", counted)
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            log.append(rec(0)), log.append(bad), log.append(rec(2)), return_exceptions=True
+        ),
+        10,
+    )
+    await log.close()
+    assert batches == [3], "the three records were committed together"
+    first, failed, last = results
+    assert isinstance(failed, AuditUnavailable), failed
+    assert str(failed).startswith("audit record refused: ") and why in str(failed)
+    assert "s3cret" not in str(failed)
+    assert isinstance(first, Receipt) and isinstance(last, Receipt)
+    assert (first.sequence, last.sequence) == (1, 2)
+    assert [r["workflow_id"] for r in records([tmp_path])] == ["wf-0", "wf-2"]
+    result = verify([tmp_path])
+    assert result.ok and result.records == 2, result.problem
 
 
 # -- tampering: verify names the first bad record and what is wrong ------------------------
