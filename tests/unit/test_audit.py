@@ -17,6 +17,7 @@ import pytest
 from router.audit import AuditLog, Receipt, load_key, verify
 from router.audit.chain import GENESIS, canonical, digest, log_files
 from router.audit.query import Filter, records, report, residency_violations
+from router.cli import main
 from router.errors import AuditUnavailable
 
 KEY = b"k" * 32
@@ -372,6 +373,104 @@ def test_corrupted_middle_line(chain: Path) -> None:
     lines[1] = "not json"
     rewrite(f, lines)
     check(chain, "corrupted", f.name, 2, None)
+
+
+# -- `meridian audit verify`: each directory is its own chain --------------------------
+
+
+@pytest.fixture
+async def two_chains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A replica's chain and a codec server's, both intact, with the same file names and
+    sequence numbers (each starts at seq 1)."""
+    monkeypatch.delenv("MERIDIAN_AUDIT_KEY", raising=False)
+    replica, codec = tmp_path / "audit", tmp_path / "audit-codec-eu-west"
+    await write_log(replica, 12, max_file_bytes=2048)
+    await write_log(codec, 3)
+    return replica, codec
+
+
+def verify_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(["audit", "verify", *args])
+    return code, capsys.readouterr().out
+
+
+def test_verify_cli_checks_each_directory_alone(
+    two_chains: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    replica, codec = two_chains
+    code, out = verify_cli(capsys, str(replica), str(codec), "--json")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["ok"] is True
+    assert [
+        (c["path"], c["ok"], c["records"], c["last_seq"], c["problem"]) for c in doc["chains"]
+    ] == [
+        (str(replica), True, 12, 12, None),
+        (str(codec), True, 3, 3, None),
+    ]
+    assert doc["chains"][0]["files"] == len(log_files(replica)) > 1
+    assert doc["chains"][1]["last_hash"] == list(records([codec]))[-1]["hash"]
+    assert all(c["algorithms"] == ["sha256"] and c["notes"] == [] for c in doc["chains"])
+    code, out = verify_cli(capsys, str(replica), str(codec))
+    assert code == 0, out
+    assert f"{replica}: OK: 12 records" in out and f"{codec}: OK: 3 records" in out
+    # Files given one by one: one chain per directory.
+    files = [str(f) for f in [*log_files(codec), *log_files(replica)]]
+    code, out = verify_cli(capsys, *files, "--json")
+    assert code == 0, out
+    assert [(c["path"], c["records"]) for c in json.loads(out)["chains"]] == [
+        (str(codec), 3),
+        (str(replica), 12),
+    ]
+    # A directory and one of its files: still the one chain, read whole.
+    code, out = verify_cli(capsys, files[-1], str(replica), "--json")
+    assert code == 0, out
+    assert [(c["path"], c["records"]) for c in json.loads(out)["chains"]] == [(str(replica), 12)]
+
+
+def test_verify_cli_names_the_broken_chain_and_its_bad_record(
+    two_chains: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    replica, codec = two_chains
+    ((f, lines),) = lines_of(codec)
+    r = json.loads(lines[1])
+    r["why"] = "edited"
+    lines[1] = json.dumps(r)
+    rewrite(f, lines)
+    code, out = verify_cli(capsys, str(replica), str(codec), "--json")
+    assert code == 1, out
+    doc = json.loads(out)
+    assert doc["ok"] is False
+    intact, broken = doc["chains"]
+    assert (intact["path"], intact["ok"], intact["records"], intact["problem"]) == (
+        str(replica), True, 12, None,
+    )  # fmt: skip
+    assert (broken["path"], broken["ok"], broken["records"]) == (str(codec), False, 1)
+    assert broken["problem"] == {
+        "file": f.name, "line": 2, "seq": 2, "kind": "modified",
+        "detail": "the record does not match its hash (edited)",
+    }  # fmt: skip
+    code, out = verify_cli(capsys, str(replica), str(codec))
+    assert code == 1, out
+    assert f"{replica}: OK: 12 records" in out
+    assert f"{codec}: FAILED: {f.name}:2 seq 2: modified" in out
+
+
+def test_verify_cli_exit_codes(
+    two_chains: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    replica, _ = two_chains
+    keyed = tmp_path / "audit-keyed"
+    asyncio.run(write_log(keyed, 2, key=KEY))
+    code, out = verify_cli(capsys, str(replica), str(keyed))
+    assert code == 2, out
+    assert f"{replica}: OK" in out and f"{keyed}: FAILED" in out and "key-required" in out
+    f, lines = first_file(replica)
+    rewrite(f, lines[1:])
+    code, out = verify_cli(capsys, str(replica), str(keyed))
+    assert code == 1, "a broken chain outweighs one that could not be checked without its key"
+    assert main(["audit", "verify", str(tmp_path / "nowhere")]) == 1
+    assert "nowhere: no such file or directory" in capsys.readouterr().err
 
 
 def test_canonical_form_excludes_the_hash() -> None:
