@@ -13,7 +13,7 @@ from router.audit.records import (
     refusal_record,
 )
 from router.audit.sink import AuditSink, MemoryAuditSink
-from router.audit.verify import VerifyResult, verify
+from router.audit.verify import VerifyResult, verify, verify_chains
 
 __all__ = [
     "AuditLog",
@@ -30,4 +30,5 @@ __all__ = [
     "outcome_record",
     "refusal_record",
     "verify",
+    "verify_chains",
 ]

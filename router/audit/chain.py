@@ -21,6 +21,8 @@ ALG_SHA256 = "sha256"
 ALG_HMAC = "hmac-sha256"
 FILE_RE = re.compile(r"^audit-(\d{16})\.jsonl$")
 HEAD_NAME = "HEAD"
+# Set by the log on every record; a record appended with any of them is refused.
+CHAIN_FIELDS = frozenset({"alg", "prev", "seq", "hash"})
 
 
 def canonical(record: Mapping[str, Any]) -> bytes:

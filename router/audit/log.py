@@ -12,7 +12,9 @@ truncated rather than merely ending.
 If the disk refuses a write (full, read-only, permissions), the batch fails with
 ``AuditUnavailable``, the file is cut back to its last durable byte and the sequence is
 rolled back: callers refuse to act without a record, and the next append tries again,
-so the log recovers by itself when the disk does.
+so the log recovers by itself when the disk does. Any other failure of a commit is met
+the same way. A record the log cannot take (not JSON-shaped, or setting a chain field)
+fails its own append only, never the rest of its batch.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 from router.audit.chain import (
     ALG_HMAC,
     ALG_SHA256,
+    CHAIN_FIELDS,
     GENESIS,
     HEAD_NAME,
     file_name,
@@ -157,7 +160,8 @@ class AuditLog:
     # -- appending ---------------------------------------------------------------------
 
     async def append(self, record: Mapping[str, Any]) -> Receipt:
-        """Durably append ``record`` (a JSON-shaped mapping without seq/prev/hash)."""
+        """Durably append ``record`` (a JSON-shaped mapping without alg/seq/prev/hash);
+        ``AuditUnavailable`` when it is not written."""
         loop = asyncio.get_running_loop()
         pending = _Pending(dict(record), loop.create_future())
         self._queue.append(pending)
@@ -215,32 +219,58 @@ class AuditLog:
     async def _commit(self, batch: list[_Pending]) -> None:
         seq, last = self._seq, self._last
         chunks: list[bytes] = []
-        receipts: list[Receipt] = []
+        sealed: list[tuple[_Pending, Receipt]] = []
         try:
             rotate = self._fd is None or self._needs_rotation()
             first_seq = seq + 1
-            notes = self._notes if rotate else []
-            records = [*notes, *(p.record for p in batch)]
-            for i, body in enumerate(records):
+            # The file that will hold the batch: a new one, named after its first record,
+            # or the open one (named after ITS first record).
+            file = file_name(first_seq) if rotate or self._path is None else self._path.name
+            for body in self._notes if rotate else []:
                 seq += 1
-                rec = {"alg": self._alg, "prev": last, "seq": seq, **body}
-                rec.setdefault("time", utc(self._clock()))
-                last, sealed = seal(rec, self._key)
-                chunks.append(sealed)
-                if i >= len(notes):
-                    receipts.append(Receipt(seq, last, file_name(first_seq)))
-            data = b"".join(chunks)
-            await self._io(data, first_seq if rotate else None, seq, last)
-        except OSError as exc:
+                last, line = seal(self._chained(body, seq, last), self._key)
+                chunks.append(line)
+            for p in batch:
+                got = self._seal_or_refuse(p, seq + 1, last)
+                if got is not None:
+                    seq, (last, line) = seq + 1, got
+                    chunks.append(line)
+                    sealed.append((p, Receipt(seq, last, file)))
+            if not sealed:
+                return
+            await self._io(b"".join(chunks), first_seq if rotate else None, seq, last)
+        except Exception as exc:
+            # Whatever failed (the disk, or a bug), nothing of the batch is acknowledged and
+            # the chain's state stays where the last durable record left it.
             self._fail(batch, exc)
             return
         self._seq, self._last = seq, last
         if rotate:
             self._notes = []
         self.healthy, self.last_error = True, ""
-        for p, r in zip(batch, receipts, strict=True):
+        for p, r in sealed:
             if not p.future.done():
                 p.future.set_result(r)
+
+    def _chained(self, body: Mapping[str, Any], seq: int, prev: str) -> dict[str, Any]:
+        rec = {"alg": self._alg, "prev": prev, "seq": seq, **body}
+        rec.setdefault("time", utc(self._clock()))
+        return rec
+
+    def _seal_or_refuse(self, p: _Pending, seq: int, prev: str) -> tuple[str, bytes] | None:
+        """The hash and line of ``p``'s record as record ``seq``; or None, with ``p`` failed
+        alone, when the log cannot take the record (the rest of its batch goes on)."""
+        why = _refusal(p.record)
+        if why is None:
+            rec = self._chained(p.record, seq, prev)
+            try:
+                return seal(rec, self._key)
+            except (TypeError, ValueError, RecursionError) as exc:
+                # json's messages name types ("Object of type set ..."), never values.
+                why = f"it cannot be serialised: {exc}"
+        if not p.future.done():
+            p.future.set_exception(AuditUnavailable(f"audit record refused: {why}"))
+        return None
 
     def _needs_rotation(self) -> bool:
         return self._size >= self._max_bytes or self._clock() - self._opened_at >= self._max_age
@@ -258,14 +288,17 @@ class AuditLog:
                 view = view[n:]
             if self._fsync:
                 os.fsync(self._fd)
-        except OSError:
+        except BaseException:
             # Cut back to the last durable byte, so no partial line stays in the chain.
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, start)
             raise
         self._size = start + len(data)
-        with contextlib.suppress(OSError):
+        try:
             self._write_head(seq, last)
+        except Exception:
+            # The batch is durable and stands; HEAD may lag the log, never lead it.
+            log.warning("audit log %s: HEAD not updated", self.directory, exc_info=True)
 
     def _open_file(self, first_seq: int) -> None:
         path = self.directory / file_name(first_seq)
@@ -290,8 +323,12 @@ class AuditLog:
         text = json.dumps({"seq": seq, "hash": last, "file": name}).encode()
         os.pwrite(self._head_fd, text.ljust(_HEAD_BYTES - 1) + b"\n", 0)
 
-    def _fail(self, batch: list[_Pending], exc: OSError) -> None:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    def _fail(self, batch: list[_Pending], exc: Exception) -> None:
+        if isinstance(exc, OSError):
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        else:
+            reason = f"unexpected {type(exc).__name__}: {exc}"
+            log.error("audit log %s: unexpected failure", self.directory, exc_info=exc)
         self.healthy, self.last_error = False, reason
         if self._fd is not None and self._size == 0:
             # A file that never got a record: drop it, the next attempt reopens.
@@ -303,6 +340,14 @@ class AuditLog:
         for p in batch:
             if not p.future.done():
                 p.future.set_exception(error)
+
+
+def _refusal(record: Mapping[str, Any]) -> str | None:
+    """Why the log cannot take ``record`` as it is (never quoting its content), or None."""
+    clash = CHAIN_FIELDS & record.keys()
+    if clash:
+        return f"it sets {', '.join(sorted(clash))}, which only the log may set"
+    return None
 
 
 def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:

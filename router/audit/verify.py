@@ -1,6 +1,10 @@
 """Verify an audit chain across its files, as an auditor would, with nothing but the
 files (and the audit key, for an HMAC chain).
 
+Each directory holds one chain (a router replica's, or a codec server's in
+``audit-codec-<region>``), verified alone with its own HEAD: ``verify_chains`` takes
+several directories (or files, grouped by their directory) and gives a result per chain.
+
 Names the first bad record (file, line, sequence) and what is wrong with it: modified,
 deleted, reordered, inserted, spliced, truncated, or a corrupted line. A torn final line
 (a write a crash cut short, never acknowledged) is reported as such, not as tampering.
@@ -172,3 +176,28 @@ def verify(
         elif head["seq"] == result.last_seq and head.get("hash") != result.last_hash:
             result.notes.append("HEAD's hash differs from the last record's (HEAD was edited)")
     return result
+
+
+def chains(paths: Iterable[Path]) -> list[tuple[Path, list[Path]]]:
+    """The chains among ``paths``, in the order given, as (directory, what ``verify``
+    reads): a directory is one chain; files given one by one are grouped by their
+    directory (and checked without its HEAD, which speaks for the whole directory)."""
+    found: dict[Path, tuple[Path, list[Path]]] = {}
+    whole: set[Path] = set()
+    for p in paths:
+        directory = p if p.is_dir() else p.parent
+        key = directory.resolve()
+        _, members = found.setdefault(key, (directory, []))
+        if p.is_dir():
+            whole.add(key)
+            members[:] = [p]
+        elif key not in whole:
+            members.append(p)
+    return list(found.values())
+
+
+def verify_chains(
+    paths: Iterable[Path], *, key: bytes | None = None
+) -> list[tuple[Path, VerifyResult]]:
+    """Each chain among ``paths`` (see ``chains``) verified alone: a result per chain."""
+    return [(directory, verify(members, key=key)) for directory, members in chains(paths)]

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from router.cli.common import config_args, render_table
 from router.errors import MeridianError
+
+if TYPE_CHECKING:
+    from router.audit import VerifyResult
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -158,7 +161,11 @@ def cmd_config_diff(args: argparse.Namespace) -> int:
 def _audit_paths(args: argparse.Namespace) -> list[Path]:
     from router.paths import meridian_home
 
-    return [Path(p) for p in args.paths] or [meridian_home() / "audit"]
+    paths = [Path(p) for p in args.paths] or [meridian_home() / "audit"]
+    for p in paths:
+        if not p.exists():
+            raise MeridianError(f"{p}: no such file or directory")
+    return paths
 
 
 def _audit_key(args: argparse.Namespace) -> bytes | None:
@@ -167,34 +174,43 @@ def _audit_key(args: argparse.Namespace) -> bytes | None:
     return load_key(Path(args.key_file) if args.key_file else None)
 
 
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from router.audit import verify
+def _chain_json(directory: Path, result: VerifyResult) -> dict[str, Any]:
+    p = result.problem
+    return {
+        "path": str(directory), "ok": result.ok, "records": result.records,
+        "files": result.files, "last_seq": result.last_seq, "last_hash": result.last_hash,
+        "algorithms": sorted(result.algs), "notes": result.notes,
+        "problem": None if p is None else {
+            "file": p.file, "line": p.line, "seq": p.seq, "kind": p.kind, "detail": p.detail,
+        },
+    }  # fmt: skip
 
-    paths = _audit_paths(args)
-    result = verify(paths, key=_audit_key(args))
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from router.audit import verify_chains
+
+    # Each directory is its own chain (a replica's, a codec server's), verified alone.
+    results = verify_chains(_audit_paths(args), key=_audit_key(args))
     if args.json:
         print(json.dumps({
-            "ok": result.ok, "records": result.records, "files": result.files,
-            "last_seq": result.last_seq, "last_hash": result.last_hash,
-            "algorithms": sorted(result.algs), "notes": result.notes,
-            "problem": None if result.problem is None else {
-                "file": result.problem.file, "line": result.problem.line,
-                "seq": result.problem.seq, "kind": result.problem.kind,
-                "detail": result.problem.detail,
-            },
+            "ok": all(r.ok for _, r in results),
+            "chains": [_chain_json(directory, r) for directory, r in results],
         }, indent=2))  # fmt: skip
     else:
-        for note in result.notes:
-            print(f"note: {note}")
-        if result.ok:
-            algs = ", ".join(sorted(result.algs)) or "no records"
-            print(f"OK: {result.records} records in {result.files} file(s), chain intact ({algs}); "
-                  f"last seq {result.last_seq} hash {result.last_hash}")  # fmt: skip
-        else:
-            print(f"FAILED: {result.problem}")
-    if result.problem is not None and result.problem.kind == "key-required":
-        return 2
-    return 0 if result.ok else 1
+        for directory, r in results:
+            for note in r.notes:
+                print(f"note: {directory}: {note}")
+            if r.problem is None:
+                algs = ", ".join(sorted(r.algs)) or "no records"
+                print(f"{directory}: OK: {r.records} records in {r.files} file(s), chain intact "
+                      f"({algs}); last seq {r.last_seq} hash {r.last_hash}")  # fmt: skip
+            else:
+                print(f"{directory}: FAILED: {r.problem}")
+    kinds = {r.problem.kind for _, r in results if r.problem is not None}
+    # A broken chain outweighs one that could not be checked without its key.
+    if kinds - {"key-required"}:
+        return 1
+    return 2 if kinds else 0
 
 
 def _filter(args: argparse.Namespace) -> Any:
@@ -317,7 +333,9 @@ def add_parsers(sub: Any) -> None:
     audit = sub.add_parser("audit", help="verify, query and report on the audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     paths_help = "log directories or files (default: $MERIDIAN_HOME/audit)"
-    av = audit_sub.add_parser("verify", help="check the hash chain; exit 0 when intact")
+    av = audit_sub.add_parser(
+        "verify", help="check each directory's hash chain alone; exit 0 when all are intact"
+    )
     av.add_argument("paths", nargs="*", help=paths_help)
     av.add_argument("--key-file", help="the audit HMAC key (or $MERIDIAN_AUDIT_KEY)")
     av.add_argument("--json", action="store_true")

@@ -5,8 +5,9 @@ reply are proto3 JSON ``Payloads``. The Temporal CLI (``--codec-endpoint``) and 
 use it to show (and, for ``workflow start``, write) the region's encrypted payloads.
 
 It serves only its own region's namespaces (403 otherwise), only with a bearer token of
-its own region (401 otherwise), answers CORS preflights for configured UI origins, caps
-bodies (413), and reports bad input as 400 with a JSON error, never a 500 with a trace.
+its own region (401 otherwise), and hands both refusals to its audit hook; it answers
+CORS preflights for configured UI origins, caps bodies (413), and reports bad input as
+400 with a JSON error, never a 500 with a trace.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ class CodecServer:
         self.codec = codec
         self.namespaces = namespaces
         self.tokens = tuple(tokens)
-        # (remote, path, why) of each rejected request: the audit log's auth.failure.
+        # (remote, path, why) of each request refused for its token (401) or for a
+        # namespace of another region (403): the audit log's auth.failure.
         self.on_auth_failure = on_auth_failure
         self.app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes)
         self.app[MAX_BODY] = max_body_bytes
@@ -115,10 +117,6 @@ class CodecServer:
         ns = path or header
         if not ns:
             raise Refused(400, "namespace required: X-Namespace header or /{namespace}/ path")
-        if ns not in self.namespaces:
-            raise Refused(
-                403, f"namespace {ns!r} is not served by the {self.codec.region} codec server"
-            )
         return ns
 
     async def _payloads(self, request: web.Request) -> Payloads:
@@ -128,31 +126,32 @@ class CodecServer:
         except (json_format.ParseError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise Refused(400, f"body is not proto3 JSON Payloads: {exc}") from None
 
+    async def _rejected(self, request: web.Request, why: str) -> None:
+        """Log and audit a request refused for who asks (401) or what they ask for (403)."""
+        region = self.codec.region
+        log.warning("codec server %s: rejected %s %s from %s: %s",
+                    region, request.method, request.path, request.remote, why)  # fmt: skip
+        if self.on_auth_failure is not None:
+            try:
+                await self.on_auth_failure(request.remote or "", request.path, why)
+            except Exception:
+                log.exception("codec server %s: could not audit an auth failure", region)
+
     async def _serve(self, request: web.Request, op: str) -> web.Response:
         presented = request.headers.get("Authorization")
         if not token_ok(presented, self.tokens):
             why = "missing bearer token" if not presented else "invalid bearer token"
-            log.warning(
-                "codec server %s: rejected %s %s from %s: %s",
-                self.codec.region,
-                request.method,
-                request.path,
-                request.remote,
-                why,
-            )
-            if self.on_auth_failure is not None:
-                try:
-                    await self.on_auth_failure(request.remote or "", request.path, why)
-                except Exception:
-                    log.exception(
-                        "codec server %s: could not audit an auth failure", self.codec.region
-                    )
+            await self._rejected(request, why)
             return web.json_response(
                 {"error": "missing or invalid bearer token"},
                 status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="meridian-codec"'},
             )
         ns = self._namespace(request)
+        if ns not in self.namespaces:
+            region = self.codec.region
+            await self._rejected(request, f"namespace {ns!r} is not a namespace of region {region}")
+            raise Refused(403, f"namespace {ns!r} is not served by the {region} codec server")
         payloads = await self._payloads(request)
         try:
             if op == "encode":

@@ -25,6 +25,7 @@ from temporalio.client import Client
 from benchmarks.fleet import Fleet
 from router.audit import verify
 from router.audit.query import records
+from router.codec.tokens import load_tokens
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 from tests.integration.conftest import ROOT, DevProcess
@@ -120,19 +121,28 @@ async def test_receipts_and_auditor_tools_on_a_real_run(
 
 async def test_codec_server_auth_failures_are_audited(dev: DevProcess) -> None:
     region = dev.config.table.regions["eu-west"]
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
+    token = load_tokens("eu-west", dev.home / "keys", environ={})[0].decode()
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
             f"http://{region.codec_server}/eu-west/decode",
             json={"payloads": []},
             headers={"Authorization": "Bearer not-the-token-not-the-token"},
-        ) as resp,
-    ):
-        assert resp.status == 401
+        ) as resp:
+            assert resp.status == 401
+        async with http.post(
+            f"http://{region.codec_server}/us-east/decode",  # another region's namespace
+            json={"payloads": []},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as resp:
+            assert resp.status == 403
     audit_dir = dev.home / "audit-codec-eu-west"
     failures = [r for r in records([audit_dir]) if r["kind"] == "auth.failure"]
-    assert failures and failures[-1]["why"] == "invalid bearer token"
-    assert "not-the-token" not in json.dumps(failures)
+    assert [(f["path"], f["why"]) for f in failures[-2:]] == [
+        ("/eu-west/decode", "invalid bearer token"),
+        ("/us-east/decode", "namespace 'us-east' is not a namespace of region eu-west"),
+    ]
+    assert {(f["component"], f["region"]) for f in failures} == {("codec-server", "eu-west")}
+    assert "not-the-token" not in json.dumps(failures) and token not in json.dumps(failures)
     out = audit_cli("verify", str(audit_dir), "--key-file", str(dev.home / "keys" / "audit.key"))
     assert out.returncode == 0, out.stdout
 

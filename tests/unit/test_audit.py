@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from router.audit import AuditLog, load_key, verify
+from router.audit import AuditLog, Receipt, load_key, verify
 from router.audit.chain import GENESIS, canonical, digest, log_files
 from router.audit.query import Filter, records, report, residency_violations
+from router.cli import main
 from router.errors import AuditUnavailable
 
 KEY = b"k" * 32
@@ -86,6 +87,24 @@ async def test_rotation_continues_the_chain(tmp_path: Path) -> None:
     assert result.ok and result.records == 40
 
 
+async def test_every_receipt_names_the_file_that_holds_its_record(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path, max_file_bytes=4096)
+    log.open()
+    receipts = []
+    for i in range(0, 60, 3):
+        receipts.append(await log.append(rec(i)))  # a batch of one
+        receipts += await asyncio.gather(log.append(rec(i + 1)), log.append(rec(i + 2)))
+    await log.close()
+    assert len(log_files(tmp_path)) > 2, "the records span several files"
+    for r in receipts:
+        path = tmp_path / r.file
+        assert path.is_file(), f"receipt of seq {r.sequence} names {r.file}, which does not exist"
+        held = [json.loads(line) for line in path.read_text().splitlines()]
+        assert any(h["seq"] == r.sequence and h["hash"] == r.hash for h in held), (
+            f"{r.file} does not hold seq {r.sequence}"
+        )
+
+
 async def test_restart_continues_in_a_new_file(tmp_path: Path) -> None:
     await write_log(tmp_path, 3)
     receipts = await write_log(tmp_path, 2)
@@ -136,6 +155,100 @@ async def test_disk_failure_refuses_then_recovers(
     await log.close()
     result = verify([tmp_path])
     assert result.ok and result.records == 2
+
+
+def fail_once(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, *, partial: bool) -> None:
+    """``owner.name`` raises RuntimeError on its first call (after writing a few bytes of
+    its data when ``partial``), then behaves."""
+    real = getattr(owner, name)
+    calls = itertools.count()
+
+    def broken(*args: Any) -> Any:
+        if next(calls) == 0:
+            if partial:
+                real(args[0], bytes(args[1])[:10])
+            raise RuntimeError("a bug, not a disk error")
+        return real(*args)
+
+    monkeypatch.setattr(owner, name, broken)
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "partial"),
+    [(AuditLog, "_write", False), (os, "write", True)],
+    ids=["write step raises", "raises after a partial write"],
+)
+async def test_any_write_failure_fails_the_batch_and_the_writer_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, partial: bool
+) -> None:
+    log = AuditLog(tmp_path)
+    log.open()
+    await log.append(rec(0))
+    fail_once(monkeypatch, owner, name, partial=partial)
+    with pytest.raises(AuditUnavailable, match="audit log unavailable: unexpected RuntimeError"):
+        await asyncio.wait_for(log.append(rec(1)), 10)
+    assert not log.healthy and log.sequence == 1
+    receipt = await asyncio.wait_for(log.append(rec(2)), 10)
+    assert receipt.sequence == 2 and log.healthy
+    await log.close()
+    result = verify([tmp_path])
+    assert result.ok, result.problem
+    assert result.records == 2 and result.last_hash == receipt.hash
+    assert [r["workflow_id"] for r in records([tmp_path])] == ["wf-0", "wf-2"]
+
+
+async def test_a_failing_head_write_does_not_undo_a_durable_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = AuditLog(tmp_path)
+    log.open()
+    fail_once(monkeypatch, AuditLog, "_write_head", partial=False)
+    first = await asyncio.wait_for(log.append(rec(0)), 10)
+    second = await asyncio.wait_for(log.append(rec(1)), 10)
+    await log.close()
+    assert (first.sequence, second.sequence) == (1, 2)
+    result = verify([tmp_path])
+    assert result.ok and result.records == 2, result.problem
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        (rec(1, token={"s3cret-value"}), "cannot be serialised: Object of type set is not JSON"),
+        (rec(1, seq=1, token="s3cret-value"), "it sets seq, which only the log may set"),
+    ],
+    ids=["not JSON-shaped", "sets a chain field"],
+)
+async def test_a_record_the_log_cannot_take_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: dict[str, Any], why: str
+) -> None:
+    log = AuditLog(tmp_path)
+    log.open()
+    batches: list[int] = []
+    commit = log._commit
+
+    async def counted(batch: list[Any]) -> None:
+        batches.append(len(batch))
+        await commit(batch)
+
+    monkeypatch.setattr(log, "_commit", counted)
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            log.append(rec(0)), log.append(bad), log.append(rec(2)), return_exceptions=True
+        ),
+        10,
+    )
+    await log.close()
+    assert batches == [3], "the three records were committed together"
+    first, failed, last = results
+    assert isinstance(failed, AuditUnavailable), failed
+    assert str(failed).startswith("audit record refused: ") and why in str(failed)
+    assert "s3cret" not in str(failed)
+    assert isinstance(first, Receipt) and isinstance(last, Receipt)
+    assert (first.sequence, last.sequence) == (1, 2)
+    assert [r["workflow_id"] for r in records([tmp_path])] == ["wf-0", "wf-2"]
+    result = verify([tmp_path])
+    assert result.ok and result.records == 2, result.problem
 
 
 # -- tampering: verify names the first bad record and what is wrong ------------------------
@@ -260,6 +373,104 @@ def test_corrupted_middle_line(chain: Path) -> None:
     lines[1] = "not json"
     rewrite(f, lines)
     check(chain, "corrupted", f.name, 2, None)
+
+
+# -- `meridian audit verify`: each directory is its own chain --------------------------
+
+
+@pytest.fixture
+async def two_chains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A replica's chain and a codec server's, both intact, with the same file names and
+    sequence numbers (each starts at seq 1)."""
+    monkeypatch.delenv("MERIDIAN_AUDIT_KEY", raising=False)
+    replica, codec = tmp_path / "audit", tmp_path / "audit-codec-eu-west"
+    await write_log(replica, 12, max_file_bytes=2048)
+    await write_log(codec, 3)
+    return replica, codec
+
+
+def verify_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(["audit", "verify", *args])
+    return code, capsys.readouterr().out
+
+
+def test_verify_cli_checks_each_directory_alone(
+    two_chains: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    replica, codec = two_chains
+    code, out = verify_cli(capsys, str(replica), str(codec), "--json")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["ok"] is True
+    assert [
+        (c["path"], c["ok"], c["records"], c["last_seq"], c["problem"]) for c in doc["chains"]
+    ] == [
+        (str(replica), True, 12, 12, None),
+        (str(codec), True, 3, 3, None),
+    ]
+    assert doc["chains"][0]["files"] == len(log_files(replica)) > 1
+    assert doc["chains"][1]["last_hash"] == list(records([codec]))[-1]["hash"]
+    assert all(c["algorithms"] == ["sha256"] and c["notes"] == [] for c in doc["chains"])
+    code, out = verify_cli(capsys, str(replica), str(codec))
+    assert code == 0, out
+    assert f"{replica}: OK: 12 records" in out and f"{codec}: OK: 3 records" in out
+    # Files given one by one: one chain per directory.
+    files = [str(f) for f in [*log_files(codec), *log_files(replica)]]
+    code, out = verify_cli(capsys, *files, "--json")
+    assert code == 0, out
+    assert [(c["path"], c["records"]) for c in json.loads(out)["chains"]] == [
+        (str(codec), 3),
+        (str(replica), 12),
+    ]
+    # A directory and one of its files: still the one chain, read whole.
+    code, out = verify_cli(capsys, files[-1], str(replica), "--json")
+    assert code == 0, out
+    assert [(c["path"], c["records"]) for c in json.loads(out)["chains"]] == [(str(replica), 12)]
+
+
+def test_verify_cli_names_the_broken_chain_and_its_bad_record(
+    two_chains: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    replica, codec = two_chains
+    ((f, lines),) = lines_of(codec)
+    r = json.loads(lines[1])
+    r["why"] = "edited"
+    lines[1] = json.dumps(r)
+    rewrite(f, lines)
+    code, out = verify_cli(capsys, str(replica), str(codec), "--json")
+    assert code == 1, out
+    doc = json.loads(out)
+    assert doc["ok"] is False
+    intact, broken = doc["chains"]
+    assert (intact["path"], intact["ok"], intact["records"], intact["problem"]) == (
+        str(replica), True, 12, None,
+    )  # fmt: skip
+    assert (broken["path"], broken["ok"], broken["records"]) == (str(codec), False, 1)
+    assert broken["problem"] == {
+        "file": f.name, "line": 2, "seq": 2, "kind": "modified",
+        "detail": "the record does not match its hash (edited)",
+    }  # fmt: skip
+    code, out = verify_cli(capsys, str(replica), str(codec))
+    assert code == 1, out
+    assert f"{replica}: OK: 12 records" in out
+    assert f"{codec}: FAILED: {f.name}:2 seq 2: modified" in out
+
+
+def test_verify_cli_exit_codes(
+    two_chains: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    replica, _ = two_chains
+    keyed = tmp_path / "audit-keyed"
+    asyncio.run(write_log(keyed, 2, key=KEY))
+    code, out = verify_cli(capsys, str(replica), str(keyed))
+    assert code == 2, out
+    assert f"{replica}: OK" in out and f"{keyed}: FAILED" in out and "key-required" in out
+    f, lines = first_file(replica)
+    rewrite(f, lines[1:])
+    code, out = verify_cli(capsys, str(replica), str(keyed))
+    assert code == 1, "a broken chain outweighs one that could not be checked without its key"
+    assert main(["audit", "verify", str(tmp_path / "nowhere")]) == 1
+    assert "nowhere: no such file or directory" in capsys.readouterr().err
 
 
 def test_canonical_form_excludes_the_hash() -> None:

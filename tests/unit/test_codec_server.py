@@ -6,11 +6,14 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from router.audit import AuditLog, auth_failure_record, verify
+from router.audit.query import records
 from router.codec import RegionCodec, new_ring
 from router.codec.server import CodecServer
 
@@ -82,6 +85,72 @@ async def test_namespaces(client: TestClient[Any, Any]) -> None:
         "/eu-west/decode", json=payloads("x"), headers={**AUTH, "X-Namespace": "us-east"}
     )
     assert clash.status == 400 and "differ" in (await clash.json())["error"]
+
+
+@pytest.fixture
+async def audited(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], Path]]:
+    """The eu-west codec server with its own audit chain, wired as `meridian codec-server`
+    wires it."""
+    audit = AuditLog(tmp_path / "audit-codec-eu-west")
+    audit.open()
+
+    async def auth_failed(remote: str, path: str, why: str) -> None:
+        await audit.append(auth_failure_record(
+            component="codec-server", region="eu-west", remote=remote, path=path, why=why
+        ))  # fmt: skip
+
+    server = CodecServer(
+        RegionCodec(new_ring("eu-west")),
+        namespaces=frozenset({"eu-west"}),
+        tokens=[TOKEN.encode()],
+        on_auth_failure=auth_failed,
+    )
+    try:
+        async with TestClient(TestServer(server.app)) as c:
+            yield c, audit.directory
+    finally:
+        await audit.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "namespace_header"),
+    [("/us-east/decode", None), ("/encode", "us-east")],
+    ids=["path form", "header form"],
+)
+async def test_wrong_region_namespace_is_audited(
+    audited: tuple[TestClient[Any, Any], Path], path: str, namespace_header: str | None
+) -> None:
+    client, directory = audited
+    body = payloads("a-secret-payload")
+    headers = {**AUTH, **({"X-Namespace": namespace_header} if namespace_header else {})}
+    resp = await client.post(path, json=body, headers=headers)
+    assert resp.status == 403
+    failures = [r for r in records([directory]) if r["kind"] == "auth.failure"]
+    assert len(failures) == 1, failures
+    (f,) = failures
+    assert (f["component"], f["region"], f["path"], f["why"]) == (
+        "codec-server",
+        "eu-west",
+        path,
+        "namespace 'us-east' is not a namespace of region eu-west",
+    )
+    assert f["remote"] == "127.0.0.1"
+    raw = "".join(p.read_text() for p in directory.glob("audit-*.jsonl"))
+    assert TOKEN not in raw and body["payloads"][0]["data"] not in raw
+    assert verify([directory]).ok
+
+
+async def test_a_request_for_the_regions_namespace_is_not_audited(
+    audited: tuple[TestClient[Any, Any], Path],
+) -> None:
+    client, directory = audited
+    resp = await client.post("/eu-west/encode", json=payloads("x"), headers=AUTH)
+    assert resp.status == 200
+    assert list(records([directory])) == []
+    # The 401 path is audited (the check above can see a record when there is one).
+    resp = await client.post("/eu-west/encode", json=payloads("x"))
+    assert resp.status == 401
+    assert [r["why"] for r in records([directory])] == ["missing bearer token"]
 
 
 @pytest.mark.parametrize(
