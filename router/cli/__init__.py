@@ -10,12 +10,31 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from router.cli import admin, client, run
-from router.cli.common import render_table, setup_logging
+from router.cli.common import render_table, setup_logging, version
 from router.errors import ConfigError, MeridianError, StackError
 
 __all__ = ["build_parser", "main", "render_table"]
+
+
+class _Version(argparse.Action):
+    """argparse's "version" action, but the version is looked up only when asked for:
+    reading package metadata costs every other invocation time for nothing."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"meridian {version()}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="meridian", description="Residency-aware multi-region routing for Temporal."
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument("--version", action=_Version, help="print the version and exit")
+    sub = p.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="what to do (COMMAND -h: its options)",
+    )
     run.add_parsers(sub)
     client.add_parsers(sub)
     admin.add_parsers(sub)

@@ -12,57 +12,94 @@ from router.errors import MeridianError
 
 if TYPE_CHECKING:
     from router.audit import VerifyResult
+    from router.codec.keys import KeyRing
+
+
+def _regions(args: argparse.Namespace) -> list[str]:
+    """The regions a keys action works on: --region (one the config knows) or all."""
+    from router.config.load import load
+
+    known = list(load(args.config).table.regions)
+    if args.region is None:
+        return known
+    if args.region not in known:
+        raise MeridianError(f"--region: unknown region {args.region!r} (known: {', '.join(known)})")
+    return [args.region]
+
+
+def _ring_row(region: str, ring: KeyRing | None, path: Path, error: str = "") -> dict[str, Any]:
+    return {
+        "region": region,
+        "active_key": ring.active if ring else "",
+        "key_ids": list(ring.keys) if ring else [],
+        "file": str(path),
+        "error": error,
+    }
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from router.codec import FileKeyProvider
     from router.codec.secrets import ensure_secrets
-    from router.config.load import load
     from router.errors import KeyRingError
     from router.paths import keys_dir
 
+    regions = _regions(args)
     directory = keys_dir(args.keys_dir)
     provider = FileKeyProvider(directory)
-    regions = list(load(args.config).table.regions) if args.region is None else [args.region]
-    rows: list[tuple[str, ...]] = []
     if args.action == "init":
         made = ensure_secrets(directory, regions)
-        rows = [(what, str(path), "created") for what, path in made] or [
-            ("all secrets", str(directory), "kept (they exist)")
-        ]
-        regions = []
-    for region in regions:
-        path = provider.path(region)
-        if args.action == "rotate":
-            ring = provider.load(region).rotated()
-            provider.save(ring)
-            rows.append((region, ring.active, str(path), f"rotated; {len(ring.keys)} keys"))
-        else:
-            try:
-                ring = provider.load(region)
-            except KeyRingError as exc:
-                rows.append((region, "", str(path), exc.message))
-                continue
-            rows.append(
-                (region, ring.active, str(path), f"{len(ring.keys)} keys: {', '.join(ring.keys)}")
+        if args.json:
+            print(
+                json.dumps([{"secret": what, "file": str(path)} for what, path in made], indent=2)
             )
-    headers = ["secret", "file", "note"] if args.action == "init" else [
-        "region", "active key", "file", "note"
-    ]  # fmt: skip
-    if args.json:
-        print(json.dumps([dict(zip(headers, r, strict=True)) for r in rows]))
+        else:
+            created = [(what, str(path), "created") for what, path in made]
+            kept = [("all secrets", str(directory), "kept (they exist)")]
+            print(render_table(["secret", "file", "note"], created or kept))
+        return 0
+    rows: list[dict[str, Any]] = []
+    if args.action == "rotate":
+        # Every ring loads before any is rotated: a bad one stops the whole rotation.
+        rings = [provider.load(region).rotated() for region in regions]
+        for ring in rings:
+            rows.append(_ring_row(ring.region, ring, provider.save(ring)))
     else:
-        print(render_table(headers, rows))
+        for region in regions:
+            try:
+                rows.append(_ring_row(region, provider.load(region), provider.path(region)))
+            except KeyRingError as exc:
+                rows.append(_ring_row(region, None, provider.path(region), exc.message))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    note = "rotated; {n} keys" if args.action == "rotate" else "{n} keys: {ids}"
+    print(render_table(["region", "active key", "file", "note"], [
+        (r["region"], r["active_key"], r["file"],
+         r["error"] or note.format(n=len(r["key_ids"]), ids=", ".join(r["key_ids"])))
+        for r in rows
+    ]))  # fmt: skip
     return 0
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
     from router.config.load import load_file
+    from router.errors import ConfigError
 
-    config = load_file(args.file)
+    try:
+        config = load_file(args.file)
+    except ConfigError as exc:
+        if not args.json:
+            raise  # main() prints it on stderr
+        errors = [{"path": e.path, "message": e.message} for e in exc.errors]
+        print(json.dumps({"valid": False, "source": exc.source, "errors": errors}, indent=2))
+        return 2
     table = config.table
     if args.json:
-        print(json.dumps({"valid": True, "version": config.version, "source": config.source}))
+        print(
+            json.dumps(
+                {"valid": True, "version": config.version, "source": config.source}, indent=2
+            )
+        )
     else:
         print(
             f"{args.file}: valid (version {config.version}): {len(table.zones)} zones, "
@@ -79,7 +116,9 @@ def _consul(args: argparse.Namespace) -> Any:
 
     if not args.consul:
         raise MeridianError("--consul: required (host:port of a Consul agent)")
-    address = ConsulAddress.parse(args.consul, args.prefix, os.environ.get("CONSUL_HTTP_TOKEN"))
+    address = ConsulAddress.parse(
+        args.consul, args.consul_prefix, os.environ.get("CONSUL_HTTP_TOKEN")
+    )
     return ConsulClient(address)
 
 
@@ -324,28 +363,46 @@ def add_parsers(sub: Any) -> None:
         "keys",
         help="secrets: init (key rings, codec tokens, audit key), rotate (new active key), list",
     )
-    keys.add_argument("action", choices=["init", "rotate", "list"])
-    config_args(keys)
-    keys.add_argument("--region", help="one region (default: every region in config)")
-    keys.add_argument("--json", action="store_true")
-    keys.set_defaults(func=cmd_keys)
+    keys_sub = keys.add_subparsers(
+        dest="action", required=True, metavar="ACTION", help="what to do with the secrets"
+    )
+    init = keys_sub.add_parser("init", help="create the secrets that are missing; keep the rest")
+    rotate = keys_sub.add_parser(
+        "rotate", help="give a region's ring a new active key; old keys stay to decrypt"
+    )
+    listing = keys_sub.add_parser("list", help="each region's active key and key ids")
+    for sp in (init, rotate, listing):
+        config_args(sp)
+        sp.set_defaults(func=cmd_keys)
+    init.add_argument("--region", help="one region (default: every region in the config)")
+    init.add_argument("--json", action="store_true", help="print the files created, as JSON")
+    which = rotate.add_mutually_exclusive_group(required=True)
+    which.add_argument("--region", help="the region to rotate")
+    which.add_argument("--all", action="store_true", help="rotate every region in the config")
+    rotate.add_argument("--json", action="store_true", help="print the rotated rings as JSON")
+    listing.add_argument("--region", help="one region (default: every region in the config)")
+    listing.add_argument("--json", action="store_true", help="print the rings as JSON")
 
     audit = sub.add_parser("audit", help="verify, query and report on the audit log")
-    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    audit_sub = audit.add_subparsers(
+        dest="audit_command", required=True, metavar="ACTION", help="what to do with the log"
+    )
     paths_help = "log directories or files (default: $MERIDIAN_HOME/audit)"
     av = audit_sub.add_parser(
         "verify", help="check each directory's hash chain alone; exit 0 when all are intact"
     )
     av.add_argument("paths", nargs="*", help=paths_help)
     av.add_argument("--key-file", help="the audit HMAC key (or $MERIDIAN_AUDIT_KEY)")
-    av.add_argument("--json", action="store_true")
+    av.add_argument("--json", action="store_true", help="print the result as JSON")
     av.set_defaults(func=cmd_audit_verify)
     aq = audit_sub.add_parser("query", help="find records")
     aq.add_argument("paths", nargs="*", help=paths_help)
-    aq.add_argument("--workflow-id")
-    aq.add_argument("--tenant")
-    aq.add_argument("--region")
-    aq.add_argument("--zone")
+    aq.add_argument("--workflow-id", help="records of this workflow")
+    aq.add_argument("--tenant", help="records of this tenant")
+    aq.add_argument(
+        "--region", help="records whose region is this (decisions, flips, auth failures)"
+    )
+    aq.add_argument("--zone", help="records whose zone is this")
     aq.add_argument("--kind", help="prefix: route, route.decision, start, flip, config, auth")
     aq.add_argument("--seq", type=int, help="one record by sequence number (a receipt)")
     aq.add_argument("--since", help="ISO 8601, inclusive")
@@ -357,32 +414,39 @@ def add_parsers(sub: Any) -> None:
     ar.add_argument("paths", nargs="*", help=paths_help)
     ar.add_argument("--since", help="ISO 8601, inclusive")
     ar.add_argument("--until", help="ISO 8601, exclusive")
-    ar.add_argument("--json", action="store_true")
+    ar.add_argument("--json", action="store_true", help="print the report as JSON")
     ar.set_defaults(func=cmd_audit_report)
 
     config = sub.add_parser("config", help="routing config tools")
-    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    config_sub = config.add_subparsers(
+        dest="config_command", required=True, metavar="ACTION", help="what to do with a config"
+    )
     validate = config_sub.add_parser("validate", help="check a config file; list every error")
-    validate.add_argument("file")
-    validate.add_argument("--json", action="store_true")
+    validate.add_argument("file", help="the config YAML")
+    validate.add_argument(
+        "--json", action="store_true",
+        help='print {"valid": ..., "source": ..., "errors": [{"path", "message"}]}',
+    )  # fmt: skip
     validate.set_defaults(func=cmd_config_validate)
 
     def consul_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
             "--consul", help="host:port of a Consul agent ($CONSUL_HTTP_TOKEN for ACLs)"
         )
-        sp.add_argument("--prefix", default="meridian/", help="KV prefix (default meridian/)")
+        sp.add_argument(
+            "--consul-prefix", default="meridian/", help="KV prefix (default meridian/)"
+        )
 
     push = config_sub.add_parser("push", help="validate a config, then write it to Consul (CAS)")
-    push.add_argument("file")
+    push.add_argument("file", help="the config YAML to push")
     consul_args(push)
     push.add_argument("--cas", type=int, help="expected ModifyIndex (default: the one just read)")
     push.set_defaults(func=cmd_config_push)
     cdiff = config_sub.add_parser("diff", help="what would change in routing")
-    cdiff.add_argument("file")
+    cdiff.add_argument("file", help="the new config YAML")
     consul_args(cdiff)
     cdiff.add_argument(
         "--against", help="compare with this file (default: Consul's, else the embedded default)"
     )
-    cdiff.add_argument("--json", action="store_true")
+    cdiff.add_argument("--json", action="store_true", help="print the changes as JSON")
     cdiff.set_defaults(func=cmd_config_diff)

@@ -7,8 +7,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from router.cli.common import DEFAULT_ROUTER, render_table
+from router.cli.common import DEFAULT_ROUTER, positive_seconds, render_table
+from router.cli.render import message_rows, message_to_json
 from router.errors import MeridianError
+
+DATA_CLASSES = ("public", "internal", "pii", "financial")
+PRIORITIES = ("low", "normal", "high")
 
 
 def _stub(router: str) -> tuple[Any, Any]:
@@ -30,33 +34,31 @@ def _rpc(call: Callable[[], Any], router: str) -> Any:
         raise MeridianError(f"router {router}: {code.name}: {details}") from None
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from google.protobuf import json_format
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
 
+
+def cmd_status(args: argparse.Namespace) -> int:
     from router.v1 import router_pb2 as pb
 
     _, admin = _stub(args.router)
-    topo = _rpc(
-        lambda: admin.GetTopology(pb.GetTopologyRequest(), timeout=args.timeout), args.router
+    topo = message_to_json(
+        _rpc(lambda: admin.GetTopology(pb.GetTopologyRequest(), timeout=args.timeout), args.router)
     )
     if args.json:
-        print(
-            json.dumps(json_format.MessageToDict(topo, preserving_proto_field_name=True), indent=2)
-        )
+        _print_json(topo)
         return 0
-    print(f"config version {topo.config_version} from {topo.config_source}; "
-          f"default region {topo.default_region}")  # fmt: skip
-    if topo.consul:
-        reach = "reachable" if topo.consul_reachable else "UNREACHABLE"
-        me = " (this replica)" if topo.is_leader else ""
-        print(f"consul {topo.consul} ({reach}); replica {topo.replica_id}; "
-              f"leader {topo.leader or 'none'}{me}")  # fmt: skip
-    if topo.HasField("last_rejected"):
-        r = topo.last_rejected
-        print(
-            f"last rejected config change: {r.time.ToDatetime():%Y-%m-%d %H:%M:%SZ} from {r.source}"
-        )
-        for e in r.errors:
+    print(f"config version {topo['config_version']} from {topo['config_source']}; "
+          f"default region {topo['default_region']}")  # fmt: skip
+    if topo["consul"]:
+        reach = "reachable" if topo["consul_reachable"] else "UNREACHABLE"
+        me = " (this replica)" if topo["is_leader"] else ""
+        print(f"consul {topo['consul']} ({reach}); replica {topo['replica_id']}; "
+              f"leader {topo['leader'] or 'none'}{me}")  # fmt: skip
+    rejected = topo["last_rejected"]
+    if rejected is not None:
+        print(f"last rejected config change: {rejected['time']} from {rejected['source']}")
+        for e in rejected["errors"]:
             print(f"  - {e}")
     print(render_table(STATUS_HEADERS, status_rows(topo)))
     return 0
@@ -65,36 +67,39 @@ def cmd_status(args: argparse.Namespace) -> int:
 STATUS_HEADERS = ["zone", "region", "cluster", "role", "health", "active", "endpoint", "last flip"]
 
 
-def _health_word(c: Any) -> str:
-    if not c.probed:
+def _health_word(c: dict[str, Any]) -> str:
+    if not c["probed"]:
         return "unknown"
-    return "healthy" if c.healthy else f"UNHEALTHY ({c.last_error})"
+    return "healthy" if c["healthy"] else f"UNHEALTHY ({c['last_error']})"
 
 
-def _flip_text(region: Any) -> str:
-    if not region.HasField("last_flip"):
+def _flip_text(region: dict[str, Any]) -> str:
+    f = region["last_flip"]
+    if f is None:
         return ""
-    f = region.last_flip
-    when = f.time.ToDatetime().strftime("%Y-%m-%d %H:%M:%SZ")
-    return f"{when} {f.from_cluster}->{f.to_cluster} {f.rule} by {f.actor}: {f.reason}"
+    return (
+        f"{f['time']} {f['from_cluster']}->{f['to_cluster']} {f['rule']} by {f['actor']}: "
+        f"{f['reason']}"
+    )
 
 
-def status_rows(topo: Any) -> list[tuple[str, ...]]:
-    from router.v1 import router_pb2 as pb
+def _active(region: dict[str, Any]) -> str:
+    return next((c["name"] for c in region["clusters"] if c["active"]), "none")
 
+
+def status_rows(topo: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The status table's rows, from ``message_to_json`` of a Topology."""
     rows: list[tuple[str, ...]] = []
-    for r in topo.regions:
-        for c in r.clusters:
+    for r in topo["regions"]:
+        for c in r["clusters"]:
             rows.append((
-                r.zone, r.name, c.name, pb.ClusterRole.Name(c.role).lower(), _health_word(c),
-                "*" if c.active else "", c.endpoint, _flip_text(r) if c.active else "",
+                r["zone"], r["name"], c["name"], str(c["role"]).lower(), _health_word(c),
+                "*" if c["active"] else "", c["endpoint"], _flip_text(r) if c["active"] else "",
             ))  # fmt: skip
     return rows
 
 
 def cmd_failover(args: argparse.Namespace) -> int:
-    from google.protobuf import json_format
-
     from router.v1 import router_pb2 as pb
 
     _, admin = _stub(args.router)
@@ -102,35 +107,39 @@ def cmd_failover(args: argparse.Namespace) -> int:
         region=args.region, cluster=args.to, reason=args.reason, force=args.force,
         dry_run=args.dry_run, actor=args.actor or _default_actor(),
     )  # fmt: skip
-    resp = _rpc(lambda: admin.SetActiveCluster(req, timeout=args.timeout), args.router)
+    resp = message_to_json(
+        _rpc(lambda: admin.SetActiveCluster(req, timeout=args.timeout), args.router)
+    )
+    refused = 1 if resp["refused_rule"] else 0
     if args.json:
-        print(
-            json.dumps(json_format.MessageToDict(resp, preserving_proto_field_name=True), indent=2)
-        )
-        return 1 if resp.refused_rule else 0
-    for title, region in (("before", resp.before), ("after", resp.after)):
-        print(
-            f"{title}{' (dry run)' if title == 'after' and resp.dry_run else ''}: "
-            f"{region.name} active {next(c.name for c in region.clusters if c.active)}"
-        )
-    if resp.dry_run:
-        if resp.refused_rule:
-            print(f"would be REFUSED by rule {resp.refused_rule}: {resp.refused_message}")
-        imp = resp.impact
-        running = (
-            str(imp.running_workflows)
-            if imp.running_workflows_known
-            else f"unknown ({imp.running_workflows_error})"
-        )
-        print(f"running workflows on {imp.leaving_cluster}: {running}")
-        if imp.route_changes:
-            rows = [(c.requests, c.before, c.after) for c in imp.route_changes]
-            print(render_table(["requests", "now routed to", "would route to"], rows))
-        else:
-            print("no route changes")
+        _print_json(resp)
+        return refused
+    # Always set by the router; an empty region keeps an odd answer printable.
+    unset = {"name": args.region, "clusters": [], "last_flip": None}
+    before, after = resp["before"] or unset, resp["after"] or unset
+    print(f"before: {before['name']} active {_active(before)}")
+    print(
+        f"after{' (dry run)' if resp['dry_run'] else ''}: {after['name']} active {_active(after)}"
+    )
+    if resp["dry_run"]:
+        if resp["refused_rule"]:
+            print(f"would be REFUSED by rule {resp['refused_rule']}: {resp['refused_message']}")
+        imp = resp["impact"]
+        if imp is not None:
+            running = (
+                str(imp["running_workflows"])
+                if imp["running_workflows_known"]
+                else f"unknown ({imp['running_workflows_error']})"
+            )
+            print(f"running workflows on {imp['leaving_cluster']}: {running}")
+            if imp["route_changes"]:
+                rows = [(c["requests"], c["before"], c["after"]) for c in imp["route_changes"]]
+                print(render_table(["requests", "now routed to", "would route to"], rows))
+            else:
+                print("no route changes")
         print("dry run: nothing changed")
-        return 1 if resp.refused_rule else 0
-    print(f"flipped {resp.after.name}: {_flip_text(resp.after)}")
+        return refused
+    print(f"flipped {after['name']}: {_flip_text(after)}")
     return 0
 
 
@@ -145,38 +154,29 @@ def _default_actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
-    from google.protobuf import json_format
-
+def _routing_request(cli: argparse.Namespace, **extra: Any) -> Any:
+    """The StartWorkflowRequest that explain and start send (``extra``: start's fields)."""
     from router.v1 import router_pb2 as pb
 
-    workflows, _ = _stub(args.router)
-    req = pb.StartWorkflowRequest(
-        workflow_type=args.type,
-        tenant_id=args.tenant,
-        user_country=args.country,
-        user_subdivision=args.subdivision or "",
-        data_class=pb.DataClass.Value(args.data_class.upper()),
-        priority=pb.Priority.Value(args.priority.upper()),
+    return pb.StartWorkflowRequest(
+        workflow_type=cli.type,
+        tenant_id=cli.tenant,
+        user_country=cli.country,
+        user_subdivision=cli.subdivision or "",
+        data_class=pb.DataClass.Value(cli.data_class.upper()),
+        priority=pb.Priority.Value(cli.priority.upper()),
+        **extra,
     )
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    workflows, _ = _stub(args.router)
+    req = _routing_request(args)
     d = _rpc(lambda: workflows.ExplainRoute(req, timeout=args.timeout), args.router)
     if args.json:
-        print(json.dumps(json_format.MessageToDict(d, preserving_proto_field_name=True), indent=2))
+        _print_json(message_to_json(d))
         return 0
-    rows = [
-        (k, getattr(d, k))
-        for k in (
-            "zone",
-            "region",
-            "cluster",
-            "endpoint",
-            "namespace",
-            "task_queue",
-            "rule",
-            "failed_over",
-            "config_version",
-        )
-    ]
+    rows = [(k, v) for k, v in message_rows(d) if k != "reasons"]
     print(render_table(["field", "value"], rows))
     print("why:")
     for reason in d.reasons:
@@ -185,22 +185,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _print_message(msg: Any, as_json: bool) -> None:
-    from google.protobuf import json_format
-
-    data = json_format.MessageToDict(msg, preserving_proto_field_name=True)
     if as_json:
-        print(json.dumps(data, indent=2))
-        return
-    rows = []
-    for key, val in data.items():
-        if isinstance(val, dict) and key in ("decision", "location"):
-            rows += [
-                (f"{key}.{k}", v if not isinstance(v, list) else "; ".join(v))
-                for k, v in val.items()
-            ]
-        else:
-            rows.append((key, json.dumps(val) if isinstance(val, dict | list) else val))
-    print(render_table(["field", "value"], rows))
+        _print_json(message_to_json(msg))
+    else:
+        print(render_table(["field", "value"], message_rows(msg)))
 
 
 def _json_args(raw: list[str]) -> list[Any]:
@@ -216,19 +204,8 @@ def _json_args(raw: list[str]) -> list[Any]:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from router.v1 import router_pb2 as pb
-
     workflows, _ = _stub(args.router)
-    req = pb.StartWorkflowRequest(
-        workflow_type=args.type,
-        workflow_id=args.id or "",
-        args=_json_args(args.arg),
-        tenant_id=args.tenant,
-        user_country=args.country,
-        user_subdivision=args.subdivision or "",
-        data_class=pb.DataClass.Value(args.data_class.upper()),
-        priority=pb.Priority.Value(args.priority.upper()),
-    )
+    req = _routing_request(args, workflow_id=args.id or "", args=_json_args(args.arg))
     _print_message(
         _rpc(lambda: workflows.StartWorkflow(req, timeout=args.timeout), args.router), args.json
     )
@@ -266,8 +243,13 @@ def add_parsers(sub: Any) -> None:
         sp.add_argument(
             "--router", default=DEFAULT_ROUTER, help=f"router address (default {DEFAULT_ROUTER})"
         )
-        sp.add_argument("--timeout", type=float, default=5.0, help="seconds")
-        sp.add_argument("--json", action="store_true", help="print JSON for tools")
+        sp.add_argument(
+            "--timeout", type=positive_seconds, default=5.0,
+            help="seconds to wait for the router's answer (default 5)",
+        )  # fmt: skip
+        sp.add_argument(
+            "--json", action="store_true", help="print JSON for tools (every field, even empty)"
+        )
 
     status = sub.add_parser("status", help="zones, regions, clusters: role, health, active")
     client_args(status)
@@ -275,22 +257,24 @@ def add_parsers(sub: Any) -> None:
 
     def routing_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--type", default="DataProcessingWorkflow", help="workflow type")
-        sp.add_argument("--tenant", required=True)
-        sp.add_argument("--country", required=True, help="ISO 3166-1 alpha-2")
+        sp.add_argument("--tenant", required=True, help="the tenant the workflow belongs to")
+        sp.add_argument("--country", required=True, help="ISO 3166-1 alpha-2, any case")
         sp.add_argument("--subdivision", help="ISO 3166-2, e.g. US-CA")
+        # Lowered before argparse checks choices: PII and pii are the same class.
         sp.add_argument(
-            "--class",
-            dest="data_class",
-            required=True,
-            choices=["public", "internal", "pii", "financial"],
-        )
-        sp.add_argument("--priority", default="normal", choices=["low", "normal", "high"])
+            "--class", dest="data_class", required=True, type=str.lower, choices=DATA_CLASSES,
+            help="what the request's data is (any case)",
+        )  # fmt: skip
+        sp.add_argument(
+            "--priority", default="normal", type=str.lower, choices=PRIORITIES,
+            help="task queue priority (any case; default normal)",
+        )  # fmt: skip
 
     failover = sub.add_parser(
         "failover", help="flip a region's active cluster (safety rules, dry run)"
     )
     client_args(failover)
-    failover.add_argument("--region", required=True)
+    failover.add_argument("--region", required=True, help="the region whose active cluster flips")
     failover.add_argument("--to", required=True, help="the cluster to make active")
     failover.add_argument("--reason", required=True, help="why (audited)")
     failover.add_argument(
@@ -317,7 +301,7 @@ def add_parsers(sub: Any) -> None:
     query = sub.add_parser("query", help="query a workflow started through the router")
     client_args(query)
     query.add_argument("--id", required=True, help="workflow id")
-    query.add_argument("--tenant", required=True)
+    query.add_argument("--tenant", required=True, help="the tenant that started it")
     query.add_argument("--name", required=True, help="query name, e.g. getProgress")
     query.add_argument("--arg", action="append", default=[], help="a JSON argument (repeatable)")
     query.set_defaults(func=cmd_query)
@@ -325,5 +309,5 @@ def add_parsers(sub: Any) -> None:
     result = sub.add_parser("result", help="wait for a workflow's result (bounded by --timeout)")
     client_args(result)
     result.add_argument("--id", required=True, help="workflow id")
-    result.add_argument("--tenant", required=True)
+    result.add_argument("--tenant", required=True, help="the tenant that started it")
     result.set_defaults(func=cmd_result)

@@ -1,10 +1,11 @@
-"""Shared by the `meridian` subcommands: tables, signals, config arguments."""
+"""Shared by the `meridian` subcommands: tables, argument types, signals, config arguments."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import math
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,6 +33,37 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type of a duration: a finite number of seconds above zero."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
+
+
+def version() -> str:
+    """The installed package's version; in a source tree that is not installed, the
+    version pyproject.toml declares."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("meridian-router")
+    except metadata.PackageNotFoundError:
+        pass
+    import tomllib
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    try:
+        declared = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"]
+    except (OSError, ValueError, KeyError):
+        return "unknown"
+    return str(declared)
 
 
 def tracing(service_name: str) -> Callable[[], None]:

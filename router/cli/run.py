@@ -318,7 +318,9 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any) -> None:
     dev = sub.add_parser("dev", help="run the whole default multi-region stack on loopback")
     config_args(dev)
-    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument(
+        "--host", default="127.0.0.1", help="router listen address (default 127.0.0.1)"
+    )
     dev.add_argument("--port", type=int, default=50051, help="router gRPC port (default 50051)")
     dev.add_argument(
         "--home", help="state and logs directory (default: $MERIDIAN_HOME or ./.meridian)"
@@ -330,8 +332,8 @@ def add_parsers(sub: Any) -> None:
 
     serve = sub.add_parser("serve", help="run the router only (clusters and workers run elsewhere)")
     config_args(serve)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=50051, help="gRPC port (default 50051)")
     serve.add_argument(
         "--grace", type=float, default=5.0, help="seconds to drain in-flight calls on stop"
     )
@@ -363,15 +365,15 @@ def add_parsers(sub: Any) -> None:
 
     worker = sub.add_parser("worker", help="run the regional worker for one cluster")
     config_args(worker)
-    worker.add_argument("--region", required=True)
-    worker.add_argument("--cluster", required=True)
+    worker.add_argument("--region", required=True, help="the region the cluster belongs to")
+    worker.add_argument("--cluster", required=True, help="the cluster whose queues it polls")
     worker.set_defaults(func=cmd_worker)
 
     codec = sub.add_parser(
         "codec-server", help="run a region's codec server (Temporal CLI/UI remote codec)"
     )
     config_args(codec)
-    codec.add_argument("--region", required=True)
+    codec.add_argument("--region", required=True, help="the region whose keys it holds")
     codec.add_argument("--listen", help="host:port (default: the region's codec_server in config)")
     codec.add_argument(
         "--audit-dir", help="its audit log (default: $MERIDIAN_HOME/audit-codec-<region>)"

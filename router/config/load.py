@@ -75,7 +75,8 @@ def read_text(path: Path) -> str:
         raise ConfigError([FieldError("", f"cannot read: {reason}")], source=str(path)) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(
-            [FieldError("", f"cannot read: not UTF-8 text (byte {exc.start})")], source=str(path)
+            [FieldError("", f"cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})")],
+            source=str(path),
         ) from exc
 
 
