@@ -37,6 +37,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from router import telemetry
+from router.codec.converter import open_sealed
 from router.core.memo import MEMO_KEY, WorkflowMemo
 from router.core.model import Decision, WorkflowStatus
 from router.errors import DeadlineExceeded, WorkflowOperationFailed
@@ -224,23 +225,28 @@ class TemporalGateway:
         try:
             return await asyncio.wait_for(call, timeout)
         except WorkflowQueryFailedError as exc:
-            # The worker's failure travels encoded (the region's codec encrypts failure
-            # messages too); the SDK client reports only "Encoded failure". Decode it with
-            # the region's converter so the caller reads what the workflow said.
+            # The worker's failure travels encrypted (the region's codec covers failure
+            # messages too): open it with the region's keys.
             message = await self._query_failure(t, exc)
             raise WorkflowOperationFailed(f"{what} failed: {message}") from exc
         except Exception as exc:
             raise translate(exc, cluster=t.cluster, what=what, workflow_id=t.workflow_id) from exc
 
     async def _query_failure(self, t: Target, exc: WorkflowQueryFailedError) -> str:
+        """The worker's message for a failed query, readable: Temporal returns the
+        failure's message (sealed with the region's key by the regional worker) and,
+        from SDKs that send it, the whole Failure; both are opened with the region's
+        converter here, so the caller reads what the workflow said."""
+        converter = self._client(t).data_converter
         rpc = exc.__cause__ or exc.__context__
         if isinstance(rpc, RPCError):
             for detail in rpc.grpc_status.details:
                 failed = QueryFailedFailure()
                 if detail.Unpack(failed) and failed.HasField("failure"):
-                    decoded = await self._client(t).data_converter.decode_failure(failed.failure)
+                    decoded = await converter.decode_failure(failed.failure)
                     return str(decoded) or type(decoded).__name__
-        return exc.message
+        opened = open_sealed(exc.message, converter)
+        return opened if opened is not None else exc.message
 
     async def cancel(self, t: Target, *, timeout: float) -> None:
         call = self._handle(t).cancel(rpc_timeout=timedelta(seconds=timeout))

@@ -28,6 +28,7 @@ from router.audit.query import records
 from router.codec.tokens import load_tokens
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
+from tests.helpers import eventually
 from tests.integration.conftest import ROOT, DevProcess
 from tests.integration.test_routing import start_req
 
@@ -236,12 +237,12 @@ async def test_config_reload_is_audited_accepted_or_rejected(fleet: Fleet) -> No
         return [r for r in records([audit_dir]) if r["kind"] == "config.change"]
 
     async def wait_for(count: int) -> list[dict[str, Any]]:
-        for _ in range(100):
+        async def enough() -> list[dict[str, Any]]:
             found = config_records()
-            if len(found) >= count:
-                return found
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"expected {count} config records, got {config_records()}")
+            return found if len(found) >= count else []
+
+        found: list[dict[str, Any]] = await eventually(enough, f"{count} config records")
+        return found
 
     (loaded,) = await wait_for(1)
     assert loaded["outcome"] == "loaded"
@@ -264,8 +265,14 @@ async def test_config_reload_is_audited_accepted_or_rejected(fleet: Fleet) -> No
         accepted = (await wait_for(3))[-1]
         assert accepted["outcome"] == "accepted"
         assert accepted["previous_version"] == loaded["version"] != accepted["version"]
-        topo = await admin.GetTopology(pb.GetTopologyRequest(), timeout=5)
-        assert topo.config_version == accepted["version"]
+
+        # The record is written before the config is swapped in (audit before effect):
+        # wait for the effect, which follows it.
+        async def applied() -> bool:
+            topo = await admin.GetTopology(pb.GetTopologyRequest(), timeout=5)
+            return bool(topo.config_version == accepted["version"])
+
+        await eventually(applied, "the accepted config to serve")
         d = await router.ExplainRoute(eu_req(), timeout=5)
         assert d.config_version == accepted["version"]
     assert verify([audit_dir]).ok

@@ -23,6 +23,7 @@ import yaml
 
 from benchmarks.fleet import ROOT, Fleet, Replica
 from router.audit.query import records
+from router.consul import ConsulAddress, ConsulClient
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 from tests.consul_emulator import EmulatorProcess
@@ -219,37 +220,55 @@ async def test_a_flip_by_one_is_seen_by_the_other(setup: Setup) -> None:
 
 
 async def test_concurrent_flips_never_lose_an_update(setup: Setup) -> None:
+    """Two SREs flip the same region at the same moment through different replicas,
+    each under their own name. A lost update would be both told OK while one flip
+    silently overwrites the other: then the flip both replicas (and Consul) end up
+    with would not be the acknowledged one's, or two would be acknowledged."""
     one, two = setup.sides
     outcomes: list[str] = []
     for i in range(6):
         target = "eu-west-b" if i % 2 == 0 else "eu-west-a"
+        actors = [f"sre-{n}-round-{i}" for n in (1, 2)]
         calls = [
             side.admin.SetActiveCluster(pb.SetActiveClusterRequest(
-                region="eu-west", cluster=target, reason=f"race {i}", force=True,
-                actor=f"sre-{n}",
+                region="eu-west", cluster=target, reason=f"race {i}", force=True, actor=actor,
             ), timeout=10)
-            for n, side in enumerate((one, two))
+            for actor, side in zip(actors, (one, two), strict=True)
         ]  # fmt: skip
-        for result in await asyncio.gather(*calls, return_exceptions=True):
+        acknowledged = []
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for actor, result in zip(actors, results, strict=True):
             if isinstance(result, grpc.aio.AioRpcError):
                 assert result.code() in (
                     grpc.StatusCode.ABORTED,
                     grpc.StatusCode.FAILED_PRECONDITION,
-                ), (
-                    result.code(),
-                    result.details(),
-                )
+                ), (result.code(), result.details())
                 outcomes.append(result.code().name)
             else:
+                assert not isinstance(result, BaseException), result
                 outcomes.append("OK")
+                acknowledged.append(actor)
+        assert len(acknowledged) == 1, f"round {i}: acknowledged {acknowledged}"
+        (winner,) = acknowledged
 
-        async def converged(target: str = target) -> bool:
-            return await one.active() == await two.active() == target
+        async def converged(target: str = target, winner: str = winner) -> bool:
+            for side in (one, two):
+                region = next(r for r in (await side.topology()).regions if r.name == "eu-west")
+                active = next(c.name for c in region.clusters if c.active)
+                if (active, region.last_flip.actor) != (target, winner):
+                    return False
+            return True
 
-        await eventually(converged, f"both replicas on {target} after round {i}")
+        await eventually(converged, f"both replicas on {target} by {winner} after round {i}")
+        kv = ConsulClient(ConsulAddress.parse(setup.consul.address))
+        try:
+            _, entry = await kv.get("meridian/active/eu-west")
+        finally:
+            await kv.close()
+        assert f'"actor": "{winner}"'.encode() in entry["Value"], "Consul holds the winner's"
     print(f"\nconcurrent flip outcomes: {outcomes}")
-    # Races really happened, and every one had a winner.
-    assert "OK" in outcomes and "ABORTED" in outcomes
+    # Races really happened, and every one had exactly one winner.
+    assert "ABORTED" in outcomes or "FAILED_PRECONDITION" in outcomes
 
 
 async def test_leader_death_hands_automatic_failover_to_the_other(setup: Setup) -> None:

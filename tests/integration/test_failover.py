@@ -145,6 +145,13 @@ async def test_sigkill_fails_over_and_stays_until_an_sre_flips_back(fx: Fixture)
     primary = fx.fleet.cluster("eu-west-a")
     t_fault, outcomes = await start_stream(fx.router, start_req, 5.0, 1.0, primary.kill)
     check_drill(t_fault, outcomes, "SIGKILL")
+    # A start that was never sent (connection refused) waits for the flip and lands on
+    # the standby: the only failures left are starts that may have reached the dead
+    # server (in flight on its connections when it died).
+    unsent = [
+        o.details for o in outcomes if o.code is not None and "may have reached" not in o.details
+    ]
+    assert unsent == [], unsent
     sample = [o for o in outcomes if o.cluster == "eu-west-b"][-3:]
     for o in sample:  # at the source
         assert await exists_on(fx.fleet, "eu-west-b", o.workflow_id)
@@ -275,6 +282,8 @@ async def test_safety_rules_and_dry_run(fx: Fixture) -> None:
     rules = {(r["outcome"], r["rule"]) for r in flips}
     assert {
         ("refused", "target-in-region"),
+        ("refused", "reason-required"),
+        ("refused", "known-region"),
         ("refused", "target-healthy"),
         ("refused", "wait-period"),
         ("done", "manual"),
@@ -301,6 +310,15 @@ async def test_zone_down_refuses_regulated_and_moves_public(fx: Fixture) -> None
     assert info.value.code() is grpc.StatusCode.UNAVAILABLE
     details = info.value.details() or ""
     assert "zone eu" in details and "eu-west" in details and "not healthy" in details
+    # A follow-up of an unknown id cannot be answered NOT_FOUND while a cluster where it
+    # could live is down: the answer names exactly those clusters.
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await fx.router.DescribeWorkflow(
+            pb.WorkflowRef(workflow_id=f"nope-{uuid.uuid4()}", tenant_id="acme"), timeout=5
+        )
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "eu-west-a, eu-west-b could not be asked" in (info.value.details() or "")
+    assert "not found on us-east-a" in (info.value.details() or "")
     public = await fx.router.StartWorkflow(start_req("DE", pb.PUBLIC), timeout=5)
     assert public.decision.region == "us-east" and public.decision.cluster == "us-east-a"
     assert await exists_on(fx.fleet, "us-east-a", public.workflow_id)

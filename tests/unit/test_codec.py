@@ -275,3 +275,24 @@ def test_token_files(tmp_path: Path) -> None:
         load_tokens("eu-west", tmp_path, environ=env)
     env = {"MERIDIAN_CODEC_TOKENS_EU_WEST": "x" * 16 + ", " + "y" * 16}
     assert load_tokens("eu-west", tmp_path, environ=env) == (b"x" * 16, b"y" * 16)
+
+
+async def test_failure_messages_are_sealed_and_open_only_in_their_region() -> None:
+    """Temporal hands a failed query back as its message alone, so the regional worker
+    seals the message too (not just the encoded attributes); the router opens it with
+    the same region's keys, and no other region can."""
+    from router.codec.converter import SEALED_PREFIX, open_sealed
+
+    eu = data_converter(RegionCodec(new_ring("eu-west")))
+    us = data_converter(RegionCodec(new_ring("us-east")))
+    secret = "card 4111 1111 1111 1111 was declined"
+    failure = Failure()
+    await eu.encode_failure(RuntimeError(secret), failure)
+    assert failure.message.startswith(SEALED_PREFIX)
+    assert secret.encode() not in failure.SerializeToString()
+    assert open_sealed(failure.message, eu) == secret
+    with pytest.raises(CodecError, match="us-east codec cannot decrypt"):
+        open_sealed(failure.message, us)
+    assert open_sealed("a plain message", eu) is None
+    # The SDK's own decoding (encoded attributes) still gives the message back.
+    assert str(await eu.decode_failure(failure)).endswith(secret)

@@ -23,7 +23,7 @@ from router.errors import FlipConflict
 from router.failover import FailoverController, StateFile
 from router.live import ConsulFlipStore, Live
 from tests.consul_emulator import ConsulEmulator
-from tests.helpers import default_doc
+from tests.helpers import default_doc, eventually
 
 
 class Clock:
@@ -203,3 +203,44 @@ async def test_a_change_whose_handling_failed_is_handled_again(
         await w.poll_once(flaky, block=False)
     await asyncio.wait_for(w.poll_once(flaky, block=True), 5)  # the old index: returns at once
     assert calls == [1, 1] and w.last is not None
+
+
+async def test_a_consul_change_that_fails_transiently_is_applied_later(
+    emulator: tuple[ConsulEmulator, Clock], tmp_path: Path
+) -> None:
+    """A valid document arrives while the audit log is briefly unwritable: it is not
+    recorded as handled and dropped; the controller applies it once the log recovers,
+    without a second change in Consul."""
+    from router.core.failover import Flip, RegionState
+    from tests.unit.seams import Audit, controller
+
+    class Follower:
+        def __init__(self) -> None:
+            self.states: dict[str, RegionState] = {}
+
+        async def adopt(self, region: str, flip: Flip) -> None:
+            return None
+
+    emu, _ = emulator
+    audit = Audit()
+    ctl = controller(default_doc(), tmp_path / "keys", audit, retry_initial=0.02)
+    await ctl.start()
+    live = Live(client(emu), cache_dir=tmp_path, replica_id="r1")
+    try:
+        await live.start(ctl, Follower())
+        audit.fail = 2
+        await client(emu).put(
+            "meridian/config", yaml.safe_dump({"tenants": {"initech": {"residency_zone": "us"}}})
+        )
+
+        async def applied() -> bool:
+            return "initech" in ctl.config.table.tenants
+
+        await eventually(applied, "the Consul change applied after the log recovered", 10)
+        assert [r["outcome"] for r in audit.journal.records("config.change")] == [
+            "loaded", "accepted",
+        ]  # fmt: skip
+        assert live.cache_file.exists()
+    finally:
+        await live.stop()
+        await ctl.close()
