@@ -94,6 +94,11 @@ async def drill(fleet: Fleet, router: Any, admin: Any, fault: str) -> dict[str, 
         "flip_after_s": detect,
         "first_start_on_standby_s": (min(on_b) - t_fault) if on_b else None,
         "failed_calls": sum(1 for o in outcomes if o.code is not None),
+        # Failures of starts that were never sent (the router knew: connection refused):
+        # each of these could have waited for the flip and landed on the standby.
+        "failed_unsent": sum(
+            1 for o in outcomes if o.code is not None and "may have reached" not in o.details
+        ),
         "calls": len(outcomes),
     }
 
@@ -114,7 +119,8 @@ async def run(drills: int) -> dict[str, Any]:
                         r = await drill(fleet, router, admin, fault)
                         print(f"  drill {fault} #{i + 1}: flip {r['flip_after_s']:.2f} s, first "
                               f"start on standby {r['first_start_on_standby_s']:.2f} s, "
-                              f"{r['failed_calls']}/{r['calls']} failed", flush=True)  # fmt: skip
+                              f"{r['failed_calls']}/{r['calls']} failed "
+                              f"({r['failed_unsent']} never sent)", flush=True)  # fmt: skip
                         results.append(r)
         finally:
             fleet.stop()
@@ -130,6 +136,7 @@ async def run(drills: int) -> dict[str, Any]:
             "flip_median_s": statistics.median(flips), "flip_max_s": max(flips),
             "switch_median_s": statistics.median(firsts), "switch_max_s": max(firsts),
             "failed_median": statistics.median(r["failed_calls"] for r in rs),
+            "failed_unsent_total": sum(r["failed_unsent"] for r in rs),
             "calls_median": statistics.median(r["calls"] for r in rs),
         })  # fmt: skip
     return {"benchmark": "failover", "machine": machine(), "summary": summary, "drills": results}
@@ -144,12 +151,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = [
         (s["fault"], s["drills"], f"{s['flip_median_s']:.2f}", f"{s['flip_max_s']:.2f}",
          f"{s['switch_median_s']:.2f}", f"{s['switch_max_s']:.2f}",
-         f"{s['failed_median']:.0f} of {s['calls_median']:.0f}")
+         f"{s['failed_median']:.0f} of {s['calls_median']:.0f}", s["failed_unsent_total"])
         for s in result["summary"]
     ]  # fmt: skip
     table = render(
         ["fault", "drills", "flip median s", "flip max s", "first start on standby median s",
-         "max s", "failed calls (median)"],
+         "max s", "failed calls (median)", "never-sent failures (all drills)"],
         rows,
     )  # fmt: skip
     emit(result, args.json, table)
