@@ -94,8 +94,9 @@ async def drill(fleet: Fleet, router: Any, admin: Any, fault: str) -> dict[str, 
         "flip_after_s": detect,
         "first_start_on_standby_s": (min(on_b) - t_fault) if on_b else None,
         "failed_calls": sum(1 for o in outcomes if o.code is not None),
-        # Failures of starts that were never sent (the router knew: connection refused):
-        # each of these could have waited for the flip and landed on the standby.
+        # Failures of starts the router knows were not sent anywhere (refused by the
+        # dead server's closed port, or by routing while no healthy cluster was
+        # published): each could have waited for the flip and landed on the standby.
         "failed_unsent": sum(
             1 for o in outcomes if o.code is not None and "may have reached" not in o.details
         ),

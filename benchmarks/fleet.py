@@ -247,6 +247,9 @@ class Fleet:
                 for region, (zone, cs) in self.regions.items()
             },
             "default_region": self.extra.get("default_region", next(iter(self.regions))),
+            # Drills and benchmarks talk plaintext to the router, so they say so;
+            # ``extra`` may give an auth section (and server.tls) instead.
+            "auth": {"enabled": False},
             **{k: v for k, v in self.extra.items() if k != "default_region"},
         }
         self.home.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from router.clusters import ClusterState
 from router.config.runtime import ConfigController
 from router.config.settings import ResolvedConfig
+from router.core.authz import Principal
 from router.core.failover import FlipRefused, FlipRequested, RegionState
 from router.core.health import ProbeState
 from router.core.impact import Impact, route_changes
@@ -66,6 +67,10 @@ class Admin:
     def last_rejected(self) -> tuple[float, ConfigError] | None:
         return self._config.last_rejected
 
+    @property
+    def config_pending(self) -> str:
+        return self._config.pending_reason
+
     def live(self) -> LiveStatus | None:
         return self._live_status() if self._live_status is not None else None
 
@@ -79,10 +84,16 @@ class Admin:
         reason: str,
         force: bool,
         dry_run: bool,
-        actor: str,
+        actor: Principal,
+        on_behalf_of: str = "",
         remaining: float | None,
     ) -> FlipOutcome:
-        req = FlipRequested(target=cluster, actor=actor, reason=reason, force=force)
+        """``actor``: the authenticated principal (it is what the audit names);
+        ``on_behalf_of``: free text an SRE may add (kept beside it, never instead)."""
+        req = FlipRequested(
+            target=cluster, actor=actor.name, reason=reason, force=force,
+            auth=actor.method.value, on_behalf_of=on_behalf_of,
+        )  # fmt: skip
         if not dry_run:
             before, after = await self._clusters.flip(region, req)
             return FlipOutcome(before, after, dry_run=False)

@@ -51,6 +51,7 @@ class Router:
         with its settings); ``early_rejections``: changes rejected before the audit log
         was open (audited on start)."""
         self._early_rejections = tuple(early_rejections)
+        self.audit = audit
         self.config = ConfigController(sources, config, keys=keys, audit=audit)
         self.pool = ClientPool(connect_timeout=config.temporal.connect_timeout)
         self.gateway = TemporalGateway(self.pool)
@@ -60,14 +61,18 @@ class Router:
         self.starts = Starter(self.config, self.clusters, self.gateway, audit, locations)
         self.followups = Followups(self.config, self.gateway, locations)
         self.admin = Admin(self.config, self.clusters, self.gateway, live_status)
-        self.config.subscribe(self._sync_pool)
-        self.config.subscribe(self.clusters.apply_config)
+        pool = self.pool
 
-    async def _sync_pool(self, runtime: RuntimeConfig) -> None:
-        clusters = runtime.config.table.clusters.values()
-        await self.pool.sync(
-            clusters, runtime.converters, connect_timeout=runtime.config.temporal.connect_timeout
-        )
+        async def sync_pool(runtime: RuntimeConfig) -> None:
+            # A closure over the pool, not a bound method: no Router <-> controller cycle.
+            await pool.sync(
+                runtime.config.table.clusters.values(),
+                runtime.converters,
+                connect_timeout=runtime.config.temporal.connect_timeout,
+            )
+
+        self.config.subscribe(sync_pool)
+        self.config.subscribe(self.clusters.apply_config)
 
     async def start(self, *, first_probe_timeout: float = 3.0) -> None:
         """Connect (lazily) to every cluster, probe each once and let the failover state

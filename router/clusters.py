@@ -1,15 +1,18 @@
-"""What the router believes about its clusters, published as one immutable view.
+"""What the router believes about its clusters, published as one immutable snapshot.
 
 ``ClusterState`` joins the prober (``router.temporal.health``: which clusters answer)
 and the failover controller (``router.failover``: each region's active cluster) into a
-``ClusterView`` that routing reads, and wakes whoever waits for it to change.
+``ClusterView``, and publishes it together with the routing table it belongs to
+(``routing()``), so a request is never routed on a view of one config and a table of
+another. It wakes whoever waits for a change.
 
-A health change reaches the view only after the failover controller has acted on it:
-the prober's events are consumed one at a time, each fed to the state machine (which
-may flip, audited) before the view is rebuilt. So a region never shows "active cluster
-unhealthy" in the moment between its primary dying and the flip to a healthy standby;
-a start refused by the dead primary in that moment waits for the flip and lands on the
-standby instead of being refused (``router.starts``).
+The view shows health as the failover state machine has seen it, not as the prober
+sees it this instant: the prober's events are consumed one at a time, each fed to the
+state machine (which may flip, audited) before the view is rebuilt. So on the replica
+that decides flips, "active cluster unhealthy" and the flip to a healthy standby reach
+routing together. Where a flip is still to come (a follower waiting for the leader's
+flip through Consul, or a flip waiting on its audit record), ``failover_expected`` says
+so, and the start path waits for it instead of refusing (``router.starts``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from router.core.failover import (
 )
 from router.core.health import ProbeState
 from router.core.model import ClusterView, RoutingTable
-from router.errors import MeridianError
 from router.failover import FailoverController
 from router.temporal.health import HealthMonitor
 from router.temporal.pool import ClientPool
@@ -56,9 +58,9 @@ class ClusterState:
             pool, config.health, on_change=lambda name, probe: events.put_nowait((name, probe))
         )
         self._failover = failover
-        self._table = config.table
         self._tick_interval = tick_interval
         self._tasks: list[asyncio.Task[None]] = []
+        self._table = config.table
         self._view = ClusterView(active=MappingProxyType({}), healthy=frozenset())
         self._changed = asyncio.Event()
         self._publish()
@@ -68,6 +70,10 @@ class ClusterState:
     @property
     def view(self) -> ClusterView:
         return self._view
+
+    def routing(self) -> tuple[RoutingTable, ClusterView]:
+        """The table and the view of it, published together."""
+        return self._table, self._view
 
     @property
     def states(self) -> Mapping[str, RegionState]:
@@ -101,12 +107,14 @@ class ClusterState:
         """Subscriber of the config controller: track exactly the new config's
         clusters and regions (idempotent: a retried change is applied again)."""
         config = runtime.config
+        await self._failover.sync(config.table)
+        # Table and view together, with no await between: routing never sees one
+        # config's table with another's active clusters.
         self._table = config.table
-        self._failover.sync(config.table)
+        self._publish()
         self._health.sync(list(config.table.clusters.values()), config.health)
         for name, probe in self._health.states.items():
-            if probe.healthy is not None:
-                await self._observe(name, probe)
+            await self._observe(name, probe)
         self._publish()
 
     async def start(self, *, first_probe_timeout: float = 3.0) -> None:
@@ -131,8 +139,10 @@ class ClusterState:
 
     async def adopt(self, region: str, flip: Flip) -> None:
         """A flip another replica decided (``router.live`` follows the shared store)."""
-        await self._failover.adopt(region, flip)
-        self._publish()
+        try:
+            await self._failover.adopt(region, flip)
+        finally:
+            self._publish()
 
     def preview(
         self, region: str, req: FlipRequested
@@ -152,10 +162,10 @@ class ClusterState:
             return
         try:
             await self._failover.observe(cluster, probe.healthy, probe.last_error)
-        except MeridianError as exc:
-            # E.g. the audit log is unavailable: no flip without its record. The tick
-            # reconciles with the prober and tries again.
-            log.error("failover: could not act on %s's health: %s", cluster, exc.message)
+        except Exception:
+            # E.g. the audit log or the state file is unavailable: no flip without its
+            # record. The tick reconciles with the prober and tries again.
+            log.exception("failover: could not act on %s's health; the tick retries", cluster)
 
     async def _follow_health(self) -> None:
         while True:
@@ -174,23 +184,22 @@ class ClusterState:
             }
             try:
                 await self._failover.tick(health)
-            except MeridianError as exc:
-                log.error("failover tick: %s", exc.message)
+            except Exception:
+                log.exception("failover tick failed; the next one tries again")
             self._publish()
 
     def _publish(self) -> None:
-        """Publish the active clusters and the healthy set as one new immutable view,
-        and wake whoever waits for a change."""
+        """Publish the active clusters and the healthy set, as the failover state
+        machine has seen them, as one new immutable view; wake whoever waits."""
+        states = self._failover.states
         view = ClusterView(
-            active=MappingProxyType(self._failover.active()),
-            healthy=self._health.healthy() & frozenset(self._table.clusters),
+            active=MappingProxyType({r: s.active for r, s in states.items()}),
+            healthy=frozenset(
+                c for s in states.values() for c, healthy in s.health.items() if healthy is True
+            ),
         )
         if view == self._view:
             return
         self._view = view
         self._changed.set()
         self._changed = asyncio.Event()
-
-    @property
-    def table(self) -> RoutingTable:
-        return self._table

@@ -24,6 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
+import yaml
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -38,6 +39,30 @@ from router.errors import StackError
 LOOPBACK = ("127.", "localhost", "[::1]")
 _ONE_SECOND = aiohttp.ClientTimeout(total=1)
 Say = Callable[[str], None]
+
+
+def write_dev_overlay(home: Path, *, insecure: bool) -> Path:
+    """The config layer ``meridian dev`` puts over the topology file: the router's TLS
+    files from the development CA under ``home/tls`` (mTLS, authorization on: the
+    default), or, with ``insecure``, auth off and plaintext. Rewritten at every start."""
+    tls = home / "tls"
+    if insecure:
+        doc: dict[str, object] = {"auth": {"enabled": False}}
+    else:
+        doc = {
+            "server": {
+                "tls": {
+                    "cert_file": str(tls / "server.pem"),
+                    "key_file": str(tls / "server-key.pem"),
+                    "client_ca_file": str(tls / "ca.pem"),
+                }
+            }
+        }
+    path = home / "dev-overlay.yaml"
+    home.mkdir(parents=True, exist_ok=True)
+    header = "# Written by `meridian dev` at each start; edits are overwritten.\n"
+    path.write_text(header + yaml.safe_dump(doc, sort_keys=False))
+    return path
 
 
 def temporal_binary() -> str:

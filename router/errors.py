@@ -7,6 +7,9 @@ adapter that met them, with ``raise ... from``. The hierarchy, with the gRPC sta
 maps to::
 
     MeridianError                        root; anything else unexpected is INTERNAL
+    ├── Unauthenticated                  UNAUTHENTICATED    no, or bad, credentials
+    ├── PermissionDenied                 PERMISSION_DENIED  a known principal, not allowed
+    ├── QuotaExceeded                    RESOURCE_EXHAUSTED a start quota is spent (retry_after)
     ├── InvalidArgument                  INVALID_ARGUMENT   a request field is malformed
     ├── Refused                          a request no compliant target can take
     │   ├── ResidencyUnsatisfiable       FAILED_PRECONDITION  no compliant zone exists
@@ -15,6 +18,7 @@ maps to::
     ├── Unavailable                      UNAVAILABLE        a dependency did not answer
     │   ├── ClusterUnavailable           a Temporal cluster (may_have_reached says if sent)
     │   ├── AuditUnavailable             the audit log cannot be written: nothing acts
+    │   ├── FlipStoreUnavailable         the failover state file cannot be written
     │   └── ConsulUnavailable            Consul did not answer; the router keeps serving
     ├── DeadlineExceeded                 DEADLINE_EXCEEDED
     ├── WorkflowNotFound                 NOT_FOUND
@@ -39,6 +43,27 @@ class MeridianError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class Unauthenticated(MeridianError):
+    """The caller presented no credentials, or credentials that do not verify. The
+    message says which check failed, never the token or certificate itself."""
+
+
+class PermissionDenied(MeridianError):
+    """An authenticated principal asked for something its grant does not allow. The
+    message never says whether a tenant or workflow exists."""
+
+
+class QuotaExceeded(MeridianError):
+    """A start quota (per tenant or per principal) is spent; retry after ``retry_after``
+    seconds."""
+
+    def __init__(self, message: str, *, retry_after: float, scope: str) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        # "tenant" or "principal": which bucket was empty.
+        self.scope = scope
 
 
 class InvalidArgument(MeridianError):
@@ -92,6 +117,10 @@ class ClusterUnavailable(Unavailable):
 
 class AuditUnavailable(Unavailable):
     """The audit log cannot be written now; nothing may be acted on without a record."""
+
+
+class FlipStoreUnavailable(Unavailable):
+    """The failover state (active clusters) cannot be persisted; the flip is not applied."""
 
 
 class ConsulUnavailable(Unavailable):

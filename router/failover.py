@@ -37,7 +37,7 @@ from router.core.failover import (
     apply,
 )
 from router.core.model import RoutingTable
-from router.errors import FlipConflict, FlipRefusedError, InvalidArgument
+from router.errors import FlipConflict, FlipRefusedError, FlipStoreUnavailable, InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +74,18 @@ class StateFile:
                 for r, s in states.items()
             },
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(json.dumps(doc, indent=2))
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with open(tmp, "w") as f:
+                f.write(json.dumps(doc, indent=2))
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(self.path)
+        except OSError as exc:
+            raise FlipStoreUnavailable(
+                f"failover state {self.path} cannot be written: {exc.strerror or exc}"
+            ) from exc
 
 
 class FlipStore(Protocol):
@@ -133,18 +138,22 @@ class FailoverController:
         self._clock = clock
         self._lock = asyncio.Lock()
         self._states: dict[str, RegionState] = {}
-        self.sync(table, restore=store.load() if store else {})
+        self._sync(table, restore=store.load() if store else {})
 
     @property
     def states(self) -> Mapping[str, RegionState]:
         return self._states
 
-    def sync(
-        self, table: RoutingTable, restore: Mapping[str, tuple[str, Flip | None]] | None = None
-    ) -> None:
-        """Track exactly the table's regions; keep each active cluster that still exists
-        (a restored or previous active that is gone falls back to the primary)."""
-        restore = restore or {}
+    async def sync(self, table: RoutingTable) -> None:
+        """Track exactly the table's regions (a config change). Under the lock: a flip
+        being committed (waiting on its audit record) finishes on the old regions first,
+        and can never write back a state whose clusters the new config changed."""
+        async with self._lock:
+            self._sync(table, restore={})
+
+    def _sync(self, table: RoutingTable, restore: Mapping[str, tuple[str, Flip | None]]) -> None:
+        """Keep each active cluster that still exists (a restored or previous active
+        that is gone falls back to the primary)."""
         states: dict[str, RegionState] = {}
         for name, region in table.regions.items():
             clusters = tuple(c.name for c in region.clusters)
@@ -208,10 +217,7 @@ class FailoverController:
             state = self._states.get(region)
             if state is None:
                 await self._audit.append(flip_record(self._unknown_region(region, req)))
-                known = ", ".join(self._states)
-                raise InvalidArgument(
-                    field="region", reason=f"unknown region {region!r} (known: {known})"
-                )
+                raise self._unknown(region)
             after, events = await self._commit(region, req)
         for e in events:
             if isinstance(e, FlipRefused):
@@ -224,17 +230,18 @@ class FailoverController:
         return FlipRefused(
             region, "", req.target, req.actor, req.reason, RULE_KNOWN_REGION,
             f"unknown region {region!r}", automatic=False, forced=req.force,
-            at=self._clock(), health={},
+            at=self._clock(), health={}, auth=req.auth, on_behalf_of=req.on_behalf_of,
         )  # fmt: skip
 
     def _state(self, region: str) -> RegionState:
         state = self._states.get(region)
         if state is None:
-            known = ", ".join(self._states)
-            raise InvalidArgument(
-                field="region", reason=f"unknown region {region!r} (known: {known})"
-            )
+            raise self._unknown(region)
         return state
+
+    def _unknown(self, region: str) -> InvalidArgument:
+        known = ", ".join(self._states)
+        return InvalidArgument(field="region", reason=f"unknown region {region!r} (known: {known})")
 
     async def _apply(self, region: str, event: Event) -> None:
         async with self._lock:

@@ -160,6 +160,9 @@ class Live:
             self.watcher.reachable = True
         except (ConsulUnavailable, TimeoutError) as exc:
             log.error("consul unreachable at start (%s); using the cached copy", exc)
+            # Nothing is known of Consul's document: whatever the watch finds first
+            # (even "no document") is a change to apply.
+            self.config_index = -1
             if self.cache_file.exists():
                 layer = text_layer(self.cache_file.read_text(), "consul-cache")
                 return sources.with_consul(layer), []
@@ -231,8 +234,11 @@ class Live:
         applied yet (a transient failure) is retried there until it is."""
         outcome = await config.submit(self._build(value, index))
         self.config_index = index
-        if outcome is not Outcome.REJECTED and value:
-            self._cache(value)
+        if outcome is not Outcome.REJECTED:
+            if value:
+                self._cache(value)
+            else:  # the document was deleted: a cold start must not bring it back
+                self.cache_file.unlink(missing_ok=True)
         log.info("config document in consul (index %d): %s", index, outcome.value)
 
     async def _apply_actives(self, follower: FlipFollower, snap: KVSnapshot) -> None:

@@ -29,6 +29,7 @@ from router.audit import (
     refusal_record,
 )
 from router.config.runtime import ConfigController
+from router.core.authz import AuthMethod, Principal
 from router.core.memo import WorkflowMemo
 from router.core.model import (
     ClusterView,
@@ -38,6 +39,7 @@ from router.core.model import (
     Refusal,
     RefusalKind,
     RouteRequest,
+    RoutingTable,
 )
 from router.core.policy import route
 from router.core.validate import build_request, check_args_size, check_name, check_workflow_id
@@ -55,6 +57,9 @@ from router.temporal.gateway import Gateway, StartOutcome
 from router.temporal.locator import Location, LocationCache
 
 log = logging.getLogger(__name__)
+
+# Who a start made in-process (benchmarks, tests) acts as: no credentials were checked.
+IN_PROCESS = Principal("in-process", AuthMethod.NONE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +127,7 @@ class Sent:
 class ClusterViews(Protocol):
     """What the start path needs of the cluster state (``router.clusters``)."""
 
-    @property
-    def view(self) -> ClusterView: ...
+    def routing(self) -> tuple[RoutingTable, ClusterView]: ...
 
     def failover_expected(self, region: str) -> bool: ...
 
@@ -174,13 +178,37 @@ class Starter:
         return req
 
     def _route(self, req: RouteRequest) -> Decision | Refusal:
-        return route(req, self._config.config.table, self._clusters.view)
+        table, view = self._clusters.routing()
+        return route(req, table, view)
+
+    def _flip_coming(self, outcome: Decision | Refusal) -> bool:
+        """A refusal for want of a healthy cluster while a region the request may use
+        has a flip to a healthy standby coming (this replica's, or the leader's)."""
+        if not isinstance(outcome, Refusal) or outcome.kind is not RefusalKind.NO_HEALTHY_TARGET:
+            return False
+        table, _ = self._clusters.routing()
+        zone = table.zones.get(outcome.residency_zone or "")
+        regions = zone.regions if zone is not None else tuple(table.regions)
+        return any(self._clusters.failover_expected(r) for r in regions)
 
     async def _decide(
-        self, req: RouteRequest, ctx: CallContext, workflow_id: str, *, dry_run: bool
+        self,
+        req: RouteRequest,
+        ctx: CallContext,
+        workflow_id: str,
+        *,
+        dry_run: bool,
+        deadline: float | None = None,
     ) -> Attempt:
-        """Route, and audit the decision (or the refusal) before anything acts on it."""
+        """Route, and audit the decision (or the refusal) before anything acts on it.
+        With a ``deadline``, a refusal while a flip is coming waits for the flip first."""
         outcome = self._route(req)
+        while deadline is not None and self._flip_coming(outcome):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await self._clusters.wait_change(left)
+            outcome = self._route(req)
         if isinstance(outcome, Refusal):
             log.info(
                 "refused %s for tenant %s: %s", req.workflow_type, req.tenant_id, outcome.message
@@ -209,22 +237,27 @@ class Starter:
         return await self._audit.append(record)
 
     async def explain(
-        self, inp: StartInput, *, caller: str = "", trace_id: str = ""
+        self, inp: StartInput, *, principal: Principal = IN_PROCESS, trace_id: str = ""
     ) -> tuple[Decision, Receipt | None]:
         """The decision a start would take now, audited as a dry run; no effect on Temporal."""
         req = self._request(inp)
-        ctx = CallContext(caller, inp.request_id or str(uuid.uuid4()), trace_id)
+        ctx = CallContext(principal, inp.request_id or str(uuid.uuid4()), trace_id)
         attempt = await self._decide(req, ctx, inp.workflow_id, dry_run=True)
         return attempt.decision, attempt.receipt
 
     async def start(
-        self, inp: StartInput, *, remaining: float | None, caller: str = "", trace_id: str = ""
+        self,
+        inp: StartInput,
+        *,
+        remaining: float | None,
+        principal: Principal = IN_PROCESS,
+        trace_id: str = "",
     ) -> StartResult:
         req = self._request(inp)
         deadline = time.monotonic() + budget(remaining, self._config.config.temporal.call_timeout)
         workflow_id = inp.workflow_id or str(uuid.uuid4())
-        ctx = CallContext(caller, inp.request_id or str(uuid.uuid4()), trace_id)
-        first = await self._decide(req, ctx, workflow_id, dry_run=False)
+        ctx = CallContext(principal, inp.request_id or str(uuid.uuid4()), trace_id)
+        first = await self._decide(req, ctx, workflow_id, dry_run=False, deadline=deadline)
         sent = await self._send_with_failover(
             first, _Job(req, inp.args, ctx, workflow_id, deadline)
         )
@@ -320,18 +353,13 @@ class Starter:
     ) -> Decision | Refusal | None:
         """Wait (until ``deadline``) for the view to route ``req`` somewhere other than
         the cluster that refused the connection. A refusal for want of a healthy cluster
-        is final only when no flip is coming: while the region's state machine has a
+        is final only when no flip is coming: while a region's state machine has a
         healthy standby to fail over to, the start waits for it. None: out of time."""
         while True:
             outcome = self._route(req)
             if isinstance(outcome, Decision) and outcome.cluster != failed.cluster:
                 return outcome
-            waiting_for_flip = (
-                isinstance(outcome, Refusal)
-                and outcome.kind is RefusalKind.NO_HEALTHY_TARGET
-                and self._clusters.failover_expected(failed.region)
-            )
-            if isinstance(outcome, Refusal) and not waiting_for_flip:
+            if isinstance(outcome, Refusal) and not self._flip_coming(outcome):
                 return outcome
             left = deadline - time.monotonic()
             if left <= 0:

@@ -6,16 +6,21 @@ router has probed its clusters once, then SERVING, and NOT_SERVING again while i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from router.tls import server_credentials
 
 from router import telemetry
+from router.api.auth import AuthInterceptor
 from router.api.servicers import RoutingAdminServicer, WorkflowRouterServicer
 from router.app import Router
-from router.errors import StackError
+from router.auth.denials import DenialLog
+from router.config.settings import ResolvedConfig
+from router.errors import FieldError, StackError
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 
@@ -31,12 +36,21 @@ class RouterServer:
         self.router = router
         self.host = host
         self.port = port
-        limit = router.config.config.table.limits.max_args_bytes
+        config = router.config.config
+        # The listener's TLS is fixed once the port is bound: a config change that would
+        # alter it is rejected (rotate certificates by replacing the files instead).
+        self._tls = config.server_tls
+        router.config.add_check(self._listener_check)
+        self.denials = DenialLog(router.audit)
+        self.auth = AuthInterceptor(lambda: router.config.config, self.denials)
+        self._tasks: list[asyncio.Task[None]] = []
+        limit = config.table.limits.max_args_bytes
         # Above the args limit, so an oversized request gets our INVALID_ARGUMENT that
         # names the field, not grpc's RESOURCE_EXHAUSTED.
         max_message = max(4 * 1024 * 1024, 2 * limit + 1024 * 1024)
         self._server = grpc.aio.server(
-            interceptors=telemetry.server_interceptors(),
+            # Tracing first (a refused call is traced too), then who is asking.
+            interceptors=[*telemetry.server_interceptors(), self.auth],
             options=[
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", max_message),
@@ -55,18 +69,58 @@ class RouterServer:
 
     async def start(self) -> None:
         """Bind and start answering (NOT_SERVING) before the clusters are probed."""
+        config = self.router.config.config
+        if config.auth.enabled and self._tls is None:
+            raise StackError(
+                "router: auth is on (the default) but server.tls is not configured: give "
+                "server.tls (cert_file, key_file, client_ca_file for mTLS), or set "
+                "auth.enabled: false to serve plaintext (development only)"
+            )
         await self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
+        address = f"{self.host}:{self.port}"
         try:
-            bound = self._server.add_insecure_port(f"{self.host}:{self.port}")
+            if self._tls is None:
+                bound = self._server.add_insecure_port(address)
+            else:
+                t = self._tls
+                credentials = server_credentials(
+                    t.cert_file, t.key_file, t.client_ca_file,
+                    require_client_cert=t.require_client_cert,
+                )  # fmt: skip
+                bound = self._server.add_secure_port(address, credentials)
         except RuntimeError as exc:
-            raise StackError(f"router: cannot listen on {self.host}:{self.port}: {exc}") from exc
+            raise StackError(f"router: cannot listen on {address}: {exc}") from exc
         if bound == 0:
             raise StackError(f"router: port {self.port} on {self.host} is already in use")
         self.port = bound
         await self._server.start()
         await self.router.start()
+        self._tasks = [
+            asyncio.create_task(
+                self.denials.run(lambda: self.router.config.config.auth.denial_audit_interval),
+                name="denial-audit",
+            )
+        ]
         await self._set(health_pb2.HealthCheckResponse.SERVING)
-        log.info("router serving on %s:%d", self.host, self.port)
+        mode = "plaintext" if self._tls is None else "mTLS" if self._tls.client_ca_file else "TLS"
+        auth = "on" if config.auth.enabled else "OFF"
+        log.info("router serving on %s:%d (%s, auth %s)", self.host, self.port, mode, auth)
+
+    def _listener_check(self, config: ResolvedConfig) -> list[FieldError]:
+        problems = []
+        if config.server_tls != self._tls:
+            problems.append(
+                FieldError(
+                    "server.tls",
+                    "differs from what the port was bound with; it takes a restart (to "
+                    "rotate certificates, replace the files: they are re-read)",
+                )
+            )
+        if config.auth.enabled and self._tls is None:
+            problems.append(
+                FieldError("auth.enabled", "this router listens in plaintext: auth needs TLS")
+            )
+        return problems
 
     async def _set(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         await self._health.set("", status)
@@ -80,4 +134,8 @@ class RouterServer:
         """Stop taking new calls, let in-flight ones finish for ``grace`` seconds."""
         await self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.denials.flush(interval=0, force=True)
         await self.router.close()

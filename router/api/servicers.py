@@ -20,9 +20,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from router import telemetry
 from router.admin import Admin
-from router.api.status import message_of, status_of
+from router.api.auth import PRINCIPAL
+from router.api.status import abort
 from router.api.values import args_to_python, from_python
 from router.audit import Receipt
+from router.core.authz import AuthMethod, Principal
 from router.core.failover import RegionState
 from router.core.model import DataClass, Decision, Priority, Role, WorkflowStatus
 from router.errors import InvalidArgument, MeridianError
@@ -69,7 +71,7 @@ def handler(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
         try:
             return await fn(self, request, context)
         except MeridianError as exc:
-            await context.abort(status_of(exc), message_of(exc))
+            await abort(context, exc)
         except Exception:
             log.exception("unexpected error in %s", fn.__name__)
             await context.abort(
@@ -153,19 +155,15 @@ def _receipt(receipt: Receipt | None, out: Any) -> None:
         )  # fmt: skip
 
 
-CALLER_HEADER = "x-meridian-caller"
-
-
-def _caller(context: grpc.aio.ServicerContext) -> tuple[str, str]:
-    """The caller's identity (its x-meridian-caller header, else its address) and the
-    W3C trace id of the request, if it carries a traceparent header."""
-    meta = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-    caller = meta.get(CALLER_HEADER) or context.peer()
+def _trace_id(context: grpc.aio.ServicerContext) -> str:
+    """The W3C trace id of the request: the current span's, else (tracing off) the one
+    the caller's traceparent header carries, if any."""
     trace_id = telemetry.current_trace_id()
-    if not trace_id:  # tracing off: still record the caller's trace id, if it sent one
+    if not trace_id:
+        meta = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         parts = meta.get("traceparent", "").split("-")
         trace_id = parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
-    return caller[:256], trace_id
+    return trace_id
 
 
 def _remaining(context: grpc.aio.ServicerContext) -> float | None:
@@ -182,9 +180,11 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
     async def StartWorkflow(
         self, request: pb.StartWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartWorkflowResponse:
-        caller, trace_id = _caller(context)
         res = await self._starts.start(
-            start_input(request), remaining=_remaining(context), caller=caller, trace_id=trace_id
+            start_input(request),
+            remaining=_remaining(context),
+            principal=PRINCIPAL.get(),
+            trace_id=_trace_id(context),
         )
         resp = pb.StartWorkflowResponse(
             workflow_id=res.workflow_id,
@@ -201,9 +201,8 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
     async def ExplainRoute(
         self, request: pb.StartWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> pb.RouteDecision:
-        caller, trace_id = _caller(context)
         decision, receipt = await self._starts.explain(
-            start_input(request), caller=caller, trace_id=trace_id
+            start_input(request), principal=PRINCIPAL.get(), trace_id=_trace_id(context)
         )
         out = decision_pb(decision)
         _receipt(receipt, out)
@@ -314,14 +313,20 @@ class RoutingAdminServicer(pb_grpc.RoutingAdminServicer):
     async def SetActiveCluster(
         self, request: pb.SetActiveClusterRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetActiveClusterResponse:
-        actor = request.actor or f"anonymous@{context.peer()}"
+        principal = PRINCIPAL.get()
+        on_behalf_of = request.actor
+        if principal.method is AuthMethod.NONE:
+            # Auth off: the free-text actor is all there is (as before auth existed).
+            name = request.actor or f"anonymous@{context.peer()}"
+            principal, on_behalf_of = Principal(name[:256], AuthMethod.NONE), ""
         out = await self._admin.set_active_cluster(
             region=request.region,
             cluster=request.cluster,
             reason=request.reason,
             force=request.force,
             dry_run=request.dry_run,
-            actor=actor,
+            actor=principal,
+            on_behalf_of=on_behalf_of[:256],
             remaining=_remaining(context),
         )
         resp = pb.SetActiveClusterResponse(
@@ -361,6 +366,7 @@ def region_pb(m: Admin, state: RegionState, out: pb.Region) -> None:
         out.last_flip.from_cluster, out.last_flip.to_cluster = f.from_cluster, f.to_cluster
         out.last_flip.actor, out.last_flip.reason, out.last_flip.rule = f.actor, f.reason, f.rule
         out.last_flip.automatic, out.last_flip.forced = f.automatic, f.forced
+        out.last_flip.on_behalf_of = f.on_behalf_of
     for c in region.clusters:
         probe = probes.get(c.name)
         out.clusters.add(
@@ -392,6 +398,7 @@ def topology_pb(m: Admin) -> pb.Topology:
     else:
         topo.replica_id = topo.leader = "local"
         topo.is_leader = True
+    topo.config_pending = m.config_pending
     if m.last_rejected is not None:
         at, error = m.last_rejected
         topo.last_rejected.time.FromNanoseconds(int(at * 1e9))

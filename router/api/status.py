@@ -3,7 +3,12 @@ reasoning for each code are in ``router.errors``)."""
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from router.errors import (
     AuditUnavailable,
@@ -14,13 +19,17 @@ from router.errors import (
     DeadlineExceeded,
     FlipConflict,
     FlipRefusedError,
+    FlipStoreUnavailable,
     InvalidArgument,
     KeyRingError,
     MeridianError,
     NoHealthyTarget,
+    PermissionDenied,
+    QuotaExceeded,
     Refused,
     ResidencyUnsatisfiable,
     StackError,
+    Unauthenticated,
     Unavailable,
     WorkflowNotFound,
     WorkflowOperationFailed,
@@ -29,12 +38,16 @@ from router.errors import (
 
 # Most specific first: the first isinstance match wins.
 STATUS: tuple[tuple[type[MeridianError], grpc.StatusCode], ...] = (
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (ResidencyUnsatisfiable, grpc.StatusCode.FAILED_PRECONDITION),
     (WorkflowTypeNotServed, grpc.StatusCode.FAILED_PRECONDITION),
     (NoHealthyTarget, grpc.StatusCode.UNAVAILABLE),
     (ClusterUnavailable, grpc.StatusCode.UNAVAILABLE),
     (AuditUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (FlipStoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (ConsulUnavailable, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (WorkflowNotFound, grpc.StatusCode.NOT_FOUND),
@@ -64,3 +77,19 @@ def message_of(exc: MeridianError) -> str:
     if isinstance(exc, ClusterUnavailable) and exc.may_have_reached:
         msg += " (the request may have reached the cluster)"
     return msg
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: MeridianError) -> NoReturn:
+    """End the call with ``exc``'s status and message. A spent quota also carries the
+    standard ``google.rpc.RetryInfo`` (in the status details) and a ``retry-after``
+    trailer in seconds, so clients can back off by the hint."""
+    code, message = status_of(exc), message_of(exc)
+    if isinstance(exc, QuotaExceeded):
+        delay = Duration()
+        delay.FromNanoseconds(int(exc.retry_after * 1e9))
+        status = status_pb2.Status(code=code.value[0], message=message)
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        context.set_trailing_metadata((("retry-after", f"{exc.retry_after:.3f}"),))
+        await context.abort_with_status(rpc_status.to_status(status))
+    await context.abort(code, message)
+    raise AssertionError("unreachable: context.abort raises")

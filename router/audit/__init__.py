@@ -5,6 +5,7 @@ verifiable and searchable by auditors (``meridian audit verify|query|report``)."
 from router.audit.log import AuditLog, Receipt, load_key
 from router.audit.records import (
     CallContext,
+    access_record,
     auth_failure_record,
     config_record,
     decision_record,
@@ -22,6 +23,7 @@ __all__ = [
     "MemoryAuditSink",
     "Receipt",
     "VerifyResult",
+    "access_record",
     "auth_failure_record",
     "config_record",
     "decision_record",

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from router.core.authz import Principal
 from router.core.failover import AuditEvent, FlipDone
 from router.core.model import Decision, Refusal, RouteRequest
 
@@ -18,17 +19,23 @@ def utc(ts: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class CallContext:
-    """Who asked, and the trace it belongs to."""
+    """Who asked (as authenticated), and the trace it belongs to."""
 
-    caller: str
+    principal: Principal
     request_id: str
     trace_id: str = ""
+
+    def who(self) -> dict[str, str]:
+        out = {"principal": self.principal.name, "auth": self.principal.method.value}
+        if self.principal.peer_identity:
+            out["peer_identity"] = self.principal.peer_identity
+        return out
 
 
 def _inputs(req: RouteRequest, ctx: CallContext, workflow_id: str) -> dict[str, Any]:
     return {
         "request_id": ctx.request_id,
-        "caller": ctx.caller,
+        **ctx.who(),
         "trace_id": ctx.trace_id,
         "workflow_type": req.workflow_type,
         "workflow_id": workflow_id,
@@ -89,6 +96,7 @@ def outcome_record(
     return {
         "kind": "start.outcome",
         "request_id": ctx.request_id,
+        **ctx.who(),
         "workflow_id": workflow_id,
         "decision_seq": decision_seq,
         "cluster": cluster,
@@ -125,6 +133,36 @@ def auth_failure_record(
     }
 
 
+def access_record(
+    *,
+    kind: str,
+    who: str,
+    auth: str,
+    count: int,
+    rpcs: dict[str, int],
+    reasons: dict[str, int],
+    aggregated: bool,
+    since: float | None = None,
+) -> dict[str, Any]:
+    """A refused caller at the router's gRPC edge: ``auth.failure`` (no principal: ``who``
+    is the peer's address) or ``auth.denied`` (``who`` is the principal). ``count``
+    callers were refused; an aggregated record counts those after the first of its
+    interval (``since``: when the interval began)."""
+    record: dict[str, Any] = {
+        "kind": kind,
+        "component": "router",
+        "principal" if kind == "auth.denied" else "peer": who,
+        "auth": auth,
+        "count": count,
+        "rpcs": rpcs,
+        "reasons": reasons,
+        "aggregated": aggregated,
+    }
+    if since is not None:
+        record["since"] = utc(since)
+    return record
+
+
 def _health(health: Any) -> dict[str, str]:
     return {
         c: ("healthy" if h else "unknown" if h is None else "unhealthy") for c, h in health.items()
@@ -144,6 +182,8 @@ def flip_record(event: AuditEvent) -> dict[str, Any]:
             "from_cluster": f.from_cluster,
             "to_cluster": f.to_cluster,
             "actor": f.actor,
+            "auth": f.auth,
+            "on_behalf_of": f.on_behalf_of,
             "reason": f.reason,
             "rule": f.rule,
             "automatic": f.automatic,
@@ -158,6 +198,8 @@ def flip_record(event: AuditEvent) -> dict[str, Any]:
         "zone": event.zone,
         "to_cluster": event.target,
         "actor": event.actor,
+        "auth": event.auth,
+        "on_behalf_of": event.on_behalf_of,
         "reason": event.reason,
         "rule": event.rule,
         "message": event.message,

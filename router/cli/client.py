@@ -60,6 +60,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"last rejected config change: {rejected['time']} from {rejected['source']}")
         for e in rejected["errors"]:
             print(f"  - {e}")
+    if topo["config_pending"]:
+        print(f"config change waiting to be applied (retried): {topo['config_pending']}")
     print(render_table(STATUS_HEADERS, status_rows(topo)))
     return 0
 

@@ -33,17 +33,19 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from router.codec import FileKeyProvider
     from router.config.load import resolve_path
     from router.config.sources import ConfigSources
-    from router.devstack import DevStack, check_ports
+    from router.devstack import DevStack, check_ports, write_dev_overlay
     from router.failover import LocalStore
     from router.paths import meridian_home
 
     path = resolve_path(args.config).resolve()
-    # The file alone (no environment layer): the workers and codec servers the stack
-    # starts read the same file and must see the same config.
-    sources = ConfigSources.read([path], use_env=False)
+    home = Path(args.home).resolve() if args.home else meridian_home()
+    # The file, and the dev overlay (the router's TLS files, or auth off with
+    # --insecure); no environment layer: the workers and codec servers the stack starts
+    # read the same file and must see the same topology.
+    overlay = write_dev_overlay(home, insecure=args.insecure)
+    sources = ConfigSources.read([path, overlay], use_env=False)
     config = sources.resolve()
     check_ports(config, args.host, args.port)
-    home = Path(args.home).resolve() if args.home else meridian_home()
     keys = Path(args.keys_dir).resolve() if args.keys_dir else home / "keys"
 
     def say(line: str) -> None:
@@ -191,6 +193,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 await stop.wait()
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
+            for task in reloads:  # a reload in progress is not half-done at exit
+                task.cancel()
+            await asyncio.gather(*reloads, return_exceptions=True)
             if live is not None:
                 await live.stop()
             await server.stop(grace=args.grace)
@@ -327,6 +332,12 @@ def add_parsers(sub: Any) -> None:
     )
     dev.add_argument(
         "--persist", action="store_true", help="keep workflows across restarts (SQLite per cluster)"
+    )
+    dev.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext with authentication and authorization OFF, for quick experiments "
+        "(default: mTLS with the development CA under $MERIDIAN_HOME/tls, deny by default)",
     )
     dev.set_defaults(func=cmd_dev)
 

@@ -13,19 +13,32 @@ import hashlib
 import json
 import string
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from router.config import iso3166
-from router.config.schema import NAMESPACE_RE, FailoverOverride, RouterConfig, RuleConfig
+from router.config.schema import (
+    NAMESPACE_RE,
+    FailoverOverride,
+    QuotaConfig,
+    RouterConfig,
+    RuleConfig,
+)
 from router.config.settings import (
+    AuthSettings,
     CodecSettings,
     HealthSettings,
+    JWTSettings,
+    QuotaSettings,
     ResolvedConfig,
+    ServerTLS,
     TemporalSettings,
 )
+from router.core.authz import AuthPolicy, Grant
+from router.core.authz import Role as AuthRole
 from router.core.failover import Mode, Policy
 from router.core.model import (
     ClusterSpec,
@@ -42,6 +55,7 @@ from router.core.model import (
     ZoneSpec,
 )
 from router.core.policy import RULE_DEFAULT_REGION, RULE_ZONE_FALLBACK, RULE_ZONE_HOME, names
+from router.core.quota import Quota
 from router.errors import ConfigError, FieldError
 
 NAMESPACE_PLACEHOLDERS = frozenset({"region", "zone"})
@@ -155,6 +169,7 @@ class _Checker:
         self.errors.append(FieldError(path, msg))
 
     def run(self) -> list[FieldError]:
+        self._auth()
         self.country_zone = self._zones_own_countries()
         self._zones_and_regions()
         self._clusters()
@@ -163,6 +178,26 @@ class _Checker:
         self._rules()
         self._namespaces()
         return self.errors
+
+    def _auth(self) -> None:
+        auth, server = self.p.get("auth"), self.p.get("server")
+        jwt = auth.jwt if auth is not None else None
+        tls = server.tls if server is not None else None
+        if tls is not None and tls.client_ca_file is None and tls.client_certs == "optional":
+            self.err("server.tls.client_certs", "optional needs client_ca_file (mTLS) to apply")
+        if (
+            auth is not None
+            and tls is not None
+            and tls.client_ca_file is not None
+            and tls.client_certs == "optional"
+            and jwt is None
+        ):
+            self.err(
+                "server.tls.client_certs",
+                "optional lets callers connect without a certificate, but auth.jwt is not "
+                "set: they could not authenticate at all (require client certificates, or "
+                "configure auth.jwt)",
+            )
 
     def _zones_own_countries(self) -> dict[str, str]:
         owner: dict[str, tuple[str, int]] = {}
@@ -468,8 +503,72 @@ def _build(doc: RouterConfig, source: str) -> ResolvedConfig:
             cors_origins=tuple(doc.codec.cors_origins),
             max_body_bytes=doc.codec.max_body_bytes,
         ),
+        server_tls=_server_tls(doc),
+        auth=_auth(doc),
+        quotas=_quotas(doc),
         source=source,
         document=doc,
+    )
+
+
+def _server_tls(doc: RouterConfig) -> ServerTLS | None:
+    tls = doc.server.tls
+    if tls is None:
+        return None
+    return ServerTLS(
+        cert_file=Path(tls.cert_file),
+        key_file=Path(tls.key_file),
+        client_ca_file=Path(tls.client_ca_file) if tls.client_ca_file else None,
+        require_client_cert=tls.client_ca_file is not None and tls.client_certs == "require",
+    )
+
+
+def _auth(doc: RouterConfig) -> AuthSettings:
+    a = doc.auth
+    jwt = None
+    if a.jwt is not None:
+        j = a.jwt
+        jwt = JWTSettings(
+            jwks_file=Path(j.jwks_file) if j.jwks_file else None,
+            jwks_url=j.jwks_url,
+            issuer=j.issuer,
+            audience=j.audience,
+            algorithms=tuple(j.algorithms),
+            leeway=float(j.leeway_s),
+            principal_claim=j.principal_claim,
+            roles_claim=j.roles_claim,
+        )
+    grants = {
+        name: Grant(
+            rpcs=frozenset(g.rpcs),
+            tenants=tuple(g.tenants),
+            workflow_types=tuple(g.workflow_types),
+            data_classes=frozenset(DataClass(d) for d in g.data_classes),
+            roles=frozenset(AuthRole(r) for r in g.roles),
+        )
+        for name, g in a.principals.items()
+    }
+    return AuthSettings(
+        policy=AuthPolicy(enabled=a.enabled, grants=MappingProxyType(grants)),
+        identity=tuple(a.identity),
+        jwt=jwt,
+        denial_audit_interval=float(a.denial_audit_interval_s),
+    )
+
+
+def _quotas(doc: RouterConfig) -> QuotaSettings:
+    q = doc.quotas
+
+    def quota(c: QuotaConfig | None) -> Quota | None:
+        return Quota(c.rate_per_s, c.burst) if c is not None else None
+
+    return QuotaSettings(
+        tenant=quota(q.tenant),
+        principal=quota(q.principal),
+        tenants=MappingProxyType({t: Quota(c.rate_per_s, c.burst) for t, c in q.tenants.items()}),
+        principals=MappingProxyType(
+            {p: Quota(c.rate_per_s, c.burst) for p, c in q.principals.items()}
+        ),
     )
 
 

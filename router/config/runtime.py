@@ -3,18 +3,20 @@
 Every change, whatever brought it (a SIGHUP re-reading the files, a new Consul document),
 goes through ``ConfigController.submit``, one at a time:
 
-1. Build the candidate sources and resolve them. A document that fails validation is
-   **invalid**: rejected whole, audited (``config.change`` rejected, with every error),
-   shown in status; the last good config keeps serving. So is a config this replica
-   cannot apply at all (a region whose key ring it does not have).
+1. Build the candidate sources and resolve them. A document that fails validation (or a
+   check a subscriber registered, like the listener's TLS) is **invalid**: rejected
+   whole, audited (``config.change`` rejected, with every error), shown in status; the
+   last good config keeps serving.
 2. Load the key ring of every region (new regions get one, and a refresh task; removed
    regions lose theirs) and build each region's codec from the ``codec`` settings.
 3. Audit ``config.change`` accepted, then tell the subscribers (the client pool, the
    cluster state: prober and failover) in order, then swap the current value.
 
-A **transient** failure in 3 (the audit log briefly unwritable, say) is not a rejection:
-the candidate stays wanted and is applied again with backoff until it goes in or a newer
-change replaces it. Subscribers must be idempotent: a retried change is applied again.
+A **transient** failure in 2 or 3 (a region's key ring not rolled out yet, the audit log
+briefly unwritable, a subscriber failing) is not a rejection: the candidate stays wanted
+(``pending_reason`` says why, status shows it) and is applied again with backoff until it
+goes in or a newer change replaces it; it is audited as accepted once. Subscribers must
+be idempotent: a retried change is applied again.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class Outcome(enum.Enum):
 
 Subscriber = Callable[[RuntimeConfig], Awaitable[None]]
 Build = Callable[[ConfigSources], ConfigSources]
+# A check a valid config must also pass to be applied here (e.g. the listener's TLS,
+# fixed once the port is bound): problems, with their dotted paths.
+Check = Callable[[ResolvedConfig], list[FieldError]]
 
 
 class ConfigController:
@@ -95,9 +100,16 @@ class ConfigController:
         self._retry_max = retry_max
         self._key_refresh = key_refresh_interval
         self._subscribers: list[Subscriber] = []
+        self._checks: list[Check] = []
         self._lock = asyncio.Lock()
         # Sources wanted but not applied yet (a transient failure is being retried).
         self._wanted: ConfigSources | None = None
+        # The version audited as accepted but not applied yet (a retry does not audit
+        # it twice), and whether subscribers may hold a config that is not current.
+        self._accepted: str | None = None
+        self._dirty = False
+        # Why a valid change is not applied yet ("" when none waits): shown in status.
+        self.pending_reason = ""
         self._retry: asyncio.Task[None] | None = None
         self._refresh: dict[str, asyncio.Task[None]] = {}
         # Fail closed at start-up: a region without its keys cannot be served.
@@ -115,13 +127,13 @@ class ConfigController:
         return self._current.config
 
     @property
-    def sources(self) -> ConfigSources:
-        return self._sources
-
-    @property
     def pending(self) -> bool:
         """A change is waiting to be applied again after a transient failure."""
         return self._wanted is not None
+
+    def add_check(self, check: Check) -> None:
+        """A change ``check`` finds problems with is rejected whole, like an invalid one."""
+        self._checks.append(check)
 
     def subscribe(self, subscriber: Subscriber) -> None:
         """``subscriber(runtime)`` runs on start and on every applied change, in the
@@ -169,6 +181,9 @@ class ConfigController:
             try:
                 candidate = build(base)
                 config = candidate.resolve()
+                problems = [e for check in self._checks for e in check(config)]
+                if problems:
+                    raise ConfigError(problems, source=config.source)
             except ConfigError as exc:
                 log.error("config change rejected; keeping %s\n%s", self.config.version, exc)
                 await self._reject(exc)
@@ -179,42 +194,60 @@ class ConfigController:
     async def _apply(self, candidate: ConfigSources, config: ResolvedConfig) -> Outcome:
         current = self._current
         if config.version == current.config.version:
-            self._sources, self._wanted = candidate, None
+            if self._dirty:
+                # A change given up for this one reached some subscribers: bring them
+                # back to what is current.
+                try:
+                    await self._notify(current)
+                except Exception as exc:
+                    return self._pending(config, exc)
+            self._sources, self._wanted, self._dirty = candidate, None, False
+            self.pending_reason = ""
             return Outcome.UNCHANGED
         try:
             runtime = RuntimeConfig(config, self._region_keys(config, current))
         except KeyRingError as exc:
-            self._wanted = None
-            error = ConfigError(
-                [FieldError("", f"cannot apply: {exc.message}")], source=config.source
-            )
-            log.error("config change not applied; keeping %s\n%s", current.config.version, error)
-            await self._reject(error)
-            return Outcome.REJECTED
+            # Valid, but a region's keys are not here yet (rolled out after the config,
+            # or a file briefly unreadable): not a rejection. Fail closed meanwhile: the
+            # last good config serves, and the change is retried until the keys come.
+            return self._pending(config, exc)
         try:
-            await self._audit.append(
-                config_record(
-                    outcome="accepted",
-                    source=config.source,
-                    version=config.version,
-                    previous=current.config.version,
+            if self._accepted != config.version:  # a retry is not a second acceptance
+                await self._audit.append(
+                    config_record(
+                        outcome="accepted",
+                        source=config.source,
+                        version=config.version,
+                        previous=current.config.version,
+                    )
                 )
-            )
-            for subscriber in self._subscribers:
-                await subscriber(runtime)
-        except MeridianError as exc:
-            log.error(
-                "config %s not applied yet (%s); retrying, %s keeps serving",
-                config.version,
-                exc.message,
-                current.config.version,
-            )
-            self._schedule_retry()
-            return Outcome.PENDING
+                self._accepted = config.version
+            self._dirty = True
+            await self._notify(runtime)
+        except Exception as exc:
+            return self._pending(config, exc)
         self._current, self._sources, self._wanted = runtime, candidate, None
+        self._dirty, self._accepted, self.pending_reason = False, None, ""
         self._sync_refresh(runtime)
         log.info("config applied: version %s from %s", config.version, config.source)
         return Outcome.APPLIED
+
+    async def _notify(self, runtime: RuntimeConfig) -> None:
+        for subscriber in self._subscribers:
+            await subscriber(runtime)
+
+    def _pending(self, config: ResolvedConfig, exc: Exception) -> Outcome:
+        why = exc.message if isinstance(exc, MeridianError) else f"{type(exc).__name__}: {exc}"
+        self.pending_reason = f"version {config.version} not applied yet: {why}"
+        log.error(
+            "config %s not applied yet (%s); retrying, %s keeps serving",
+            config.version,
+            why,
+            self._current.config.version,
+            exc_info=not isinstance(exc, MeridianError),
+        )
+        self._schedule_retry()
+        return Outcome.PENDING
 
     async def _reject(self, error: ConfigError) -> None:
         self.last_rejected = (time.time(), error)
@@ -245,12 +278,11 @@ class ConfigController:
                 if candidate is None:
                     return
                 try:
-                    config = candidate.resolve()
-                except ConfigError as exc:  # cannot happen: it resolved before
-                    self._wanted = None
-                    await self._reject(exc)
-                    return
-                if await self._apply(candidate, config) is not Outcome.PENDING:
+                    outcome = await self._apply(candidate, candidate.resolve())
+                except Exception:
+                    log.exception("config retry failed; trying again")
+                    outcome = Outcome.PENDING
+                if outcome is not Outcome.PENDING:
                     return
             delay = min(self._retry_max, delay * 2)
 

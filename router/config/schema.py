@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from router.config import iso3166
 
@@ -209,6 +209,122 @@ class AuditConfig(_Section):
     max_file_age_s: int = Field(default=86_400, ge=1, le=365 * 86_400)
 
 
+class ServerTLSConfig(_Section):
+    """TLS on the router's gRPC port. Files are re-read when they change (rotation
+    without a restart); the key file must be mode 0600."""
+
+    cert_file: str = Field(min_length=1)
+    key_file: str = Field(min_length=1)
+    # The CA that signs callers' client certificates: given, the port speaks mTLS.
+    client_ca_file: str | None = Field(default=None, min_length=1)
+    # require: no connection without a client certificate; optional: JWT-only callers
+    # may connect with TLS alone (and must then present a token).
+    client_certs: Literal["require", "optional"] = "require"
+
+
+class ServerConfig(_Section):
+    # Not given: plaintext, which is allowed only with auth.enabled: false.
+    tls: ServerTLSConfig | None = None
+
+
+# The WorkflowRouter RPCs a grant lists (RoutingAdmin is granted by role).
+RpcName = Literal[
+    "StartWorkflow",
+    "ExplainRoute",
+    "DescribeWorkflow",
+    "SignalWorkflow",
+    "QueryWorkflow",
+    "CancelWorkflow",
+    "GetWorkflowResult",
+]
+JwtAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
+CertField = Literal["uri_san", "dns_san", "cn"]
+RoleName = Literal["sre", "viewer", "auditor"]
+Glob = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:/@*?-]+$")]
+
+
+_ALGORITHMS: list[JwtAlgorithm] = ["RS256", "ES256", "EdDSA"]
+_CERT_FIELDS: list[CertField] = ["uri_san", "dns_san", "cn"]
+
+
+class JWTConfig(_Section):
+    """Bearer tokens (``authorization: Bearer …``), verified against a JWKS."""
+
+    jwks_file: str | None = Field(default=None, min_length=1)
+    jwks_url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    issuer: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
+    # Asymmetric algorithms only: a JWKS holds public keys.
+    algorithms: list[JwtAlgorithm] = Field(default_factory=lambda: list(_ALGORITHMS), min_length=1)
+    leeway_s: int = Field(default=30, ge=0, le=600)
+    # The claim naming the principal, and the claim listing its roles.
+    principal_claim: str = Field(default="sub", min_length=1)
+    roles_claim: str = Field(default="roles", min_length=1)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JWTConfig:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError("give exactly one of jwks_file and jwks_url")
+        return self
+
+
+_WORKFLOW_RPCS: list[RpcName] = [
+    "StartWorkflow",
+    "ExplainRoute",
+    "DescribeWorkflow",
+    "SignalWorkflow",
+    "QueryWorkflow",
+    "CancelWorkflow",
+    "GetWorkflowResult",
+]
+
+
+class GrantConfig(_Section):
+    """What one principal may do. Workflow RPCs act only on the tenants listed (globs);
+    RoutingAdmin needs a role (flips: sre; topology: sre or viewer)."""
+
+    rpcs: list[RpcName] = Field(default_factory=lambda: list(_WORKFLOW_RPCS))
+    tenants: list[Glob] = Field(default_factory=list)
+    workflow_types: list[Glob] = Field(default_factory=lambda: ["*"])
+    data_classes: list[DataClassName] = Field(
+        default_factory=lambda: ["public", "internal", "pii", "financial"]
+    )
+    roles: list[RoleName] = Field(default_factory=list)
+
+
+class AuthConfig(_Section):
+    # On by default: every request acts as an authenticated principal, and what is not
+    # granted is denied. Off (plaintext, anyone may do anything) only by saying so.
+    enabled: bool = True
+    # Where a client certificate names its principal, first found wins.
+    identity: list[CertField] = Field(default_factory=lambda: list(_CERT_FIELDS), min_length=1)
+    jwt: JWTConfig | None = None
+    # Principal name (certificate identity or the JWT's principal claim) -> grant.
+    principals: dict[Annotated[str, Field(min_length=1, max_length=512)], GrantConfig] = Field(
+        default_factory=dict
+    )
+    # Denials and authentication failures: one audit record per principal (or peer)
+    # per interval, with a count, so a flood cannot fill the audit disk.
+    denial_audit_interval_s: int = Field(default=10, ge=1, le=3600)
+
+
+class QuotaConfig(_Section):
+    rate_per_s: float = Field(gt=0, le=1_000_000)
+    burst: int = Field(ge=1, le=10_000_000)
+
+
+class QuotasConfig(_Section):
+    """Start quotas (token buckets), checked before any routing or audit work."""
+
+    # The default for every tenant / principal; not given: no limit.
+    tenant: QuotaConfig | None = None
+    principal: QuotaConfig | None = None
+    tenants: dict[Tenant, QuotaConfig] = Field(default_factory=dict)
+    principals: dict[Annotated[str, Field(min_length=1, max_length=512)], QuotaConfig] = Field(
+        default_factory=dict
+    )
+
+
 class RouterConfig(_Section):
     """The whole document. Sections are validated one by one (see compile.py) so that a
     broken section does not hide the errors of the others."""
@@ -225,3 +341,6 @@ class RouterConfig(_Section):
     failover: FailoverConfig = Field(default_factory=FailoverConfig)
     codec: CodecConfig = Field(default_factory=CodecConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    quotas: QuotasConfig = Field(default_factory=QuotasConfig)

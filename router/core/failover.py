@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 AUTOMATIC_ACTOR = "meridian"
+AUTOMATIC_AUTH = "process"
 # Rule names of refusals an adapter reports by name (the others are only audited).
 RULE_REASON_REQUIRED = "reason-required"
 # A flip of a region the config does not have (refused by the adapter: no state exists).
@@ -59,6 +60,10 @@ class Flip:
     rule: str
     automatic: bool
     forced: bool
+    # How the actor authenticated (mtls, jwt; "process" for Meridian's own flips), and
+    # the free text an SRE gave for whom they acted. Defaults keep older stored flips.
+    auth: str = ""
+    on_behalf_of: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +128,12 @@ class HealthObserved:
 @dataclass(frozen=True, slots=True)
 class FlipRequested:
     target: str
+    # The authenticated principal (never a name the caller merely asserted).
     actor: str
     reason: str
     force: bool = False
+    auth: str = ""
+    on_behalf_of: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +179,8 @@ class FlipRefused:
     forced: bool
     at: float
     health: Mapping[str, bool | None]
+    auth: str = ""
+    on_behalf_of: str = ""
 
 
 AuditEvent = FlipDone | FlipRefused
@@ -238,8 +248,10 @@ def _flip(
     rule: str,
     automatic: bool,
     forced: bool,
+    auth: str = AUTOMATIC_AUTH,
+    on_behalf_of: str = "",
 ) -> tuple[RegionState, tuple[AuditEvent, ...]]:
-    flip = Flip(state.active, to, now, actor, reason, rule, automatic, forced)
+    flip = Flip(state.active, to, now, actor, reason, rule, automatic, forced, auth, on_behalf_of)
     new = replace(state, active=to, last_flip=flip, stuck=False)
     return new, (FlipDone(state.region, state.zone, flip, state.health),)
 
@@ -255,6 +267,8 @@ def _refuse(
     message: str,
     automatic: bool,
     forced: bool,
+    auth: str = AUTOMATIC_AUTH,
+    on_behalf_of: str = "",
 ) -> tuple[AuditEvent, ...]:
     return (
         FlipRefused(
@@ -269,6 +283,8 @@ def _refuse(
             forced,
             now,
             state.health,
+            auth,
+            on_behalf_of,
         ),
     )
 
@@ -398,6 +414,8 @@ def _manual(
             message=message,
             automatic=False,
             forced=req.force,
+            auth=req.auth,
+            on_behalf_of=req.on_behalf_of,
         )
     return _flip(
         state,
@@ -408,4 +426,6 @@ def _manual(
         rule="manual-forced" if req.force else "manual",
         automatic=False,
         forced=req.force,
+        auth=req.auth,
+        on_behalf_of=req.on_behalf_of,
     )

@@ -61,7 +61,11 @@ class WorkflowMemo:
             return None
         values: dict[str, Any] = {}
         for f in fields(cls):
-            value = doc.get(f.name, "")
+            value = doc.get(f.name)
+            if value is None:
+                # Absent, or null as releases before this type wrote for "no residency
+                # zone": an empty field. Ownership still needs tenant and data class.
+                value = ""
             if not isinstance(value, str):
                 return None
             values[f.name] = value

@@ -100,6 +100,14 @@ def route(
             continue
         serving += 1
         active_name = view.active.get(region_name, region.primary.name)
+        active = table.clusters.get(active_name)
+        if active is None or active.region != region_name:
+            # A view from another config (a reload in flight) naming a cluster that is
+            # not this region's in this table: never route on it (fail closed).
+            reasons.append(
+                f"region {region_name}: active cluster {active_name} is not one of its clusters"
+            )
+            continue
         if active_name not in view.healthy:
             reasons.append(f"region {region_name}: active cluster {active_name} is not healthy")
             continue

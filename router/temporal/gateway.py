@@ -157,7 +157,7 @@ class TemporalGateway:
         Idempotent by workflow id: USE_EXISTING returns a running run; REJECT_DUPLICATE
         makes a closed run's id final, and its ALREADY_EXISTS carries that run's id.
         """
-        client = self._pool.client(decision.cluster, decision.namespace)
+        client = self._pool.client(decision.cluster, decision.namespace, region=decision.region)
         converter = client.data_converter
         req = StartWorkflowExecutionRequest(
             namespace=decision.namespace,

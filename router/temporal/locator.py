@@ -36,9 +36,6 @@ class LocationCache:
         self._capacity = capacity
         self._entries: OrderedDict[str, Location] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def get(self, workflow_id: str, tenant_id: str) -> Location | None:
         """Where ``workflow_id`` of ``tenant_id`` was seen; another tenant's entry is a
         miss (the search then decides, by the memo)."""

@@ -18,6 +18,7 @@ from temporalio.service import ConnectConfig, GrpcCompression, RetryConfig, Serv
 
 from router import telemetry
 from router.core.model import ClusterSpec
+from router.errors import ClusterUnavailable
 
 IDENTITY = f"meridian-router@{socket.gethostname()}"
 
@@ -34,6 +35,8 @@ class ClientPool:
         self._connect_timeout = connect_timeout
         self._services: dict[str, tuple[str, ServiceClient]] = {}
         self._clients: dict[tuple[str, str], Client] = {}
+        # Each cluster's region in the config the clients were built for.
+        self._regions: dict[str, str] = {}
 
     async def sync(
         self,
@@ -49,6 +52,7 @@ class ClientPool:
         if connect_timeout is not None:
             self._connect_timeout = connect_timeout
         wanted = {c.name: c for c in clusters}
+        self._regions = {name: spec.region for name, spec in wanted.items()}
         for name in list(self._services):
             if name not in wanted or self._services[name][0] != wanted[name].endpoint:
                 del self._services[name]
@@ -85,7 +89,26 @@ class ClientPool:
         )
 
     def service(self, cluster: str) -> ServiceClient:
-        return self._services[cluster][1]
+        entry = self._services.get(cluster)
+        if entry is None:
+            raise _gone(cluster, "")
+        return entry[1]
 
-    def client(self, cluster: str, namespace: str) -> Client:
-        return self._clients[(cluster, namespace)]
+    def client(self, cluster: str, namespace: str, *, region: str | None = None) -> Client:
+        """The client for ``namespace`` on ``cluster``; with ``region``, only if the
+        cluster is that region's in the config the pool holds (a decision made on an
+        older config must not reach a cluster that moved: its codec would be another
+        region's). ``ClusterUnavailable`` (nothing sent) otherwise."""
+        found = self._clients.get((cluster, namespace))
+        if found is None or (region is not None and self._regions.get(cluster) != region):
+            raise _gone(cluster, namespace)
+        return found
+
+
+def _gone(cluster: str, namespace: str) -> ClusterUnavailable:
+    where = f"namespace {namespace} of cluster {cluster}" if namespace else f"cluster {cluster}"
+    return ClusterUnavailable(
+        f"{where} is not (or no longer) in the config in force; nothing was sent",
+        cluster=cluster,
+        may_have_reached=False,
+    )

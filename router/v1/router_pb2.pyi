@@ -629,6 +629,7 @@ class FlipInfo(_message.Message):
     RULE_FIELD_NUMBER: _builtins.int
     AUTOMATIC_FIELD_NUMBER: _builtins.int
     FORCED_FIELD_NUMBER: _builtins.int
+    ON_BEHALF_OF_FIELD_NUMBER: _builtins.int
     from_cluster: _builtins.str
     to_cluster: _builtins.str
     actor: _builtins.str
@@ -637,6 +638,10 @@ class FlipInfo(_message.Message):
     """automatic-failover, automatic-failback, manual, manual-forced."""
     automatic: _builtins.bool
     forced: _builtins.bool
+    on_behalf_of: _builtins.str
+    """Free text the SRE gave for whom they flipped; the actor is always the
+    authenticated principal.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -650,10 +655,11 @@ class FlipInfo(_message.Message):
         rule: _builtins.str = ...,
         automatic: _builtins.bool = ...,
         forced: _builtins.bool = ...,
+        on_behalf_of: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "automatic", b"automatic", "forced", b"forced", "from_cluster", b"from_cluster", "reason", b"reason", "rule", b"rule", "time", b"time", "to_cluster", b"to_cluster"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "automatic", b"automatic", "forced", b"forced", "from_cluster", b"from_cluster", "on_behalf_of", b"on_behalf_of", "reason", b"reason", "rule", b"rule", "time", b"time", "to_cluster", b"to_cluster"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -742,6 +748,7 @@ class Topology(_message.Message):
     CONSUL_FIELD_NUMBER: _builtins.int
     CONSUL_REACHABLE_FIELD_NUMBER: _builtins.int
     LAST_REJECTED_FIELD_NUMBER: _builtins.int
+    CONFIG_PENDING_FIELD_NUMBER: _builtins.int
     config_version: _builtins.str
     default_region: _builtins.str
     config_source: _builtins.str
@@ -753,6 +760,10 @@ class Topology(_message.Message):
     consul: _builtins.str
     """"host:port/prefix" of Consul, when it is the live source; empty otherwise."""
     consul_reachable: _builtins.bool
+    config_pending: _builtins.str
+    """A valid config change not applied yet (retried until it is), and why; empty when
+    none waits.
+    """
     @_builtins.property
     def regions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Region]: ...
     @_builtins.property
@@ -775,10 +786,11 @@ class Topology(_message.Message):
         consul: _builtins.str = ...,
         consul_reachable: _builtins.bool = ...,
         last_rejected: Global___ConfigRejection | None = ...,
+        config_pending: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_rejected", b"last_rejected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_source", b"config_source", "config_version", b"config_version", "consul", b"consul", "consul_reachable", b"consul_reachable", "default_region", b"default_region", "is_leader", b"is_leader", "last_rejected", b"last_rejected", "leader", b"leader", "regions", b"regions", "replica_id", b"replica_id", "zones", b"zones"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_pending", b"config_pending", "config_source", b"config_source", "config_version", b"config_version", "consul", b"consul", "consul_reachable", b"consul_reachable", "default_region", b"default_region", "is_leader", b"is_leader", "last_rejected", b"last_rejected", "leader", b"leader", "regions", b"regions", "replica_id", b"replica_id", "zones", b"zones"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -829,7 +841,9 @@ class SetActiveClusterRequest(_message.Message):
     """Break glass: overrides the target-healthy and wait-period rules, never the region."""
     dry_run: _builtins.bool
     actor: _builtins.str
-    """Who flips; default: the caller's peer address."""
+    """Free text: on whose behalf the SRE flips (audited as on_behalf_of). The actor
+    audited is the authenticated principal; with auth off, this is the actor.
+    """
     def __init__(
         self,
         *,

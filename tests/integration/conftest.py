@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from router.tls import channel_credentials
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
 from temporalio.client import Client
@@ -52,6 +53,16 @@ class DevProcess:
     def child_pids(self) -> dict[str, int]:
         path = self.home / "children.json"
         return json.loads(path.read_text()) if path.exists() else {}
+
+    def credentials(self, identity: str = "service") -> grpc.ChannelCredentials:
+        """mTLS as one of the dev stack's identities (service, acme, sre)."""
+        tls = self.home / "tls"
+        return channel_credentials(
+            tls / "ca.pem", tls / f"{identity}.pem", tls / f"{identity}-key.pem"
+        )
+
+    def channel(self, identity: str = "service") -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(self.router, self.credentials(identity))
 
 
 def pid_alive(pid: int) -> bool:
@@ -97,7 +108,12 @@ def start_dev(
 
 def wait_serving(dev: DevProcess, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(dev.router) as channel:
+    tls = dev.home / "tls"
+    while not (tls / "service-key.pem").exists() and time.monotonic() < deadline:
+        if dev.proc.poll() is not None:
+            raise AssertionError(f"meridian dev exited with {dev.proc.returncode}:\n{dev.output()}")
+        time.sleep(0.2)
+    with grpc.secure_channel(dev.router, dev.credentials()) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if dev.proc.poll() is not None:
@@ -161,13 +177,15 @@ def dev(tmp_path_factory: pytest.TempPathFactory, collector: Collector) -> Itera
 
 @pytest.fixture(scope="session")
 async def router(dev: DevProcess) -> AsyncIterator[pb_grpc.WorkflowRouterStub]:
-    async with grpc.aio.insecure_channel(dev.router) as channel:
+    """The router as the dev stack's ``service`` identity (every tenant, no admin)."""
+    async with dev.channel("service") as channel:
         yield pb_grpc.WorkflowRouterStub(channel)
 
 
 @pytest.fixture(scope="session")
 async def admin(dev: DevProcess) -> AsyncIterator[pb_grpc.RoutingAdminStub]:
-    async with grpc.aio.insecure_channel(dev.router) as channel:
+    """RoutingAdmin as the dev stack's ``sre`` identity."""
+    async with dev.channel("sre") as channel:
         yield pb_grpc.RoutingAdminStub(channel)
 
 

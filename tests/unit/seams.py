@@ -24,7 +24,7 @@ from router.config.layers import Layer
 from router.config.runtime import ConfigController
 from router.config.sources import ConfigSources
 from router.core.memo import WorkflowMemo
-from router.core.model import ClusterView, Decision, WorkflowStatus
+from router.core.model import ClusterView, Decision, RoutingTable, WorkflowStatus
 from router.errors import AuditUnavailable, ClusterUnavailable, WorkflowNotFound
 from router.temporal.gateway import ResultOutcome, StartOutcome, Target, WorkflowInfo
 
@@ -166,11 +166,15 @@ class Gateway:
 class Views:
     """The cluster state as the start path sees it, driven by the test."""
 
-    def __init__(self, view: ClusterView) -> None:
+    def __init__(self, table: RoutingTable, view: ClusterView) -> None:
+        self.table = table
         self.view = view
         self.expected: set[str] = set()
         self.nudged: list[str] = []
         self._changed = asyncio.Event()
+
+    def routing(self) -> tuple[RoutingTable, ClusterView]:
+        return self.table, self.view
 
     def failover_expected(self, region: str) -> bool:
         return region in self.expected

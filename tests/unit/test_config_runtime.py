@@ -106,17 +106,83 @@ async def test_a_region_added_later_gets_keys_and_a_refresh_task(tmp_path: Path)
         await ctl.close()
 
 
-async def test_a_region_without_its_key_ring_cannot_be_applied(tmp_path: Path) -> None:
-    ctl, audit, _ = await started(tmp_path)
+async def test_a_region_whose_keys_are_not_here_yet_waits_for_them(tmp_path: Path) -> None:
+    """A valid config naming a region whose key ring this replica does not have yet is
+    not rejected (the keys may be rolling out): it waits, fail closed, and goes in once
+    the ring appears, audited as accepted once."""
+    ctl, audit, _ = await started(tmp_path, retry_initial=0.02, retry_max=0.05)
     try:
         doc = default_doc()
         doc["regions"]["eu-north"] = {
             "zone": "eu",
             "clusters": [{"name": "eu-north-a", "endpoint": "127.0.0.1:7299"}],
         }
-        assert await ctl.submit(with_doc({"regions": doc["regions"]})) is Outcome.REJECTED
+        assert await ctl.submit(with_doc({"regions": doc["regions"]})) is Outcome.PENDING
         assert "eu-north" not in ctl.config.table.regions
-        assert "cannot apply" in audit.journal.records("config.change")[-1]["errors"][0]
+        assert "eu-north" in ctl.pending_reason and ctl.last_rejected is None
+        keys_for(tmp_path / "keys", _compiled(doc))
+
+        async def applied() -> bool:
+            return "eu-north" in ctl.config.table.regions
+
+        await eventually(applied, "the change once its keys exist", 5)
+        assert ctl.pending_reason == ""
+        outcomes = [r["outcome"] for r in audit.journal.records("config.change")]
+        assert outcomes == ["loaded", "accepted"]
+    finally:
+        await ctl.close()
+
+
+async def test_a_rejected_change_does_not_drop_a_pending_one(tmp_path: Path) -> None:
+    ctl, audit, _ = await started(tmp_path, retry_initial=0.02)
+    try:
+        doc = default_doc()
+        doc["tenants"]["initech"] = {"residency_zone": "us"}
+        audit.fail = 2
+        assert await ctl.submit(with_doc({"tenants": doc["tenants"]})) is Outcome.PENDING
+        bad = lambda s: s.with_consul(text_layer("default_region: mars", "consul:x@2"))  # noqa: E731
+        assert await ctl.submit(bad) is Outcome.REJECTED
+
+        async def applied() -> bool:
+            return "initech" in ctl.config.table.tenants
+
+        await eventually(applied, "the pending change, despite the rejection after it", 5)
+    finally:
+        await ctl.close()
+
+
+async def test_subscribers_are_told_in_order_and_a_failing_one_is_retried(
+    tmp_path: Path,
+) -> None:
+    audit = Audit()
+    ctl = controller(default_doc(), tmp_path / "keys", audit, retry_initial=0.02)
+    calls: list[str] = []
+    failures = [1]
+
+    async def first(runtime: RuntimeConfig) -> None:
+        calls.append("first")
+
+    async def second(runtime: RuntimeConfig) -> None:
+        calls.append("second")
+        if len(calls) > 2 and failures[0]:
+            failures[0] -= 1
+            raise RuntimeError("a subscriber's bug")
+
+    ctl.subscribe(first)
+    ctl.subscribe(second)
+    await ctl.start()
+    try:
+        assert calls == ["first", "second"]
+        outcome = await ctl.submit(with_doc({"health": {"interval_ms": 250}}))
+        assert outcome is Outcome.PENDING and "RuntimeError" in ctl.pending_reason
+
+        async def applied() -> bool:
+            return ctl.config.health.interval == 0.25
+
+        await eventually(applied, "the change after the subscriber recovered", 5)
+        assert calls[2:] == ["first", "second", "first", "second"]
+        outcomes = [r["outcome"] for r in audit.journal.records("config.change")]
+        assert outcomes == ["loaded", "accepted"], "a retry is not a second acceptance"
     finally:
         await ctl.close()
 

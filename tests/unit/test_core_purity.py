@@ -19,6 +19,7 @@ ALLOWED = {
     "collections.abc",
     "dataclasses",
     "enum",
+    "fnmatch",
     "functools",
     "itertools",
     "types",

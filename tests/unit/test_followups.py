@@ -114,3 +114,18 @@ async def test_a_stale_cache_entry_is_searched_again(
     loc, value = await f.query(Ref("wf", "", "acme"), "getStatus", [], 0, remaining=5)
     assert loc.cluster == "eu-west-b" and value == {"status": "running"}
     assert cache.get("wf", "acme") == loc
+
+
+def test_memos_written_before_the_typed_memo_still_name_their_owner() -> None:
+    """Releases before WorkflowMemo wrote ``residency_zone: null`` for unbound data; the
+    owner of every such running workflow must still find it."""
+    old = {
+        "tenant_id": "acme", "data_class": "public", "user_country": "BR", "zone": "us",
+        "residency_zone": None, "region": "us-east", "cluster": "us-east-a",
+        "rule": "default-region", "config_version": "0123456789abcdef", "request_id": "r-1",
+    }  # fmt: skip
+    memo = WorkflowMemo.from_json(old)
+    assert memo is not None and memo.tenant_id == "acme" and memo.residency_zone == ""
+    assert WorkflowMemo.from_json({**old, "tenant_id": None}) is None, "no owner, no access"
+    assert WorkflowMemo.from_json({**old, "data_class": "secret"}) is None
+    assert WorkflowMemo.from_json("not a mapping") is None

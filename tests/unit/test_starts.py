@@ -35,8 +35,11 @@ class Stack:
         self.journal = Journal()
         self.audit = Audit(self.journal)
         self.gateway = Gateway(self.journal)
-        self.views = Views(ClusterView(active=MappingProxyType(dict(PRIMARIES)), healthy=ALL))
         self.config: ConfigController = controller(doc or default_doc(), tmp, self.audit)
+        self.views = Views(
+            self.config.config.table,
+            ClusterView(active=MappingProxyType(dict(PRIMARIES)), healthy=ALL),
+        )
         self.locations = LocationCache()
         self.starter = Starter(self.config, self.views, self.gateway, self.audit, self.locations)
         self.followups = Followups(self.config, self.gateway, self.locations)
