@@ -35,6 +35,7 @@ from router.config.compile import worker_queues
 from router.config.settings import ResolvedConfig
 from router.core.model import ClusterSpec
 from router.errors import StackError
+from router.tls import DEV_IDENTITIES, ensure_dev_pki
 
 LOOPBACK = ("127.", "localhost", "[::1]")
 _ONE_SECOND = aiohttp.ClientTimeout(total=1)
@@ -301,14 +302,22 @@ class DevStack:
         ]  # fmt: skip
 
     def ensure_secrets(self) -> None:
-        """Development key rings, codec tokens and audit key, generated on first run
-        (0600 files in an ignored directory; never in git, never printed)."""
+        """Development key rings, codec tokens, audit key and TLS material (a dev CA, the
+        router's certificate, the dev identities' client certificates), generated on
+        first run (0600 key files in an ignored directory; never in git, never printed)."""
         made = ensure_secrets(self.keys_dir, self.config.table.regions)
         if made:
             what = ", ".join(w for w, _ in made)
             self.say(f"generated development secrets in {self.keys_dir}: {what}")
         else:
             self.say(f"using development secrets in {self.keys_dir}")
+        tls_dir = self.home / "tls"
+        issued = ensure_dev_pki(tls_dir)
+        verb = "generated" if issued else "using"
+        self.say(
+            f"{verb} development TLS material in {tls_dir}: CA ca.pem, router server.pem, "
+            f"client identities {', '.join(DEV_IDENTITIES)} (<name>.pem, <name>-key.pem)"
+        )
 
     async def start_codec_servers(self) -> None:
         regions = [r for r in self.config.table.regions.values() if r.codec_server]

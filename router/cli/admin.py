@@ -41,20 +41,24 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from router.codec import FileKeyProvider
     from router.codec.secrets import ensure_secrets
     from router.errors import KeyRingError
-    from router.paths import keys_dir
+    from router.paths import keys_dir, meridian_home
+    from router.tls import ensure_dev_pki
 
     regions = _regions(args)
     directory = keys_dir(args.keys_dir)
     provider = FileKeyProvider(directory)
     if args.action == "init":
         made = ensure_secrets(directory, regions)
+        # The development PKI of the router's gRPC port (client commands find it there).
+        tls_dir = meridian_home() / "tls"
+        made += [(f"dev TLS {path.name}", path) for path in ensure_dev_pki(tls_dir)]
         if args.json:
             print(
                 json.dumps([{"secret": what, "file": str(path)} for what, path in made], indent=2)
             )
         else:
             created = [(what, str(path), "created") for what, path in made]
-            kept = [("all secrets", str(directory), "kept (they exist)")]
+            kept = [("all secrets", f"{directory}, {tls_dir}", "kept (they exist)")]
             print(render_table(["secret", "file", "note"], created or kept))
         return 0
     rows: list[dict[str, Any]] = []

@@ -7,7 +7,15 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from router.cli.common import DEFAULT_ROUTER, positive_seconds, render_table
+from router.cli.common import (
+    DEFAULT_ROUTER,
+    client_credentials,
+    credential_args,
+    log,
+    open_channel,
+    positive_seconds,
+    render_table,
+)
 from router.cli.render import message_rows, message_to_json
 from router.errors import MeridianError
 
@@ -15,23 +23,31 @@ DATA_CLASSES = ("public", "internal", "pii", "financial")
 PRIORITIES = ("low", "normal", "high")
 
 
-def _stub(router: str) -> tuple[Any, Any]:
-    import grpc
-
+def _stub(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Both stubs on one channel to ``--router``, with the command's credentials (kept in
+    ``args.credentials`` for ``_rpc``'s messages)."""
     from router.v1 import router_pb2_grpc as pb_grpc
 
-    channel = grpc.insecure_channel(router)
+    args.credentials = client_credentials(args)
+    log.debug("router %s: %s", args.router, args.credentials.source)
+    channel = open_channel(args.router, args.credentials)
     return pb_grpc.WorkflowRouterStub(channel), pb_grpc.RoutingAdminStub(channel)
 
 
-def _rpc(call: Callable[[], Any], router: str) -> Any:
+def _rpc(call: Callable[[], Any], args: argparse.Namespace) -> Any:
     import grpc
 
     try:
         return call()
     except grpc.RpcError as exc:
         code, details = exc.code(), exc.details()
-        raise MeridianError(f"router {router}: {code.name}: {details}") from None
+        message = f"router {args.router}: {code.name}: {details}"
+        creds = getattr(args, "credentials", None)
+        if details.startswith("failed to connect") and creds is not None:
+            # A TLS client at a plaintext port (or the reverse), or a certificate the
+            # router refused, fails with an opaque handshake error: say what we tried.
+            message += f" [client: {creds.source}]"
+        raise MeridianError(message) from None
 
 
 def _print_json(data: Any) -> None:
@@ -41,9 +57,9 @@ def _print_json(data: Any) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     from router.v1 import router_pb2 as pb
 
-    _, admin = _stub(args.router)
+    _, admin = _stub(args)
     topo = message_to_json(
-        _rpc(lambda: admin.GetTopology(pb.GetTopologyRequest(), timeout=args.timeout), args.router)
+        _rpc(lambda: admin.GetTopology(pb.GetTopologyRequest(), timeout=args.timeout), args)
     )
     if args.json:
         _print_json(topo)
@@ -104,14 +120,12 @@ def status_rows(topo: dict[str, Any]) -> list[tuple[str, ...]]:
 def cmd_failover(args: argparse.Namespace) -> int:
     from router.v1 import router_pb2 as pb
 
-    _, admin = _stub(args.router)
+    _, admin = _stub(args)
     req = pb.SetActiveClusterRequest(
         region=args.region, cluster=args.to, reason=args.reason, force=args.force,
         dry_run=args.dry_run, actor=args.actor or _default_actor(),
     )  # fmt: skip
-    resp = message_to_json(
-        _rpc(lambda: admin.SetActiveCluster(req, timeout=args.timeout), args.router)
-    )
+    resp = message_to_json(_rpc(lambda: admin.SetActiveCluster(req, timeout=args.timeout), args))
     refused = 1 if resp["refused_rule"] else 0
     if args.json:
         _print_json(resp)
@@ -172,9 +186,9 @@ def _routing_request(cli: argparse.Namespace, **extra: Any) -> Any:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    workflows, _ = _stub(args.router)
+    workflows, _ = _stub(args)
     req = _routing_request(args)
-    d = _rpc(lambda: workflows.ExplainRoute(req, timeout=args.timeout), args.router)
+    d = _rpc(lambda: workflows.ExplainRoute(req, timeout=args.timeout), args)
     if args.json:
         _print_json(message_to_json(d))
         return 0
@@ -206,10 +220,10 @@ def _json_args(raw: list[str]) -> list[Any]:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    workflows, _ = _stub(args.router)
+    workflows, _ = _stub(args)
     req = _routing_request(args, workflow_id=args.id or "", args=_json_args(args.arg))
     _print_message(
-        _rpc(lambda: workflows.StartWorkflow(req, timeout=args.timeout), args.router), args.json
+        _rpc(lambda: workflows.StartWorkflow(req, timeout=args.timeout), args), args.json
     )
     return 0
 
@@ -217,14 +231,14 @@ def cmd_start(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     from router.v1 import router_pb2 as pb
 
-    workflows, _ = _stub(args.router)
+    workflows, _ = _stub(args)
     req = pb.QueryWorkflowRequest(
         ref=pb.WorkflowRef(workflow_id=args.id, tenant_id=args.tenant),
         query_name=args.name,
         args=_json_args(args.arg),
     )
     _print_message(
-        _rpc(lambda: workflows.QueryWorkflow(req, timeout=args.timeout), args.router), args.json
+        _rpc(lambda: workflows.QueryWorkflow(req, timeout=args.timeout), args), args.json
     )
     return 0
 
@@ -232,16 +246,17 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_result(args: argparse.Namespace) -> int:
     from router.v1 import router_pb2 as pb
 
-    workflows, _ = _stub(args.router)
+    workflows, _ = _stub(args)
     ref = pb.WorkflowRef(workflow_id=args.id, tenant_id=args.tenant)
     _print_message(
-        _rpc(lambda: workflows.GetWorkflowResult(ref, timeout=args.timeout), args.router), args.json
+        _rpc(lambda: workflows.GetWorkflowResult(ref, timeout=args.timeout), args), args.json
     )
     return 0
 
 
 def add_parsers(sub: Any) -> None:
-    def client_args(sp: argparse.ArgumentParser) -> None:
+    def client_args(sp: argparse.ArgumentParser, default_identity: str = "service") -> None:
+        """``default_identity``: the dev identity the command uses when none is named."""
         sp.add_argument(
             "--router", default=DEFAULT_ROUTER, help=f"router address (default {DEFAULT_ROUTER})"
         )
@@ -252,9 +267,10 @@ def add_parsers(sub: Any) -> None:
         sp.add_argument(
             "--json", action="store_true", help="print JSON for tools (every field, even empty)"
         )
+        credential_args(sp, default_identity)
 
     status = sub.add_parser("status", help="zones, regions, clusters: role, health, active")
-    client_args(status)
+    client_args(status, "sre")
     status.set_defaults(func=cmd_status)
 
     def routing_args(sp: argparse.ArgumentParser) -> None:
@@ -275,7 +291,7 @@ def add_parsers(sub: Any) -> None:
     failover = sub.add_parser(
         "failover", help="flip a region's active cluster (safety rules, dry run)"
     )
-    client_args(failover)
+    client_args(failover, "sre")
     failover.add_argument("--region", required=True, help="the region whose active cluster flips")
     failover.add_argument("--to", required=True, help="the cluster to make active")
     failover.add_argument("--reason", required=True, help="why (audited)")

@@ -51,9 +51,11 @@ def router(monkeypatch: pytest.MonkeyPatch) -> FakeRouter:
 
 
 @pytest.fixture(autouse=True)
-def _no_env_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("MERIDIAN_CONFIG", "MERIDIAN_KEYS_DIR", "MERIDIAN_HOME"):
+def _no_env_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("MERIDIAN_CONFIG", "MERIDIAN_KEYS_DIR"):
         monkeypatch.delenv(name, raising=False)
+    # `keys init` also writes the dev PKI under $MERIDIAN_HOME/tls: never into the tree.
+    monkeypatch.setenv("MERIDIAN_HOME", str(tmp_path / "home"))
 
 
 def table(text: str) -> dict[str, str]:
@@ -361,9 +363,14 @@ def test_keys_init_json_lists_created_files(
     assert main(["keys", "init", "--keys-dir", str(directory), "--json"]) == 0
     made = json.loads(capsys.readouterr().out)
     assert {tuple(sorted(row)) for row in made} == {("file", "secret")}
+    tls_files = ["ca.pem", "server.pem", "service.pem", "acme.pem", "sre.pem"]
     assert {row["secret"] for row in made} == {
-        *(f"key ring {r}" for r in REGIONS), *(f"codec token {r}" for r in REGIONS), "audit key"
+        *(f"key ring {r}" for r in REGIONS), *(f"codec token {r}" for r in REGIONS), "audit key",
+        *(f"dev TLS {name}" for name in tls_files),
+        *(f"dev TLS {name.replace('.pem', '-key.pem')}" for name in tls_files),
     }  # fmt: skip
+    tls_dir = tmp_path / "home" / "tls"
+    assert {Path(row["file"]).parent for row in made if "TLS" in row["secret"]} == {tls_dir}
     assert all(Path(row["file"]).is_file() for row in made)
     assert main(["keys", "init", "--keys-dir", str(directory), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
