@@ -162,9 +162,17 @@ class Replica:
         self.proc = _popen(self.argv, self.home / "router.log")
         await self.wait_serving()
 
-    async def wait_serving(self, timeout: float = 60) -> None:
+    async def wait_serving(
+        self, timeout: float = 60, credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
+        """Until the router reports SERVING (over TLS with ``credentials`` if given)."""
         deadline = time.monotonic() + timeout
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        channel = (
+            grpc.aio.secure_channel(self.address, credentials)
+            if credentials is not None
+            else grpc.aio.insecure_channel(self.address)
+        )
+        async with channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 assert self.proc is not None

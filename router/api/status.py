@@ -89,7 +89,10 @@ async def abort(context: grpc.aio.ServicerContext, exc: MeridianError) -> NoRetu
         delay.FromNanoseconds(int(exc.retry_after * 1e9))
         status = status_pb2.Status(code=code.value[0], message=message)
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
-        context.set_trailing_metadata((("retry-after", f"{exc.retry_after:.3f}"),))
-        await context.abort_with_status(rpc_status.to_status(status))
+        rich = rpc_status.to_status(status)
+        hint = (("retry-after", f"{exc.retry_after:.3f}"),)
+        await context.abort_with_status(
+            type(rich)(rich.code, rich.details, (*rich.trailing_metadata, *hint))
+        )
     await context.abort(code, message)
     raise AssertionError("unreachable: context.abort raises")

@@ -181,22 +181,18 @@ class _Checker:
 
     def _auth(self) -> None:
         auth, server = self.p.get("auth"), self.p.get("server")
-        jwt = auth.jwt if auth is not None else None
         tls = server.tls if server is not None else None
-        if tls is not None and tls.client_ca_file is None and tls.client_certs == "optional":
-            self.err("server.tls.client_certs", "optional needs client_ca_file (mTLS) to apply")
         if (
-            auth is not None
-            and tls is not None
-            and tls.client_ca_file is not None
-            and tls.client_certs == "optional"
-            and jwt is None
+            tls is not None
+            and tls.client_ca_file is None
+            and auth is not None
+            and auth.enabled
+            and auth.jwt is None
         ):
             self.err(
-                "server.tls.client_certs",
-                "optional lets callers connect without a certificate, but auth.jwt is not "
-                "set: they could not authenticate at all (require client certificates, or "
-                "configure auth.jwt)",
+                "server.tls.client_ca_file",
+                "with auth on, callers must authenticate: give client_ca_file (mTLS), or "
+                "auth.jwt (bearer tokens)",
             )
 
     def _zones_own_countries(self) -> dict[str, str]:
@@ -519,7 +515,7 @@ def _server_tls(doc: RouterConfig) -> ServerTLS | None:
         cert_file=Path(tls.cert_file),
         key_file=Path(tls.key_file),
         client_ca_file=Path(tls.client_ca_file) if tls.client_ca_file else None,
-        require_client_cert=tls.client_ca_file is not None and tls.client_certs == "require",
+        require_client_cert=tls.client_ca_file is not None,
     )
 
 

@@ -215,11 +215,11 @@ class ServerTLSConfig(_Section):
 
     cert_file: str = Field(min_length=1)
     key_file: str = Field(min_length=1)
-    # The CA that signs callers' client certificates: given, the port speaks mTLS.
+    # The CA that signs callers' client certificates: given, the port speaks mTLS and
+    # every connection must present a certificate it signed (grpcio cannot ask for a
+    # certificate without requiring one). Not given: TLS alone; callers authenticate
+    # with bearer tokens (auth.jwt).
     client_ca_file: str | None = Field(default=None, min_length=1)
-    # require: no connection without a client certificate; optional: JWT-only callers
-    # may connect with TLS alone (and must then present a token).
-    client_certs: Literal["require", "optional"] = "require"
 
 
 class ServerConfig(_Section):

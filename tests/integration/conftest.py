@@ -23,7 +23,6 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from router.tls import channel_credentials
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
 from temporalio.client import Client
@@ -32,6 +31,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from router.codec import FileKeyProvider, KeyRingHolder, RegionCodec, data_converter
 from router.config import ResolvedConfig, load_file
+from router.config.sources import ConfigSources
+from router.tls import channel_credentials
 from router.v1 import router_pb2_grpc as pb_grpc
 from tests.helpers import default_doc, free_port, with_free_ports, write_config
 from tests.otlp_collector import Collector
@@ -53,6 +54,12 @@ class DevProcess:
     def child_pids(self) -> dict[str, int]:
         path = self.home / "children.json"
         return json.loads(path.read_text()) if path.exists() else {}
+
+    def served_config(self) -> ResolvedConfig:
+        """What the router serves: the topology file and the overlay `meridian dev`
+        writes over it (the router's TLS files)."""
+        files = [self.home / "config.yaml", self.home / "dev-overlay.yaml"]
+        return ConfigSources.read(files, use_env=False).resolve()
 
     def credentials(self, identity: str = "service") -> grpc.ChannelCredentials:
         """mTLS as one of the dev stack's identities (service, acme, sre)."""

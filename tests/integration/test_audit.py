@@ -97,7 +97,14 @@ async def test_receipts_and_auditor_tools_on_a_real_run(
             resp.decision.rule,
             list(resp.decision.reasons),
         )
-        assert decision["caller"] == "billing-service"
+        # The authenticated principal (the certificate's identity), never the name the
+        # caller asserted in x-meridian-caller.
+        assert (decision["principal"], decision["auth"]) == (
+            "spiffe://meridian.local/service",
+            "mtls",
+        )
+        assert "billing-service" not in json.dumps(decision)
+        assert outcome["principal"] == "spiffe://meridian.local/service"
         assert decision["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
         assert decision["encryption_key_id"].startswith(resp.decision.region + "-")
         assert decision["seq"] < outcome["seq"], "the decision is durable before the start"
@@ -118,6 +125,12 @@ async def test_receipts_and_auditor_tools_on_a_real_run(
     assert rep.returncode == 0, rep.stdout
     assert "Residency: no record routed regulated data outside its zone" in rep.stdout
     assert "audit drill" in rep.stdout and "residency" in rep.stdout.lower()
+    flips = [
+        r for r in records([audit_dir]) if r["kind"] == "flip" and r["reason"] == "audit drill"
+    ]
+    # The flip's actor is the SRE's authenticated identity; the free text is kept beside.
+    assert flips and flips[0]["actor"] == "spiffe://meridian.local/sre"
+    assert (flips[0]["auth"], flips[0]["on_behalf_of"]) == ("mtls", "auditor-test")
 
 
 async def test_codec_server_auth_failures_are_audited(dev: DevProcess) -> None:

@@ -169,6 +169,7 @@ async def test_key_rotation_mid_workflow(
     await router.StartWorkflow(req, timeout=10)
     await asyncio.sleep(1.0)
     out = meridian(
+        dev.home,
         "keys",
         "rotate",
         "--region",

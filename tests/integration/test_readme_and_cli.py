@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -16,7 +17,9 @@ from tests.integration.conftest import ROOT, Clusters, DevProcess
 pytestmark = pytest.mark.integration
 
 
-def meridian(*args: str) -> subprocess.CompletedProcess[str]:
+def meridian(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user of the dev stack at ``home`` runs it: it finds the stack's
+    credentials under $MERIDIAN_HOME/tls by itself."""
     return subprocess.run(
         [sys.executable, "-m", "router.cli", *args],
         capture_output=True,
@@ -24,6 +27,7 @@ def meridian(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         cwd=ROOT,
         check=False,
+        env={**os.environ, "MERIDIAN_HOME": str(home)},
     )
 
 
@@ -45,6 +49,7 @@ def test_readme_python_example_runs(dev: DevProcess, tmp_path: Path) -> None:
         timeout=60,
         cwd=ROOT,
         check=False,
+        env={**os.environ, "MERIDIAN_HOME": str(dev.home)},
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -57,6 +62,7 @@ def test_cli_start_query_result_status(dev: DevProcess, clusters: Clusters) -> N
     wid = f"cli-{uuid.uuid4()}"
     r = dev.router
     out = meridian(
+        dev.home,
         "start",
         "--router",
         r,
@@ -76,15 +82,17 @@ def test_cli_start_query_result_status(dev: DevProcess, clusters: Clusters) -> N
     started = json.loads(out.stdout)
     assert started["decision"]["cluster"] == "ap-southeast-a" and started["started"] is True
 
-    out = meridian("query", "--router", r, "--tenant", "acme", "--id", wid, "--name", "getProgress")
+    out = meridian(
+        dev.home, "query", "--router", r, "--tenant", "acme", "--id", wid, "--name", "getProgress"
+    )
     assert out.returncode == 0, out.stderr
     assert "location.cluster" in out.stdout and "ap-southeast-a" in out.stdout
 
-    out = meridian("result", "--router", r, "--tenant", "acme", "--id", wid, "--json")
+    out = meridian(dev.home, "result", "--router", r, "--tenant", "acme", "--id", wid, "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["status"] == "COMPLETED"
 
-    out = meridian("status", "--router", r)
+    out = meridian(dev.home, "status", "--router", r)
     assert out.returncode == 0, out.stderr
     rows = {line.split()[2]: line.split() for line in out.stdout.splitlines()[3:]}
     endpoints = {name: c.endpoint for name, c in dev.config.table.clusters.items()}
@@ -107,7 +115,7 @@ def test_cli_start_query_result_status(dev: DevProcess, clusters: Clusters) -> N
     ]
 
     out = meridian(
-        "explain", "--router", r, "--tenant", "acme", "--country", "BR", "--class", "pii"
+        dev.home, "explain", "--router", r, "--tenant", "acme", "--country", "BR", "--class", "pii"
     )
     assert out.returncode == 1
     assert "FAILED_PRECONDITION" in out.stderr and "BR is in no residency zone" in out.stderr
@@ -116,18 +124,18 @@ def test_cli_start_query_result_status(dev: DevProcess, clusters: Clusters) -> N
 
 def test_cli_failover_dry_run_and_refusal(dev: DevProcess) -> None:
     r = dev.router
-    out = meridian("failover", "--router", r, "--region", "us-east", "--to", "us-east-b",
+    out = meridian(dev.home, "failover", "--router", r, "--region", "us-east", "--to", "us-east-b",
                    "--reason", "preview", "--dry-run")  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert "pii data of users in zone us (e.g. CA)" in out.stdout
     assert "us-east-a (us-east)" in out.stdout and "us-east-b (us-east)" in out.stdout
     assert "running workflows on us-east-a:" in out.stdout
     assert out.stdout.rstrip().endswith("dry run: nothing changed")
-    refused = meridian("failover", "--router", r, "--region", "us-east", "--to", "eu-west-b",
-                       "--reason", "wrong region", "--force")  # fmt: skip
+    refused = meridian(dev.home, "failover", "--router", r, "--region", "us-east",
+                       "--to", "eu-west-b", "--reason", "wrong region", "--force")  # fmt: skip
     assert refused.returncode == 1
     assert "FAILED_PRECONDITION" in refused.stderr and "target-in-region" in refused.stderr
-    status = meridian("status", "--router", r, "--json")
+    status = meridian(dev.home, "status", "--router", r, "--json")
     regions = {g["name"]: g for g in json.loads(status.stdout)["regions"]}
     active = [c["name"] for c in regions["us-east"]["clusters"] if c.get("active")]
     assert active == ["us-east-a"], "a dry run and a refused flip change nothing"

@@ -330,7 +330,7 @@ async def test_bad_input_is_invalid_argument_naming_the_field(
 
 async def test_topology_tells_the_truth(admin: pb_grpc.RoutingAdminStub, dev: DevProcess) -> None:
     topo = await admin.GetTopology(pb.GetTopologyRequest(), timeout=10)
-    assert topo.config_version == dev.config.version
+    assert topo.config_version == dev.served_config().version
     clusters = {c.name: (r.name, r.zone, c) for r in topo.regions for c in r.clusters}
     assert set(clusters) == set(dev.config.table.clusters)
     for name, (region, zone, c) in clusters.items():

@@ -63,7 +63,7 @@ async def test_active_down_and_the_flip_reach_routing_together() -> None:
         state._events.put_nowait(("eu-west-a", DOWN))
         state._events.put_nowait(("us-east-b", DOWN))
         await asyncio.sleep(0.1)
-        table, view = state.routing()
+        _, view = state.routing()
         assert view.active["eu-west"] == "eu-west-a" and "eu-west-a" in view.healthy, (
             "the view must not show the active cluster down before the flip is decided"
         )
