@@ -66,7 +66,10 @@ class Router:
     async def _sync_pool(self, runtime: RuntimeConfig) -> None:
         clusters = runtime.config.table.clusters.values()
         await self.pool.sync(
-            clusters, runtime.converters, connect_timeout=runtime.config.temporal.connect_timeout
+            clusters,
+            runtime.converters,
+            tls=runtime.config.cluster_tls,
+            connect_timeout=runtime.config.temporal.connect_timeout,
         )
 
     async def start(self, *, first_probe_timeout: float = 3.0) -> None:

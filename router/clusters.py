@@ -181,9 +181,16 @@ class ClusterState:
     def _publish(self) -> None:
         """Publish the active clusters and the healthy set as one new immutable view,
         and wake whoever waits for a change."""
+        healthy = self._health.healthy() & frozenset(self._table.clusters)
+        why = {
+            name: probe.last_error
+            for name, probe in self._health.states.items()
+            if name in self._table.clusters and name not in healthy and probe.last_error
+        }
         view = ClusterView(
             active=MappingProxyType(self._failover.active()),
-            healthy=self._health.healthy() & frozenset(self._table.clusters),
+            healthy=healthy,
+            why_unhealthy=MappingProxyType(why),
         )
         if view == self._view:
             return
