@@ -2,19 +2,22 @@
 the routing config can send work to in its region.
 
 Deliberately small and independent of the router: it receives the endpoint, the
-namespaces and the task queues as arguments (``meridian worker`` resolves them from
-config), so the regional side can be deployed and scaled on its own.
+namespaces, the task queues and the TLS settings as arguments (``meridian worker``
+resolves them from config and reads the cluster's TLS files), so the regional side can
+be deployed and scaled on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from temporalio.client import Client
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.converter import DataConverter
+from temporalio.service import TLSConfig
 from temporalio.worker import Worker
 
 from regions.workflows import WORKFLOWS, RegionalActivities, WorkerIdentity
@@ -38,24 +41,46 @@ class WorkerPlan:
     endpoint: str
     # (namespace, task queue) pairs to poll.
     queues: tuple[tuple[str, str], ...]
+    # TLS to the cluster (None: plaintext) and an API key sent as a bearer token.
+    # Not in repr: temporalio's TLSConfig prints the private key.
+    tls: TLSConfig | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+
+
+def _never(exc: BaseException) -> bool:
+    return False
 
 
 async def connect(
-    endpoint: str, namespace: str, converter: DataConverter, *, wait: float
+    endpoint: str,
+    namespace: str,
+    converter: DataConverter,
+    *,
+    wait: float,
+    tls: TLSConfig | None = None,
+    api_key: str | None = None,
+    give_up: Callable[[BaseException], bool] = _never,
 ) -> Client:
-    """Connect, retrying while the cluster is still starting (up to ``wait`` seconds).
-    With tracing on (a provider installed), workflows and activities continue the trace
-    the router started (TracingInterceptor, inherited by workers built on the client)."""
+    """Connect, retrying while the cluster is still starting (up to ``wait`` seconds)
+    unless ``give_up(error)`` says waiting cannot help (a TLS certificate the worker
+    does not trust, say). With tracing on (a provider installed), workflows and
+    activities continue the trace the router started (TracingInterceptor, inherited by
+    workers built on the client)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     interceptors = [TracingInterceptor()] if _tracing() else []
     while True:
         try:
             return await Client.connect(
-                endpoint, namespace=namespace, data_converter=converter, interceptors=interceptors
+                endpoint,
+                namespace=namespace,
+                data_converter=converter,
+                interceptors=interceptors,
+                tls=tls if tls is not None else False,
+                api_key=api_key,
             )
-        except RuntimeError:
-            if loop.time() >= deadline:
+        except RuntimeError as exc:
+            if give_up(exc) or loop.time() >= deadline:
                 raise
             await asyncio.sleep(0.2)
 
@@ -67,6 +92,7 @@ async def run(
     keys: KeyRingHolder,
     compression: bool = False,
     connect_wait: float = 30.0,
+    give_up: Callable[[BaseException], bool] = _never,
 ) -> None:
     """Poll until ``stop`` is set, then shut the workers down gracefully.
 
@@ -79,13 +105,17 @@ async def run(
     converter = data_converter(RegionCodec(keys, compression=compression))
     refresher = asyncio.create_task(keys.refresh_forever())
     try:
-        await _poll(plan, stop, converter, connect_wait)
+        await _poll(plan, stop, converter, connect_wait, give_up)
     finally:
         refresher.cancel()
 
 
 async def _poll(
-    plan: WorkerPlan, stop: asyncio.Event, converter: DataConverter, connect_wait: float
+    plan: WorkerPlan,
+    stop: asyncio.Event,
+    converter: DataConverter,
+    connect_wait: float,
+    give_up: Callable[[BaseException], bool],
 ) -> None:
     identity = WorkerIdentity(region=plan.region, cluster=plan.cluster)
     activities = RegionalActivities(identity)
@@ -93,7 +123,15 @@ async def _poll(
     clients: dict[str, Client] = {}
     for ns, queue in plan.queues:
         if ns not in clients:
-            clients[ns] = await connect(plan.endpoint, ns, converter, wait=connect_wait)
+            clients[ns] = await connect(
+                plan.endpoint,
+                ns,
+                converter,
+                wait=connect_wait,
+                tls=plan.tls,
+                api_key=plan.api_key,
+                give_up=give_up,
+            )
         workers.append(
             Worker(
                 clients[ns],
@@ -107,9 +145,10 @@ async def _poll(
             )
         )
     log.info(
-        "worker for %s (%s) polling %d queue(s) in namespace(s) %s",
+        "worker for %s (%s%s) polling %d queue(s) in namespace(s) %s",
         plan.cluster,
         plan.endpoint,
+        ", TLS" if plan.tls is not None else "",
         len(workers),
         ", ".join(clients),
     )

@@ -68,6 +68,7 @@ class Router:
             await pool.sync(
                 runtime.config.table.clusters.values(),
                 runtime.converters,
+                tls=runtime.config.cluster_tls,
                 connect_timeout=runtime.config.temporal.connect_timeout,
             )
 

@@ -190,13 +190,19 @@ class ClusterState:
 
     def _publish(self) -> None:
         """Publish the active clusters and the healthy set, as the failover state
-        machine has seen them, as one new immutable view; wake whoever waits."""
+        machine has seen them, as one new immutable view (with the prober's reason for
+        each cluster it shows unhealthy); wake whoever waits."""
         states = self._failover.states
+        healthy = frozenset(c for s in states.values() for c, up in s.health.items() if up is True)
+        why = {
+            name: probe.last_error
+            for name, probe in self._health.states.items()
+            if name in self._table.clusters and name not in healthy and probe.last_error
+        }
         view = ClusterView(
             active=MappingProxyType({r: s.active for r, s in states.items()}),
-            healthy=frozenset(
-                c for s in states.values() for c, healthy in s.health.items() if healthy is True
-            ),
+            healthy=healthy,
+            why_unhealthy=MappingProxyType(why),
         )
         if view == self._view:
             return

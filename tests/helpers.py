@@ -11,11 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from benchmarks.fleet import free_port
 from router.config.load import DEFAULT_CONFIG
 
-__all__ = ["default_doc", "eventually", "free_port", "with_free_ports", "write_config"]
+__all__ = [
+    "default_doc", "eventually", "free_port", "with_free_ports", "workflow_exists", "write_config",
+]  # fmt: skip
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 30) -> Any:
@@ -53,3 +57,15 @@ def with_free_ports(doc: dict[str, Any]) -> dict[str, Any]:
 def write_config(path: Path, doc: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+async def workflow_exists(endpoint: str, namespace: str, workflow_id: str) -> bool:
+    """Asked of the Temporal cluster at ``endpoint`` itself (plaintext), not the router."""
+    client = await Client.connect(endpoint, namespace=namespace)
+    try:
+        await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True

@@ -216,6 +216,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from router.config.compile import worker_queues
     from router.config.load import load
     from router.paths import keys_dir
+    from router.temporal import tls
+    from router.temporal.errors import connect_failure
 
     config = load(args.config)
     table = config.table
@@ -230,19 +232,37 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise MeridianError(
             f"--cluster: {args.cluster!r} is not a cluster of {args.region} ({known})"
         )
+    # The cluster's tls section, read now (KeyRingError naming the file if unusable).
+    settings = config.cluster_tls.get(cluster.name)
+    credentials = tls.load(settings) if settings is not None else None
     plan = WorkerPlan(
         region=region.name,
         cluster=cluster.name,
         endpoint=cluster.endpoint,
         queues=worker_queues(table, region.name, WORKFLOW_TYPES),
+        tls=credentials.tls_config() if credentials is not None else None,
+        api_key=credentials.api_key if credentials is not None else None,
     )
     holder = KeyRingHolder(default_provider(keys_dir(args.keys_dir)), region.name)
     compression = config.codec.compression
+
+    def give_up(exc: BaseException) -> bool:
+        return connect_failure(exc) is not None  # TLS or credentials: waiting cannot help
+
     stop_tracing = tracing(f"meridian-worker-{cluster.name}")
     try:
         asyncio.run(
-            until_signalled(lambda stop: run(plan, stop, keys=holder, compression=compression))
+            until_signalled(
+                lambda stop: run(plan, stop, keys=holder, compression=compression, give_up=give_up)
+            )
         )
+    except RuntimeError as exc:
+        reason = connect_failure(exc)
+        if reason is None:
+            raise
+        raise MeridianError(
+            f"worker for {cluster.name}: cannot connect to {cluster.endpoint}: {reason}"
+        ) from None
     finally:
         stop_tracing()
     return 0

@@ -22,6 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 from router.config import iso3166
 from router.config.schema import (
     NAMESPACE_RE,
+    ClusterTLSConfig,
     FailoverOverride,
     QuotaConfig,
     RouterConfig,
@@ -29,6 +30,7 @@ from router.config.schema import (
 )
 from router.config.settings import (
     AuthSettings,
+    ClusterTLS,
     CodecSettings,
     HealthSettings,
     JWTSettings,
@@ -252,12 +254,22 @@ class _Checker:
                     )
                 else:
                     seen_endpoint[cluster.endpoint] = path
+                if cluster.tls is not None:
+                    self._tls(f"{path}.tls", cluster.tls)
             if region.codec_server is not None:
                 path = f"regions.{rname}.codec_server"
                 if region.codec_server in seen_endpoint:
                     other = seen_endpoint[region.codec_server]
                     self.err(path, f"{region.codec_server} is also the address of {other}")
                 seen_endpoint.setdefault(region.codec_server, path)
+
+    def _tls(self, path: str, tls: ClusterTLSConfig) -> None:
+        if tls.cert_file is not None and tls.key_file is None:
+            self.err(f"{path}.key_file", "required with cert_file (mutual TLS needs both)")
+        if tls.key_file is not None and tls.cert_file is None:
+            self.err(f"{path}.cert_file", "required with key_file (mutual TLS needs both)")
+        if tls.api_key_file is not None and tls.api_key_env is not None:
+            self.err(f"{path}.api_key_env", "give api_key_file or api_key_env, not both")
 
     def _references(self) -> None:
         default = self.p.get("default_region")
@@ -417,9 +429,12 @@ def _build(doc: RouterConfig, source: str) -> ResolvedConfig:
     version = config_version(doc)
     clusters: dict[str, ClusterSpec] = {}
     regions: dict[str, RegionSpec] = {}
+    tls: dict[str, ClusterTLS] = {}
     for rname, region in doc.regions.items():
         specs = []
         for i, c in enumerate(region.clusters):
+            if c.tls is not None:
+                tls[c.name] = _cluster_tls(f"regions.{rname}.clusters[{i}].tls", c.tls)
             spec = ClusterSpec(
                 name=c.name,
                 endpoint=c.endpoint,
@@ -504,6 +519,22 @@ def _build(doc: RouterConfig, source: str) -> ResolvedConfig:
         quotas=_quotas(doc),
         source=source,
         document=doc,
+        cluster_tls=MappingProxyType(tls),
+    )
+
+
+def _cluster_tls(where: str, t: ClusterTLSConfig) -> ClusterTLS:
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value is not None else None
+
+    return ClusterTLS(
+        where=where,
+        ca_file=path(t.ca_file),
+        cert_file=path(t.cert_file),
+        key_file=path(t.key_file),
+        server_name=t.server_name,
+        api_key_file=path(t.api_key_file),
+        api_key_env=t.api_key_env,
     )
 
 

@@ -19,6 +19,7 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
 
 def _name(value: str) -> str:
@@ -76,6 +77,24 @@ def _workflow_type(value: str) -> str:
     return value
 
 
+def _abs_path(value: str) -> str:
+    if not value.startswith("/") or "\x00" in value or value != value.strip():
+        raise ValueError(f"{value!r} is not an absolute file path")
+    return value
+
+
+def _server_name(value: str) -> str:
+    if not HOSTNAME_RE.match(value):
+        raise ValueError(f"{value!r} is not a host name (e.g. 'temporal.eu.example.com')")
+    return value
+
+
+def _env_name(value: str) -> str:
+    if not ENV_NAME_RE.match(value):
+        raise ValueError(f"{value!r} is not an environment variable name")
+    return value
+
+
 Name = Annotated[str, AfterValidator(_name)]
 WorkflowTypeName = Annotated[str, AfterValidator(_workflow_type)]
 Tenant = Annotated[str, AfterValidator(_tenant)]
@@ -83,6 +102,9 @@ Country = Annotated[str, AfterValidator(_country)]
 Subdivision = Annotated[str, AfterValidator(_subdivision)]
 Endpoint = Annotated[str, AfterValidator(_endpoint)]
 NamespaceName = Annotated[str, AfterValidator(_namespace)]
+AbsPath = Annotated[str, AfterValidator(_abs_path)]
+ServerName = Annotated[str, AfterValidator(_server_name)]
+EnvName = Annotated[str, AfterValidator(_env_name)]
 DataClassName = Annotated[str, Field(pattern="^(public|internal|pii|financial)$")]
 PositiveMs = Annotated[int, Field(gt=0, le=3_600_000)]
 
@@ -96,6 +118,23 @@ class ZoneConfig(_Section):
     home_region: Name
 
 
+class ClusterTLSConfig(_Section):
+    """TLS (and an API key) to reach a cluster: paths and names only, never secrets.
+    The files are read when the router connects (see ``router.temporal.tls``)."""
+
+    # PEM of the CA that signed the cluster's server certificate; absent: system roots.
+    ca_file: AbsPath | None = None
+    # Client certificate and its key (mode 0600) for mutual TLS: both or neither.
+    cert_file: AbsPath | None = None
+    key_file: AbsPath | None = None
+    # The name the server's certificate must carry; default: the endpoint's host.
+    server_name: ServerName | None = None
+    # An API key sent as a bearer token (Temporal Cloud style): from a file (mode 0600)
+    # or an environment variable, at most one.
+    api_key_file: AbsPath | None = None
+    api_key_env: EnvName | None = None
+
+
 class ClusterConfig(_Section):
     name: Name
     endpoint: Endpoint
@@ -104,6 +143,8 @@ class ClusterConfig(_Section):
     # Namespaces the cluster serves; default: every namespace the naming rules render
     # for its region.
     namespaces: list[NamespaceName] | None = None
+    # Present: connect over TLS (an empty section: system roots, no client certificate).
+    tls: ClusterTLSConfig | None = None
 
 
 class FailoverConfig(_Section):

@@ -202,6 +202,9 @@ class ClusterView:
 
     active: Mapping[str, str]
     healthy: frozenset[str]
+    # Why an unhealthy cluster is unhealthy (its last probe's error), where known, so a
+    # refusal can say it (e.g. a TLS handshake that fails).
+    why_unhealthy: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def all_primaries_healthy(cls, table: RoutingTable) -> ClusterView:

@@ -109,7 +109,11 @@ def route(
             )
             continue
         if active_name not in view.healthy:
-            reasons.append(f"region {region_name}: active cluster {active_name} is not healthy")
+            why = view.why_unhealthy.get(active_name)
+            reasons.append(
+                f"region {region_name}: active cluster {active_name} is not healthy"
+                + (f" ({why})" if why else "")
+            )
             continue
         used_rule = rule if rule is not None and rule_name == rule.name else None
         return _decide(

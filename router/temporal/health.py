@@ -20,6 +20,7 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from router.config.settings import HealthSettings
 from router.core.health import ProbeState, Thresholds, observe
 from router.core.model import ClusterSpec
+from router.temporal.errors import connect_failure
 from router.temporal.pool import ClientPool
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,11 @@ class HealthMonitor:
 
     async def probe(self, spec: ClusterSpec) -> tuple[bool, str]:
         timeout = self._settings.timeout
+        # A renewed certificate, key or API key file is picked up here (a stat each).
+        await self._pool.refresh(spec.name)
+        problem = self._pool.problem(spec.name)
+        if problem:
+            return (False, problem)
         service = self._pool.service(spec.name)
 
         async def check() -> str:
@@ -136,6 +142,9 @@ class HealthMonitor:
 
 
 def _short(exc: BaseException) -> str:
+    reason = connect_failure(exc)
+    if reason is not None:
+        return reason
     text = str(exc)
     if "Connection refused" in text or "tcp connect error" in text:
         return "connection refused"

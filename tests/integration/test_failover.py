@@ -18,14 +18,13 @@ from typing import Any
 import grpc
 import pytest
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
 
 from benchmarks.fleet import Fleet, Outcome, start_stream
 from router.audit.query import records
 from router.codec import FileKeyProvider, RegionCodec, data_converter
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
-from tests.helpers import eventually
+from tests.helpers import eventually, workflow_exists
 
 pytestmark = pytest.mark.integration
 
@@ -102,14 +101,7 @@ async def restore(fx: Fixture) -> None:
 async def exists_on(fleet: Fleet, cluster: str, workflow_id: str) -> bool:
     """Asked of the cluster itself, not the router."""
     spec = fleet.cluster(cluster)
-    client = await Client.connect(spec.endpoint, namespace=spec.namespaces[0])
-    try:
-        await client.get_workflow_handle(workflow_id).describe()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return False
-        raise
-    return True
+    return await workflow_exists(spec.endpoint, spec.namespaces[0], workflow_id)
 
 
 def check_drill(t_fault: float, outcomes: list[Outcome], what: str) -> float:
