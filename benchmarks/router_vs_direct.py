@@ -1,11 +1,12 @@
 """Meridian against calling Temporal directly, in one run on one fresh dev server.
 
-The same workflow is started N times through Meridian's gRPC API (a `meridian serve`
-process with the audit log fsynced and payload encryption on, as in production) and N
-times with a plain temporalio client, at concurrency 1 and 32, in alternated chunks
-(A, B, A, B, ...) so drift hits both. Reported: p50/p99 latency and throughput of each,
-their ratio, and the router's CPU time per start (from the kernel's accounting of the
-router process, over the router chunks only).
+The same workflow is started N times through Meridian's gRPC API — by a `meridian serve`
+in plaintext with auth off, and by another with mTLS and authorization on, both with the
+audit log fsynced and payload encryption on, as in production — and N times with a plain
+temporalio client, at concurrency 1 and 32, in alternated chunks (A, B, C, A, B, C, ...)
+so drift hits all. Reported: p50/p99 latency and throughput of each, the ratio to direct,
+and each router's CPU time per start (the kernel's accounting of that router process,
+over its own chunks only): their difference is what mTLS and authorization cost.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import yaml
 from temporalio.client import Client
 
 from benchmarks.common import emit, machine, render
 from benchmarks.fleet import Fleet
+from router.tls import channel_credentials, ensure_dev_pki
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 
@@ -61,58 +64,96 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
+def _secure_overlay(home: Path) -> Path:
+    """The mTLS router's layer over the fleet's config: TLS with a development CA,
+    authorization on (the bench's identity may start for every tenant)."""
+    tls = home / "tls"
+    ensure_dev_pki(tls)
+    overlay = home / "mtls.yaml"
+    overlay.write_text(yaml.safe_dump({
+        "server": {"tls": {"cert_file": str(tls / "server.pem"),
+                           "key_file": str(tls / "server-key.pem"),
+                           "client_ca_file": str(tls / "ca.pem")}},
+        "auth": {"enabled": True,
+                 "principals": {"spiffe://meridian.local/service": {"tenants": ["*"]}}},
+    }))  # fmt: skip
+    return overlay
+
+
 async def run(n: int, chunks: int, concurrencies: list[int]) -> dict[str, Any]:
+    """Three sides in alternated chunks: the router in plaintext with auth off, the
+    router with mTLS and authorization on, and a plain temporalio client."""
     with tempfile.TemporaryDirectory(prefix="meridian-rvd-") as tmp:
-        fleet = Fleet.create(Path(tmp), {"eu-west": ("eu", 1)}, {"eu": ["DE"]})
+        home = Path(tmp)
+        fleet = Fleet.create(home, {"eu-west": ("eu", 1)}, {"eu": ["DE"]})
         await fleet.start_clusters()
-        replica = fleet.replica("router")
-        replica.start(fleet.config_path, fleet.keys_dir, [])
+        plain, secure = fleet.replica("router"), fleet.replica("router-mtls")
+        plain.start(fleet.config_path, fleet.keys_dir, [])
+        secure.start(fleet.config_path, fleet.keys_dir, ["--overlay", str(_secure_overlay(home))])
+        tls = home / "tls"
+        credentials = channel_credentials(
+            tls / "ca.pem", tls / "service.pem", tls / "service-key.pem"
+        )
         try:
-            await replica.wait_serving()
-            assert replica.proc is not None
+            await plain.wait_serving()
+            await secure.wait_serving(credentials=credentials)
             cluster = fleet.cluster("eu-west-a")
             direct = await Client.connect(cluster.endpoint, namespace="eu-west")
-            channel = grpc.aio.insecure_channel(replica.address)
-            router = pb_grpc.WorkflowRouterStub(channel)
+            channels = {
+                "router": grpc.aio.insecure_channel(plain.address),
+                "router_mtls": grpc.aio.secure_channel(secure.address, credentials),
+            }
+            pids = {"router": plain.pid, "router_mtls": secure.pid}
 
-            async def via_router() -> None:
-                await router.StartWorkflow(pb.StartWorkflowRequest(
-                    workflow_type="EchoWorkflow", workflow_id=f"r-{uuid.uuid4()}",
-                    tenant_id="bench", user_country="DE", data_class=pb.PII,
-                ), timeout=30)  # fmt: skip
+            def via(stub: Any) -> Callable[[], Awaitable[None]]:
+                async def start() -> None:
+                    await stub.StartWorkflow(pb.StartWorkflowRequest(
+                        workflow_type="EchoWorkflow", workflow_id=f"r-{uuid.uuid4()}",
+                        tenant_id="bench", user_country="DE", data_class=pb.PII,
+                    ), timeout=30)  # fmt: skip
+
+                return start
 
             async def via_direct() -> None:
                 await direct.start_workflow(
                     "EchoWorkflow", id=f"d-{uuid.uuid4()}", task_queue="eu-west-EchoWorkflow-queue"
                 )
 
-            for fn in (via_router, via_direct):  # warm up connections, caches, JIT paths
+            sides: dict[str, Callable[[], Awaitable[None]]] = {
+                name: via(pb_grpc.WorkflowRouterStub(ch)) for name, ch in channels.items()
+            }
+            sides["direct"] = via_direct
+            for fn in sides.values():  # warm up connections, caches, JIT paths
                 await chunk(fn, 100, 8)
             results = []
             for c in concurrencies:
-                lat: dict[str, list[float]] = {"router": [], "direct": []}
-                wall = {"router": 0.0, "direct": 0.0}
-                cpu = 0.0
+                lat: dict[str, list[float]] = {side: [] for side in sides}
+                wall = dict.fromkeys(sides, 0.0)
+                cpu = dict.fromkeys(pids, 0.0)
                 per = max(1, n // chunks)
                 for _ in range(chunks):
-                    before = cpu_seconds(replica.proc.pid)
-                    xs, w = await chunk(via_router, per, c)
-                    cpu += cpu_seconds(replica.proc.pid) - before
-                    lat["router"] += xs
-                    wall["router"] += w
-                    xs, w = await chunk(via_direct, per, c)
-                    lat["direct"] += xs
-                    wall["direct"] += w
+                    for side, fn in sides.items():
+                        before = cpu_seconds(pids[side]) if side in pids else 0.0
+                        xs, w = await chunk(fn, per, c)
+                        if side in pids:
+                            cpu[side] += cpu_seconds(pids[side]) - before
+                        lat[side] += xs
+                        wall[side] += w
                 row: dict[str, Any] = {"concurrency": c, "starts_each": len(lat["router"])}
-                for side in ("router", "direct"):
+                for side in sides:
                     row[f"{side}_p50_ms"] = statistics.median(lat[side]) * 1e3
                     row[f"{side}_p99_ms"] = pct(lat[side], 0.99) * 1e3
                     row[f"{side}_per_s"] = len(lat[side]) / wall[side]
-                row["added_p50_ms"] = row["router_p50_ms"] - row["direct_p50_ms"]
-                row["throughput_ratio"] = row["router_per_s"] / row["direct_per_s"]
-                row["router_cpu_us_per_start"] = cpu / len(lat["router"]) * 1e6
+                for side in pids:
+                    row[f"{side}_added_p50_ms"] = row[f"{side}_p50_ms"] - row["direct_p50_ms"]
+                    row[f"{side}_ratio"] = row[f"{side}_per_s"] / row["direct_per_s"]
+                    row[f"{side}_cpu_us_per_start"] = cpu[side] / len(lat[side]) * 1e6
+                row["mtls_added_cpu_us_per_start"] = (
+                    row["router_mtls_cpu_us_per_start"] - row["router_cpu_us_per_start"]
+                )
                 results.append(row)
-            await channel.close()
+            for ch in channels.values():
+                await ch.close()
         finally:
             fleet.stop()
     return {
@@ -135,12 +176,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     result = asyncio.run(run(args.starts, args.chunks, args.concurrency))
     table = render(
-        ["conc.", "starts", "router p50/p99 ms", "direct p50/p99 ms", "added p50 ms",
-         "router/s", "direct/s", "ratio", "router CPU µs/start"],
-        [(r["concurrency"], r["starts_each"],
-          f"{r['router_p50_ms']:.2f} / {r['router_p99_ms']:.2f}",
-          f"{r['direct_p50_ms']:.2f} / {r['direct_p99_ms']:.2f}", f"{r['added_p50_ms']:.2f}",
-          f"{r['router_per_s']:.0f}", f"{r['direct_per_s']:.0f}", f"{r['throughput_ratio']:.2f}",
-          f"{r['router_cpu_us_per_start']:.0f}") for r in result["results"]],
+        ["conc.", "side", "p50/p99 ms", "added p50 ms", "starts/s", "ratio to direct",
+         "router CPU µs/start"],
+        [(r["concurrency"], side,
+          f"{r[f'{side}_p50_ms']:.2f} / {r[f'{side}_p99_ms']:.2f}",
+          f"{r[f'{side}_added_p50_ms']:.2f}" if side != "direct" else "",
+          f"{r[f'{side}_per_s']:.0f}",
+          f"{r[f'{side}_ratio']:.2f}" if side != "direct" else "",
+          f"{r[f'{side}_cpu_us_per_start']:.0f}" if side != "direct" else "")
+         for r in result["results"] for side in ("router", "router_mtls", "direct")],
     )  # fmt: skip
+    extra = "\n".join(
+        f"mTLS + authorization add {r['mtls_added_cpu_us_per_start']:.0f} µs of router CPU per "
+        f"start at concurrency {r['concurrency']}"
+        for r in result["results"]
+    )
+    table = f"{table}\n{extra}"
     emit(result, args.json, table)

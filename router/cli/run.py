@@ -272,6 +272,7 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from router.audit import auth_failure_record
+    from router.auth.codec import NamespaceTokens
     from router.codec import KeyRingHolder, RegionCodec, default_provider
     from router.codec.server import CodecServer
     from router.codec.tokens import load_tokens
@@ -315,6 +316,9 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
         cors_origins=settings.cors_origins,
         max_body_bytes=settings.max_body_bytes,
         on_auth_failure=auth_failed,
+        token_check=(
+            NamespaceTokens(settings.jwt, settings.namespaces_claim) if settings.jwt else None
+        ),
     )
 
     async def main(stop: asyncio.Event) -> None:

@@ -4,10 +4,12 @@
 reply are proto3 JSON ``Payloads``. The Temporal CLI (``--codec-endpoint``) and Web UI
 use it to show (and, for ``workflow start``, write) the region's encrypted payloads.
 
-It serves only its own region's namespaces (403 otherwise), only with a bearer token of
-its own region (401 otherwise), and hands both refusals to its audit hook; it answers
-CORS preflights for configured UI origins, caps bodies (413), and reports bad input as
-400 with a JSON error, never a 500 with a trace.
+It serves only its own region's namespaces (403 otherwise), only with a bearer token: one
+of its own region's static tokens, or a JWT that a ``token_check`` hook verifies and
+finds scoped to the requested namespace (the Temporal Web UI forwards its user's access
+token). No or a bad token is 401; a token not scoped to the namespace is 403; both are
+handed to its audit hook. It answers CORS preflights for configured UI origins, caps
+bodies (413), and reports bad input as 400 with a JSON error, never a 500 with a trace.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from router.errors import CodecError
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# (bearer token, namespace) -> None when the token is valid and scoped to the namespace;
+# else (401 for a token that does not verify, 403 for one not scoped to it, why).
+TokenCheck = Callable[[str, str], Awaitable[tuple[int, str] | None]]
+BEARER = "Bearer "
 ALLOWED_HEADERS = ("X-Namespace", "Content-Type", "Authorization")
 MAX_BODY = web.AppKey("max_body_bytes", int)
 
@@ -73,6 +79,7 @@ class CodecServer:
         cors_origins: Sequence[str] = (),
         max_body_bytes: int = 4 * 1024 * 1024,
         on_auth_failure: Callable[[str, str, str], Awaitable[None]] | None = None,
+        token_check: TokenCheck | None = None,
     ) -> None:
         if not tokens:
             raise ValueError("a codec server needs at least one bearer token")
@@ -82,6 +89,7 @@ class CodecServer:
         # (remote, path, why) of each request refused for its token (401) or for a
         # namespace of another region (403): the audit log's auth.failure.
         self.on_auth_failure = on_auth_failure
+        self.token_check = token_check
         self.app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes)
         self.app[MAX_BODY] = max_body_bytes
         routes = [
@@ -137,21 +145,39 @@ class CodecServer:
             except Exception:
                 log.exception("codec server %s: could not audit an auth failure", region)
 
+    def _unauthorized(self) -> web.Response:
+        return web.json_response(
+            {"error": "missing or invalid bearer token"},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="meridian-codec"'},
+        )
+
     async def _serve(self, request: web.Request, op: str) -> web.Response:
         presented = request.headers.get("Authorization")
-        if not token_ok(presented, self.tokens):
-            why = "missing bearer token" if not presented else "invalid bearer token"
-            await self._rejected(request, why)
-            return web.json_response(
-                {"error": "missing or invalid bearer token"},
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="meridian-codec"'},
-            )
+        static = token_ok(presented, self.tokens)
+        jwt = ""
+        if not static:
+            if presented and self.token_check is not None and presented.startswith(BEARER):
+                jwt = presented[len(BEARER) :].strip()
+            if not jwt:
+                await self._rejected(
+                    request, "invalid bearer token" if presented else "missing bearer token"
+                )
+                return self._unauthorized()
         ns = self._namespace(request)
         if ns not in self.namespaces:
             region = self.codec.region
             await self._rejected(request, f"namespace {ns!r} is not a namespace of region {region}")
             raise Refused(403, f"namespace {ns!r} is not served by the {region} codec server")
+        if jwt:
+            assert self.token_check is not None
+            refusal = await self.token_check(jwt, ns)
+            if refusal is not None:
+                status, why = refusal
+                await self._rejected(request, why)
+                if status == 401:
+                    return self._unauthorized()
+                raise Refused(403, f"the token does not grant namespace {ns!r}")
         payloads = await self._payloads(request)
         try:
             if op == "encode":

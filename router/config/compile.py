@@ -24,6 +24,7 @@ from router.config.schema import (
     NAMESPACE_RE,
     ClusterTLSConfig,
     FailoverOverride,
+    JWTConfig,
     QuotaConfig,
     RouterConfig,
     RuleConfig,
@@ -513,6 +514,8 @@ def _build(doc: RouterConfig, source: str) -> ResolvedConfig:
             compression_min_bytes=doc.codec.compression_min_bytes,
             cors_origins=tuple(doc.codec.cors_origins),
             max_body_bytes=doc.codec.max_body_bytes,
+            jwt=_jwt(doc.codec.jwt) if doc.codec.jwt is not None else None,
+            namespaces_claim=doc.codec.jwt.namespaces_claim if doc.codec.jwt else "permissions",
         ),
         server_tls=_server_tls(doc),
         auth=_auth(doc),
@@ -550,21 +553,22 @@ def _server_tls(doc: RouterConfig) -> ServerTLS | None:
     )
 
 
+def _jwt(j: JWTConfig) -> JWTSettings:
+    return JWTSettings(
+        jwks_file=Path(j.jwks_file) if j.jwks_file else None,
+        jwks_url=j.jwks_url,
+        issuer=j.issuer,
+        audience=j.audience,
+        algorithms=tuple(j.algorithms),
+        leeway=float(j.leeway_s),
+        principal_claim=j.principal_claim,
+        roles_claim=j.roles_claim,
+    )
+
+
 def _auth(doc: RouterConfig) -> AuthSettings:
     a = doc.auth
-    jwt = None
-    if a.jwt is not None:
-        j = a.jwt
-        jwt = JWTSettings(
-            jwks_file=Path(j.jwks_file) if j.jwks_file else None,
-            jwks_url=j.jwks_url,
-            issuer=j.issuer,
-            audience=j.audience,
-            algorithms=tuple(j.algorithms),
-            leeway=float(j.leeway_s),
-            principal_claim=j.principal_claim,
-            roles_claim=j.roles_claim,
-        )
+    jwt = _jwt(a.jwt) if a.jwt is not None else None
     grants = {
         name: Grant(
             rpcs=frozenset(g.rpcs),

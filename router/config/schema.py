@@ -232,6 +232,46 @@ class HealthConfig(_Section):
     jitter_ms: int = Field(default=50, ge=0, le=60_000)
 
 
+JwtAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
+CertField = Literal["uri_san", "dns_san", "cn"]
+RoleName = Literal["sre", "viewer", "auditor"]
+Glob = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:/@*?-]+$")]
+
+
+_ALGORITHMS: list[JwtAlgorithm] = ["RS256", "ES256", "EdDSA"]
+_CERT_FIELDS: list[CertField] = ["uri_san", "dns_san", "cn"]
+
+
+class JWTConfig(_Section):
+    """Bearer tokens (``authorization: Bearer …``), verified against a JWKS."""
+
+    jwks_file: str | None = Field(default=None, min_length=1)
+    jwks_url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    issuer: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
+    # Asymmetric algorithms only: a JWKS holds public keys.
+    algorithms: list[JwtAlgorithm] = Field(default_factory=lambda: list(_ALGORITHMS), min_length=1)
+    leeway_s: int = Field(default=30, ge=0, le=600)
+    # The claim naming the principal, and the claim listing its roles.
+    principal_claim: str = Field(default="sub", min_length=1)
+    roles_claim: str = Field(default="roles", min_length=1)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JWTConfig:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError("give exactly one of jwks_file and jwks_url")
+        return self
+
+
+class CodecJWTConfig(JWTConfig):
+    """Bearer tokens at a codec server (the Temporal Web UI forwards the user's access
+    token): verified like the router's, and scoped per namespace."""
+
+    # The claim listing what the token may touch: namespace names, or Temporal's
+    # "<namespace>:<role>" permissions; a token decodes a namespace only if it lists it.
+    namespaces_claim: str = Field(default="permissions", min_length=1)
+
+
 class CodecConfig(_Section):
     # zlib before encryption. Off by default: compressing attacker-influenced data next
     # to secrets can leak through ciphertext length (CRIME/BREACH).
@@ -242,6 +282,8 @@ class CodecConfig(_Section):
         default_factory=list
     )
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    # Besides the region's static tokens, accept namespace-scoped JWTs.
+    jwt: CodecJWTConfig | None = None
 
 
 class AuditConfig(_Section):
@@ -278,37 +320,6 @@ RpcName = Literal[
     "CancelWorkflow",
     "GetWorkflowResult",
 ]
-JwtAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
-CertField = Literal["uri_san", "dns_san", "cn"]
-RoleName = Literal["sre", "viewer", "auditor"]
-Glob = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:/@*?-]+$")]
-
-
-_ALGORITHMS: list[JwtAlgorithm] = ["RS256", "ES256", "EdDSA"]
-_CERT_FIELDS: list[CertField] = ["uri_san", "dns_san", "cn"]
-
-
-class JWTConfig(_Section):
-    """Bearer tokens (``authorization: Bearer …``), verified against a JWKS."""
-
-    jwks_file: str | None = Field(default=None, min_length=1)
-    jwks_url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
-    issuer: str = Field(min_length=1)
-    audience: str = Field(min_length=1)
-    # Asymmetric algorithms only: a JWKS holds public keys.
-    algorithms: list[JwtAlgorithm] = Field(default_factory=lambda: list(_ALGORITHMS), min_length=1)
-    leeway_s: int = Field(default=30, ge=0, le=600)
-    # The claim naming the principal, and the claim listing its roles.
-    principal_claim: str = Field(default="sub", min_length=1)
-    roles_claim: str = Field(default="roles", min_length=1)
-
-    @model_validator(mode="after")
-    def _one_key_source(self) -> JWTConfig:
-        if (self.jwks_file is None) == (self.jwks_url is None):
-            raise ValueError("give exactly one of jwks_file and jwks_url")
-        return self
-
-
 _WORKFLOW_RPCS: list[RpcName] = [
     "StartWorkflow",
     "ExplainRoute",

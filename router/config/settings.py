@@ -31,23 +31,6 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class CodecSettings:
-    compression: bool
-    compression_min_bytes: int
-    cors_origins: tuple[str, ...]
-    max_body_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class ServerTLS:
-    cert_file: Path
-    key_file: Path
-    # Given: callers present client certificates signed by this CA (mTLS).
-    client_ca_file: Path | None
-    require_client_cert: bool
-
-
-@dataclass(frozen=True, slots=True)
 class JWTSettings:
     jwks_file: Path | None
     jwks_url: str | None
@@ -57,6 +40,26 @@ class JWTSettings:
     leeway: float
     principal_claim: str
     roles_claim: str
+
+
+@dataclass(frozen=True, slots=True)
+class CodecSettings:
+    compression: bool
+    compression_min_bytes: int
+    cors_origins: tuple[str, ...]
+    max_body_bytes: int
+    # Namespace-scoped bearer tokens a codec server accepts besides its static ones.
+    jwt: JWTSettings | None = None
+    namespaces_claim: str = "permissions"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTLS:
+    cert_file: Path
+    key_file: Path
+    # Given: callers present client certificates signed by this CA (mTLS).
+    client_ca_file: Path | None
+    require_client_cert: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -357,7 +357,7 @@ def message_of(cls: Any, depth: int = 0) -> st.SearchStrategy[Any]:
             value = st.integers(-3, 12)  # proto3 enums are open: unknown numbers too
         else:
             value = st.integers(0, 2**31)
-        if f.label == FieldDescriptor.LABEL_REPEATED:
+        if f.is_repeated:
             value = st.lists(value, max_size=3)
         fields[f.name] = st.one_of(st.none(), value)
 

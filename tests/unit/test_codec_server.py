@@ -236,3 +236,63 @@ async def test_health_and_unknown_routes(client: TestClient[Any, Any]) -> None:
     assert missing.status == 404 and "error" in await missing.json()
     wrong_method = await client.get("/decode")
     assert wrong_method.status == 405 and "error" in await wrong_method.json()
+
+
+# -- namespace-scoped JWTs (the Temporal Web UI forwards its user's access token) --------
+
+
+async def test_a_jwt_decodes_only_the_namespaces_it_grants(tmp_path: Path) -> None:
+    """Besides the region's static tokens, a JWT from the configured issuer works, but
+    only for namespaces its permissions claim lists; a token scoped to another region's
+    namespace is refused here, and a token that does not verify is a 401."""
+    import time
+
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from router.auth.codec import NamespaceTokens
+    from router.auth.jwt import jwks_document
+    from router.config.settings import JWTSettings
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "jwks.json").write_text(jwks_document({"k1": key.public_key()}))
+    settings = JWTSettings(
+        jwks_file=tmp_path / "jwks.json", jwks_url=None, issuer="https://idp", audience="codec",
+        algorithms=("ES256",), leeway=5.0, principal_claim="sub", roles_claim="roles",
+    )  # fmt: skip
+
+    def token(permissions: list[str], **claims: Any) -> dict[str, str]:
+        body = {"iss": "https://idp", "aud": "codec", "sub": "ui-user",
+                "exp": int(time.time()) + 60, "permissions": permissions, **claims}  # fmt: skip
+        signed = pyjwt.encode(body, key, algorithm="ES256", headers={"kid": "k1"})
+        return {"Authorization": f"Bearer {signed}"}
+
+    failures: list[str] = []
+
+    async def audit(remote: str, path: str, why: str) -> None:
+        failures.append(why)
+
+    server = CodecServer(
+        RegionCodec(new_ring("eu-west")), namespaces=frozenset({"eu-west"}),
+        tokens=[TOKEN.encode()], on_auth_failure=audit,
+        token_check=NamespaceTokens(settings, "permissions"),
+    )  # fmt: skip
+    async with TestClient(TestServer(server.app)) as c:
+        body = payloads("hello")
+        sealed = await (await c.post("/eu-west/encode", json=body, headers=AUTH)).json()
+        ok = await c.post("/eu-west/decode", json=sealed, headers=token(["eu-west:read"]))
+        assert ok.status == 200
+        data = (await ok.json())["payloads"][0]["data"]
+        assert json.loads(base64.b64decode(data)) == "hello"
+        plain = await c.post("/eu-west/decode", json=sealed, headers=token(["eu-west"]))
+        assert plain.status == 200
+        other = await c.post("/eu-west/decode", json=sealed, headers=token(["us-east:admin"]))
+        assert other.status == 403 and "payloads" not in await other.json()
+        foreign = await c.post("/us-east/decode", json=sealed, headers=token(["us-east:read"]))
+        assert foreign.status == 403, "another region's namespace is never served here"
+        expired = token(["eu-west:read"], exp=int(time.time()) - 60)
+        assert (await c.post("/eu-west/decode", json=sealed, headers=expired)).status == 401
+        forged = {"Authorization": "Bearer a.b.c"}
+        assert (await c.post("/eu-west/decode", json=sealed, headers=forged)).status == 401
+    assert any("does not grant namespace 'eu-west'" in w for w in failures)
+    assert any("expired" in w for w in failures)
