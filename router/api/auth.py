@@ -91,6 +91,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._denials = denials
         self.quotas = quotas or Quotas()
         self._authn = authenticator or Authenticator()
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -101,6 +102,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method: str = details.method
         if handler is None or not method.startswith(PACKAGE) or handler.unary_unary is None:
             return handler
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]  # one wrapper per method, not one per call
         rpc = method.rsplit("/", 1)[1]
         inner = handler.unary_unary
 
@@ -115,11 +119,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             finally:
                 PRINCIPAL.reset(token)
 
-        return grpc.unary_unary_rpc_method_handler(
+        wrapped = grpc.unary_unary_rpc_method_handler(
             guarded,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     async def _admit(self, rpc: str, request: Any, context: grpc.aio.ServicerContext) -> Principal:
         config = self._config()
