@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from router import metrics
 from router.admin import Admin
 from router.audit import AuditSink
 from router.clusters import ClusterState
@@ -74,6 +75,8 @@ class Router:
 
         self.config.subscribe(sync_pool)
         self.config.subscribe(self.clusters.apply_config)
+        if live_status is None:  # one router, no peers: it is its own health authority
+            metrics.watch("meridian_leader", self, lambda _: [(1.0, {"replica": "local"})])
 
     async def start(self, *, first_probe_timeout: float = 3.0) -> None:
         """Connect (lazily) to every cluster, probe each once and let the failover state

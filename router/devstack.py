@@ -85,9 +85,15 @@ def _split(endpoint: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def check_ports(config: ResolvedConfig, router_host: str, router_port: int) -> None:
+def check_ports(
+    config: ResolvedConfig, router_host: str, router_port: int, *, http_port: int | None = None
+) -> None:
     """Refuse to start anything if a port we need is taken or not on loopback."""
     wanted = [(f"router ({router_host}:{router_port})", router_host, router_port)]
+    if http_port:
+        wanted.append(
+            (f"the router's HTTP port ({router_host}:{http_port})", router_host, http_port)
+        )
     addresses = [(f"cluster {c.name}", c.endpoint) for c in config.table.clusters.values()]
     addresses += [
         (f"codec server of {r.name}", r.codec_server)

@@ -189,6 +189,12 @@ class ConfigError(MeridianError):
 class CodecError(MeridianError):
     """A payload could not be decoded (unknown key, failed tag, wrong region)."""
 
+    def __init__(self, message: str, *, reason: str = "invalid") -> None:
+        super().__init__(message)
+        # A short code for metrics: other_region, unknown_key, truncated,
+        # authentication, decompress, not_a_payload, invalid.
+        self.reason = reason
+
 
 class KeyRingError(MeridianError):
     """A key ring is missing, malformed, or not safely stored. Never contains key bytes."""

@@ -86,6 +86,8 @@ class StartResult:
     # Audit receipts: the route.decision record, and the start.outcome record.
     decision_receipt: Receipt | None = None
     receipt: Receipt | None = None
+    # Seconds spent in Temporal's StartWorkflowExecution (for the router-added latency).
+    temporal_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +292,7 @@ class Starter:
         return StartResult(
             workflow_id, sent.outcome.run_id, sent.outcome.started, decision, ctx.request_id,
             decision_receipt=attempt.receipt, receipt=outcome,
+            temporal_seconds=sent.outcome.elapsed,
         )  # fmt: skip
 
     async def _send_with_failover(self, first: Attempt, job: _Job) -> Sent:

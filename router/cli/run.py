@@ -28,6 +28,7 @@ def _open_audit(config: Any, directory: Path, key_file: Path | None) -> Any:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    from router import metrics
     from router.api.server import RouterServer
     from router.app import Router
     from router.codec import FileKeyProvider
@@ -45,7 +46,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     overlay = write_dev_overlay(home, insecure=args.insecure)
     sources = ConfigSources.read([path, overlay], use_env=False)
     config = sources.resolve()
-    check_ports(config, args.host, args.port)
+    check_ports(config, args.host, args.port, http_port=args.http_port or None)
     keys = Path(args.keys_dir).resolve() if args.keys_dir else home / "keys"
 
     def say(line: str) -> None:
@@ -70,10 +71,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 audit=audit,
                 store=LocalStore(home / "state" / "failover.json"),
             )
-            server = RouterServer(router, host=args.host, port=args.port)
+            server = RouterServer(
+                router, host=args.host, port=args.port,
+                http=(args.host, args.http_port) if args.http_port else None,
+                exposition=exposition,
+            )  # fmt: skip
             if not await race(server.start(), stop):
                 return
             _print_summary(say, config, args.host, server.port)
+            if args.http_port:
+                say(f"status page and metrics: http://{args.host}:{server.http.port}/ "
+                    f"(/metrics, /healthz, /readyz)")  # fmt: skip
             say(
                 f"audit log: {home / 'audit'} (verify: meridian audit verify {home / 'audit'} "
                 f"--key-file {keys / 'audit.key'})"
@@ -90,6 +98,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             await stack.stop()
             say("stopped")
 
+    exposition = metrics.setup("meridian-router")
     stop_tracing = tracing("meridian-router")
     try:
         asyncio.run(until_signalled(main))
@@ -122,6 +131,7 @@ def _print_summary(say: Callable[[str], None], config: Any, host: str, port: int
 def cmd_serve(args: argparse.Namespace) -> int:
     import socket
 
+    from router import metrics
     from router.api.server import RouterServer
     from router.app import Router
     from router.codec import default_provider
@@ -170,7 +180,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             live_status=live.status if live else None,
             early_rejections=[*problems, *rejected],
         )
-        server = RouterServer(router, host=args.host, port=args.port)
+        server = RouterServer(
+            router, host=args.host, port=args.port,
+            http=(args.http_host, args.http_port) if args.http_port is not None else None,
+            exposition=exposition,
+        )  # fmt: skip
         reloads: set[asyncio.Task[Any]] = set()
 
         def sighup() -> None:
@@ -201,6 +215,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await server.stop(grace=args.grace)
             await audit.close()
 
+    exposition = metrics.setup("meridian-router")
     stop_tracing = tracing("meridian-router")
     try:
         asyncio.run(until_signalled(main))
@@ -352,6 +367,11 @@ def add_parsers(sub: Any) -> None:
     )
     dev.add_argument("--port", type=int, default=50051, help="router gRPC port (default 50051)")
     dev.add_argument(
+        "--http-port", type=int, default=8080,
+        help="the router's HTTP port: status page, /metrics, /healthz, /readyz "
+        "(default 8080; 0: none)",
+    )  # fmt: skip
+    dev.add_argument(
         "--home", help="state and logs directory (default: $MERIDIAN_HOME or ./.meridian)"
     )
     dev.add_argument(
@@ -369,6 +389,16 @@ def add_parsers(sub: Any) -> None:
     config_args(serve)
     serve.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=50051, help="gRPC port (default 50051)")
+    serve.add_argument(
+        "--http-port", type=int,
+        help="serve the status page, /metrics, /healthz and /readyz on this port "
+        "(default: none; 0 picks a free one)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--http-host", default="127.0.0.1",
+        help="the HTTP port's address (default 127.0.0.1; while auth is on the status page "
+        "answers loopback callers only, /metrics anyone)",
+    )  # fmt: skip
     serve.add_argument(
         "--grace", type=float, default=5.0, help="seconds to drain in-flight calls on stop"
     )

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import aiohttp_cors
 from aiohttp import web
 from google.protobuf import json_format
+from opentelemetry import metrics
 from temporalio.api.common.v1 import Payloads
 
 from router.codec.aead import RegionCodec
@@ -36,6 +37,7 @@ TokenCheck = Callable[[str, str], Awaitable[tuple[int, str] | None]]
 BEARER = "Bearer "
 ALLOWED_HEADERS = ("X-Namespace", "Content-Type", "Authorization")
 MAX_BODY = web.AppKey("max_body_bytes", int)
+REGION = web.AppKey("region", str)
 
 
 def error(status: int, message: str) -> web.Response:
@@ -49,6 +51,19 @@ class Refused(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+_requests = metrics.get_meter("meridian").create_counter(
+    "meridian.codec_server.requests", description="codec server requests by region and status"
+)
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """meridian_codec_server_requests_total, by region and HTTP status."""
+    response = await handler(request)
+    _requests.add(1, {"region": request.app[REGION], "status": str(response.status)})
+    return response
 
 
 @web.middleware
@@ -90,8 +105,11 @@ class CodecServer:
         # namespace of another region (403): the audit log's auth.failure.
         self.on_auth_failure = on_auth_failure
         self.token_check = token_check
-        self.app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes)
+        self.app = web.Application(
+            middlewares=[count_requests, json_errors], client_max_size=max_body_bytes
+        )
         self.app[MAX_BODY] = max_body_bytes
+        self.app[REGION] = codec.region
         routes = [
             self.app.router.add_post("/encode", self.encode),
             self.app.router.add_post("/decode", self.decode),

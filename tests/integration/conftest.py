@@ -47,6 +47,8 @@ class DevProcess:
     router: str
     config: ResolvedConfig
     log: Path
+    # The router's HTTP port: status page, /metrics, /healthz, /readyz.
+    http: str = ""
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -89,6 +91,7 @@ def start_dev(
     home.mkdir(parents=True, exist_ok=True)
     cfg = write_config(home / "config.yaml", doc)
     port = port or free_port()
+    http_port = free_port()
     log = home / "dev.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -101,6 +104,8 @@ def start_dev(
                 str(cfg),
                 "--port",
                 str(port),
+                "--http-port",
+                str(http_port),
                 "--home",
                 str(home),
             ],
@@ -110,7 +115,9 @@ def start_dev(
             start_new_session=True,
             env={**os.environ, **(env or {})},
         )
-    return DevProcess(proc, home, f"127.0.0.1:{port}", load_file(cfg), log)
+    return DevProcess(
+        proc, home, f"127.0.0.1:{port}", load_file(cfg), log, f"http://127.0.0.1:{http_port}"
+    )
 
 
 def wait_serving(dev: DevProcess, timeout: float = 120.0) -> None:
