@@ -215,7 +215,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await server.stop(grace=args.grace)
             await audit.close()
 
-    exposition = metrics.setup("meridian-router")
+    exposition = None if args.no_metrics else metrics.setup("meridian-router")
     stop_tracing = tracing("meridian-router")
     try:
         asyncio.run(until_signalled(main))
@@ -393,6 +393,10 @@ def add_parsers(sub: Any) -> None:
         "--http-port", type=int,
         help="serve the status page, /metrics, /healthz and /readyz on this port "
         "(default: none; 0 picks a free one)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--no-metrics", action="store_true",
+        help="record no metrics (measures what they cost; /metrics then answers 404)",
     )  # fmt: skip
     serve.add_argument(
         "--http-host", default="127.0.0.1",
