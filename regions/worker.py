@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from temporalio.client import Client
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.converter import DataConverter
+from temporalio.runtime import OpenTelemetryConfig, PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import TLSConfig
 from temporalio.worker import Worker
 
@@ -45,6 +46,21 @@ class WorkerPlan:
     # Not in repr: temporalio's TLSConfig prints the private key.
     tls: TLSConfig | None = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
+    # The SDK's own metrics (the standard Temporal dashboards): "host:port" to serve
+    # them for Prometheus, an http(s) URL to push them over OTLP, None for neither.
+    metrics: str | None = None
+
+
+def sdk_runtime(metrics: str | None) -> Runtime | None:
+    """A temporalio Runtime exporting the SDK's metrics as ``metrics`` says; None keeps
+    the default runtime (no export)."""
+    if not metrics:
+        return None
+    if metrics.startswith(("http://", "https://")):
+        exporter: PrometheusConfig | OpenTelemetryConfig = OpenTelemetryConfig(url=metrics)
+    else:
+        exporter = PrometheusConfig(bind_address=metrics)
+    return Runtime(telemetry=TelemetryConfig(metrics=exporter))
 
 
 def _never(exc: BaseException) -> bool:
@@ -60,6 +76,7 @@ async def connect(
     tls: TLSConfig | None = None,
     api_key: str | None = None,
     give_up: Callable[[BaseException], bool] = _never,
+    runtime: Runtime | None = None,
 ) -> Client:
     """Connect, retrying while the cluster is still starting (up to ``wait`` seconds)
     unless ``give_up(error)`` says waiting cannot help (a TLS certificate the worker
@@ -78,6 +95,7 @@ async def connect(
                 interceptors=interceptors,
                 tls=tls if tls is not None else False,
                 api_key=api_key,
+                runtime=runtime,
             )
         except RuntimeError as exc:
             if give_up(exc) or loop.time() >= deadline:
@@ -119,6 +137,7 @@ async def _poll(
 ) -> None:
     identity = WorkerIdentity(region=plan.region, cluster=plan.cluster)
     activities = RegionalActivities(identity)
+    runtime = sdk_runtime(plan.metrics)
     workers: list[Worker] = []
     clients: dict[str, Client] = {}
     for ns, queue in plan.queues:
@@ -131,6 +150,7 @@ async def _poll(
                 tls=plan.tls,
                 api_key=plan.api_key,
                 give_up=give_up,
+                runtime=runtime,
             )
         workers.append(
             Worker(

@@ -257,6 +257,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         queues=worker_queues(table, region.name, WORKFLOW_TYPES),
         tls=credentials.tls_config() if credentials is not None else None,
         api_key=credentials.api_key if credentials is not None else None,
+        metrics=args.sdk_metrics or None,
     )
     holder = KeyRingHolder(default_provider(keys_dir(args.keys_dir)), region.name)
     compression = config.codec.compression
@@ -434,6 +435,11 @@ def add_parsers(sub: Any) -> None:
 
     worker = sub.add_parser("worker", help="run the regional worker for one cluster")
     config_args(worker)
+    worker.add_argument(
+        "--sdk-metrics",
+        help="export the Temporal SDK's own metrics: host:port to serve them for "
+        "Prometheus, or an http(s) URL of an OTLP collector (default: none)",
+    )
     worker.add_argument("--region", required=True, help="the region the cluster belongs to")
     worker.add_argument("--cluster", required=True, help="the cluster whose queues it polls")
     worker.set_defaults(func=cmd_worker)

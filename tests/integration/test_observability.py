@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ import pytest
 
 from benchmarks.fleet import Fleet, Replica, free_port
 from router import metrics
+from router.devstack import die_with_parent
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 from tests.helpers import eventually
@@ -75,6 +78,35 @@ def family(series: str) -> str:
     m = SAMPLE.match(f"{series} 0")
     assert m, series
     return m.group(1)
+
+
+async def test_the_regional_worker_exports_the_sdks_own_metrics(stack: Stack) -> None:
+    """So the standard Temporal dashboards work beside Meridian's."""
+    port = free_port()
+    argv = [sys.executable, "-m", "router.cli", "worker", "--config", str(stack.fleet.config_path),
+            "--keys-dir", str(stack.fleet.keys_dir), "--region", "eu-west",
+            "--cluster", "eu-west-b", "--sdk-metrics", f"127.0.0.1:{port}"]  # fmt: skip
+    proc = subprocess.Popen(
+        die_with_parent(argv), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+
+        async def sdk_metrics() -> str:
+            try:
+                async with (
+                    aiohttp.ClientSession() as s,
+                    s.get(f"http://127.0.0.1:{port}/metrics") as r,
+                ):
+                    text = await r.text()
+            except aiohttp.ClientError:
+                return ""
+            return text if "temporal_" in text else ""
+
+        text = await eventually(sdk_metrics, "the worker's SDK metrics")
+        assert any(line.startswith("temporal_") for line in text.splitlines())
+    finally:
+        proc.terminate()
+        proc.wait(15)
 
 
 async def test_metrics_tell_the_truth_before_and_after_a_sigkill(stack: Stack) -> None:
