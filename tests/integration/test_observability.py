@@ -4,6 +4,7 @@ status page in a real headless Chromium that sees the flip without a reload."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -86,17 +87,15 @@ async def test_the_regional_worker_exports_the_sdks_own_metrics(stack: Stack) ->
     argv = [sys.executable, "-m", "router.cli", "worker", "--config", str(stack.fleet.config_path),
             "--keys-dir", str(stack.fleet.keys_dir), "--region", "eu-west",
             "--cluster", "eu-west-b", "--sdk-metrics", f"127.0.0.1:{port}"]  # fmt: skip
-    proc = subprocess.Popen(
-        die_with_parent(argv), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    proc = await asyncio.create_subprocess_exec(
+        *die_with_parent(argv), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+    url = f"http://127.0.0.1:{port}/metrics"
     try:
 
         async def sdk_metrics() -> str:
             try:
-                async with (
-                    aiohttp.ClientSession() as s,
-                    s.get(f"http://127.0.0.1:{port}/metrics") as r,
-                ):
+                async with aiohttp.ClientSession() as s, s.get(url) as r:
                     text = await r.text()
             except aiohttp.ClientError:
                 return ""
@@ -106,7 +105,7 @@ async def test_the_regional_worker_exports_the_sdks_own_metrics(stack: Stack) ->
         assert any(line.startswith("temporal_") for line in text.splitlines())
     finally:
         proc.terminate()
-        proc.wait(15)
+        await asyncio.wait_for(proc.wait(), 15)
 
 
 async def test_metrics_tell_the_truth_before_and_after_a_sigkill(stack: Stack) -> None:
