@@ -11,4 +11,6 @@ RUN pip install --no-cache-dir -e . \
     && useradd --system --home /var/lib/meridian meridian \
     && mkdir -p /var/lib/meridian && chown meridian /var/lib/meridian
 USER meridian
+# In containers, one JSON object per log line (log pipelines); --log-format text overrides.
+ENV MERIDIAN_LOG_FORMAT=json
 ENTRYPOINT ["meridian"]
