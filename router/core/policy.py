@@ -7,6 +7,8 @@ rule and fallback considered afterwards must lie in that zone (DESIGN invariant 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from router.core.model import (
     ClusterView,
     Decision,
@@ -66,27 +68,19 @@ def route(
     # 2. The most specific rule whose region is allowed.
     rule = _match_rule(req, table, zone, required, reasons)
 
-    # 3. Candidate regions, preferred first. Every one lies in `required` when set.
-    if rule is not None:
-        first, first_rule = rule.region, rule.name
-    elif zone is not None:
-        first, first_rule = table.zones[zone].home_region, RULE_ZONE_HOME
-    else:
-        first, first_rule = table.default_region, RULE_DEFAULT_REGION
-    candidates: list[tuple[str, str]] = [(first, first_rule)]
-    if zone is not None:
-        candidates += [(r, RULE_ZONE_FALLBACK) for r in table.zones[zone].regions]
-    if required is None:
-        candidates.append((table.default_region, RULE_DEFAULT_REGION))
+    # 3. Candidate regions, preferred first (generated lazily: a request whose first
+    #    choice is healthy never builds its zone's whole fallback list). Every one lies
+    #    in `required` when set.
+    candidates = _candidates(table, rule, zone, required)
 
     # 4. The first candidate that runs the workflow type and whose active cluster is
     #    healthy.
-    tried: list[str] = []
+    tried: dict[str, None] = {}  # ordered, and O(1) membership at 300 regions
     serving = 0
     for region_name, rule_name in candidates:
         if region_name in tried:
             continue
-        tried.append(region_name)
+        tried[region_name] = None
         region = table.regions[region_name]
         if required is not None and region.zone != required:  # pragma: no cover - guarded
             # Unreachable by construction (config validation); kept as the last line of
@@ -141,6 +135,22 @@ def route(
     return Refusal(RefusalKind.NO_HEALTHY_TARGET, msg, tuple(reasons), table.version, required)
 
 
+def _candidates(
+    table: RoutingTable, rule: Rule | None, zone: str | None, required: str | None
+) -> Iterator[tuple[str, str]]:
+    if rule is not None:
+        yield rule.region, rule.name
+    elif zone is not None:
+        yield table.zones[zone].home_region, RULE_ZONE_HOME
+    else:
+        yield table.default_region, RULE_DEFAULT_REGION
+    if zone is not None:
+        for r in table.zones[zone].regions:
+            yield r, RULE_ZONE_FALLBACK
+    if required is None:
+        yield table.default_region, RULE_DEFAULT_REGION
+
+
 def _match_rule(
     req: RouteRequest,
     table: RoutingTable,
@@ -155,8 +165,12 @@ def _match_rule(
     if zone is not None:
         keys.append((Level.ZONE, zone))
     keys.append((Level.DEFAULT, None))
+    index = table.rule_index
     for key in keys:
-        for rule in table.rules.get(key, ()):
+        at = index.get(key)
+        if at is None:
+            continue
+        for rule in at.for_tenant(req.tenant_id):
             if not rule.qualifies(req):
                 continue
             if required is not None and table.regions[rule.region].zone != required:
