@@ -34,7 +34,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from router.codec import FileKeyProvider
     from router.config.load import resolve_path
     from router.config.sources import ConfigSources
-    from router.devstack import DevStack, check_ports, write_dev_overlay
+    from router.devstack import DevStack, check_ports, ui_ports, write_dev_overlay
     from router.failover import LocalStore
     from router.paths import meridian_home
 
@@ -46,14 +46,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
     overlay = write_dev_overlay(home, insecure=args.insecure)
     sources = ConfigSources.read([path, overlay], use_env=False)
     config = sources.resolve()
-    check_ports(config, args.host, args.port, http_port=args.http_port or None)
+    ui = ui_ports(config, args.ui_port_base) if args.ui else {}
+    check_ports(config, args.host, args.port, http_port=args.http_port or None, ui=ui)
     keys = Path(args.keys_dir).resolve() if args.keys_dir else home / "keys"
 
     def say(line: str) -> None:
         print(line, flush=True)
 
     async def main(stop: asyncio.Event) -> None:
-        stack = DevStack(config, path, home=home, keys_dir=keys, say=say, persist=args.persist)
+        stack = DevStack(
+            config, path, home=home, keys_dir=keys, say=say, persist=args.persist, ui=ui
+        )
         server: RouterServer | None = None
         audit: Any = None
         say(f"meridian dev: config {path} (version {config.version}); logs in {stack.logs}")
@@ -78,7 +81,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             )  # fmt: skip
             if not await race(server.start(), stop):
                 return
-            _print_summary(say, config, args.host, server.port)
+            _print_summary(say, config, args.host, server.port, stack.ui_urls)
             if args.http_port:
                 say(f"status page and metrics: http://{args.host}:{server.http.port}/ "
                     f"(/metrics, /healthz, /readyz)")  # fmt: skip
@@ -107,7 +110,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(say: Callable[[str], None], config: Any, host: str, port: int) -> None:
+def _print_summary(
+    say: Callable[[str], None], config: Any, host: str, port: int, ui: dict[str, str]
+) -> None:
     table = config.table
     rows = [
         (
@@ -117,11 +122,21 @@ def _print_summary(say: Callable[[str], None], config: Any, host: str, port: int
             c.role.value,
             c.endpoint,
             f"http://{r.codec_server}" if r.codec_server else "",
+            *([ui.get(c.name, "")] if ui else []),
         )
         for r in table.regions.values()
         for c in r.clusters
     ]
-    say(render_table(["zone", "region", "cluster", "role", "endpoint", "codec server"], rows))
+    headers = ["zone", "region", "cluster", "role", "endpoint", "codec server"]
+    say(render_table([*headers, *(["web ui"] if ui else [])], rows))
+    if ui:
+        name, url = next(iter(ui.items()))
+        ns = table.clusters[name].namespaces[0]
+        say(
+            f"Web UI: open a workflow at {url}/namespaces/{ns}/workflows/<workflow id>; each UI "
+            "decodes through its region's codec server, which accepts that UI's requests "
+            "without a token (development mode, loopback only: see SECURITY.md)"
+        )
     say(
         f"router ready on {host}:{port} (grpc.health.v1: meridian.router.v1.WorkflowRouter SERVING)"
     )
@@ -318,6 +333,7 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
             f"--listen: region {region.name} has no codec_server address in config; give one"
         )
     host, _, port = listen.rpartition(":")
+    dev_origins = _dev_loopback_origins(args.dev_loopback_ui, listen, host)
     directory = keys_dir(args.keys_dir)
     holder = KeyRingHolder(default_provider(directory), region.name)
     settings = config.codec
@@ -335,6 +351,7 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
         token_check=(
             NamespaceTokens(settings.jwt, settings.namespaces_claim) if settings.jwt else None
         ),
+        dev_loopback_origins=dev_origins,
     )
 
     async def main(stop: asyncio.Event) -> None:
@@ -350,6 +367,13 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
                 ) from exc
             refresher = asyncio.create_task(holder.refresh_forever())
             print(f"codec server of {region.name} on http://{listen}", flush=True)
+            if dev_origins:
+                print(
+                    f"DEVELOPMENT MODE (--dev-loopback-ui): requests without a token from "
+                    f"loopback with Origin {', '.join(dev_origins)} are accepted; any local "
+                    f"process can decode {region.name}'s payloads",
+                    flush=True,
+                )
             await stop.wait()
             refresher.cancel()
         finally:
@@ -358,6 +382,26 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
 
     asyncio.run(until_signalled(main))
     return 0
+
+
+def _dev_loopback_origins(origins: list[str], listen: str, host: str) -> list[str]:
+    """``--dev-loopback-ui``: loopback UI origins, and only on a loopback listen address."""
+    from router.codec.server import loopback_address, loopback_origin
+
+    if not origins:
+        return []
+    bad = [o for o in origins if not loopback_origin(o)]
+    if bad:
+        raise MeridianError(
+            f"--dev-loopback-ui: {bad[0]!r} is not http://<loopback host>:<port> "
+            "(127.0.0.1, localhost or [::1])"
+        )
+    bare = host.strip("[]")
+    if bare != "localhost" and not loopback_address(bare):
+        raise MeridianError(
+            f"--dev-loopback-ui: the codec server must listen on loopback, not {listen}"
+        )
+    return list(dict.fromkeys(origins))
 
 
 def add_parsers(sub: Any) -> None:
@@ -384,6 +428,16 @@ def add_parsers(sub: Any) -> None:
         help="plaintext with authentication and authorization OFF, for quick experiments "
         "(default: mTLS with the development CA under $MERIDIAN_HOME/tls, deny by default)",
     )
+    dev.add_argument(
+        "--ui", action="store_true",
+        help="run each cluster's Temporal Web UI (on its gRPC port + 1000), decoding "
+        "through its region's codec server in development mode: tokenless requests of "
+        "that UI's origin from loopback are accepted",
+    )  # fmt: skip
+    dev.add_argument(
+        "--ui-port-base", type=int, metavar="PORT",
+        help="with --ui: the clusters' UIs take consecutive ports from PORT, in config order",
+    )  # fmt: skip
     dev.set_defaults(func=cmd_dev)
 
     serve = sub.add_parser("serve", help="run the router only (clusters and workers run elsewhere)")
@@ -454,4 +508,11 @@ def add_parsers(sub: Any) -> None:
         "--audit-dir", help="its audit log (default: $MERIDIAN_HOME/audit-codec-<region>)"
     )
     codec.add_argument("--audit-key-file", help="audit HMAC key (or $MERIDIAN_AUDIT_KEY)")
+    codec.add_argument(
+        "--dev-loopback-ui", action="append", default=[], metavar="ORIGIN",
+        help="DEVELOPMENT ONLY (meridian dev --ui sets it): accept requests without a token "
+        "from a loopback address whose Origin is ORIGIN, a local Temporal Web UI such as "
+        "http://127.0.0.1:8233 (repeatable; any local process can then decode this "
+        "region's payloads)",
+    )  # fmt: skip
     codec.set_defaults(func=cmd_codec_server)

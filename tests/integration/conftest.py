@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -86,7 +86,12 @@ def pid_alive(pid: int) -> bool:
 
 
 def start_dev(
-    home: Path, doc: dict[str, Any], *, port: int | None = None, env: dict[str, str] | None = None
+    home: Path,
+    doc: dict[str, Any],
+    *,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    args: Sequence[str] = (),
 ) -> DevProcess:
     home.mkdir(parents=True, exist_ok=True)
     cfg = write_config(home / "config.yaml", doc)
@@ -108,6 +113,7 @@ def start_dev(
                 str(http_port),
                 "--home",
                 str(home),
+                *args,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -162,6 +168,19 @@ def stop_dev(dev: DevProcess, sig: int = signal.SIGTERM, timeout: float = 60.0) 
     return leaked
 
 
+@contextlib.contextmanager
+def serving(process: DevProcess) -> Iterator[DevProcess]:
+    """``process`` once its router is SERVING; then stopped with SIGTERM, checked to exit
+    cleanly and to leave none of its children running."""
+    try:
+        wait_serving(process)
+        yield process
+    finally:
+        leaked = stop_dev(process)
+    assert process.proc.returncode == 0, process.output()
+    assert not leaked, f"meridian dev left children running: {leaked}"
+
+
 @pytest.fixture(scope="session")
 def collector() -> Iterator[Collector]:
     c = Collector()
@@ -180,13 +199,8 @@ def dev(tmp_path_factory: pytest.TempPathFactory, collector: Collector) -> Itera
     process = start_dev(
         tmp_path_factory.mktemp("stack"), with_free_ports(default_doc()), env=tracing
     )
-    try:
-        wait_serving(process)
+    with serving(process):
         yield process
-    finally:
-        leaked = stop_dev(process)
-    assert process.proc.returncode == 0, process.output()
-    assert not leaked, f"meridian dev left children running: {leaked}"
 
 
 @pytest.fixture(scope="session")
