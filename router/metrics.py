@@ -34,10 +34,12 @@ _meter = metrics.get_meter("meridian")
 NAMES: Mapping[str, str] = {
     "meridian_decisions_total": "starts by outcome (started, duplicate, refused_residency, "
     "refused_no_healthy, refused_workflow_type, invalid, denied, unauthenticated, quota, "
-    "unavailable, error), zone, region, cluster, rule and data class",
+    "id_taken, unavailable, error), zone, region, cluster, rule and data class",
     "meridian_start_duration_seconds": "StartWorkflow latency as the router served it",
     "meridian_start_router_added_seconds": "StartWorkflow latency minus the Temporal call",
     "meridian_followup_duration_seconds": "follow-up latency by RPC and status",
+    "meridian_followup_temporal_calls": "Temporal calls one follow-up made, by operation and "
+    "by how it found the workflow's home (cache, home reference, routing inputs, search)",
     "meridian_cluster_healthy": "1 when the cluster's probes pass (0: failing or unknown)",
     "meridian_cluster_active": "1 when the cluster is its region's active cluster",
     "meridian_cluster_failed_over": "1 when the region's active cluster is not its primary",
@@ -80,6 +82,9 @@ followup_duration = _meter.create_histogram(
     "meridian.followup.duration",
     unit="s",
     description=NAMES["meridian_followup_duration_seconds"],
+)
+followup_calls = _meter.create_histogram(
+    "meridian.followup.temporal_calls", description=NAMES["meridian_followup_temporal_calls"]
 )
 probe_duration = _meter.create_histogram(
     "meridian.cluster.probe.duration",
@@ -200,6 +205,10 @@ def setup(service_name: str) -> Exposition:
             instrument_name="meridian.audit.batch.records",
             aggregation=ExplicitBucketHistogramAggregation(BATCH_BUCKETS),
         ),
+        View(
+            instrument_name="meridian.followup.temporal_calls",
+            aggregation=ExplicitBucketHistogramAggregation(BATCH_BUCKETS),
+        ),
     ]
     name = os.environ.get("OTEL_SERVICE_NAME", service_name)
     provider = MeterProvider(
@@ -221,6 +230,7 @@ _OUTCOMES: tuple[tuple[str, str], ...] = (
     ("PermissionDenied", "denied"),
     ("Unauthenticated", "unauthenticated"),
     ("QuotaExceeded", "quota"),
+    ("WorkflowIdTaken", "id_taken"),
     ("Unavailable", "unavailable"),
     ("DeadlineExceeded", "unavailable"),
 )

@@ -148,16 +148,21 @@ def decision_pb(d: Decision, out: pb.RouteDecision | None = None) -> pb.RouteDec
 
 
 def _ref(ref: pb.WorkflowRef) -> Ref:
-    return Ref(workflow_id=ref.workflow_id, run_id=ref.run_id, tenant_id=ref.tenant_id)
+    return Ref(
+        workflow_id=ref.workflow_id,
+        run_id=ref.run_id,
+        tenant_id=ref.tenant_id,
+        home=ref.home,
+        user_country=ref.user_country,
+        user_subdivision=ref.user_subdivision,
+        data_class=_data_class(ref.data_class),
+    )
 
 
 def _location(loc: Location, out: pb.WorkflowLocation) -> None:
     out.zone, out.region, out.cluster, out.namespace = (
-        loc.zone,
-        loc.region,
-        loc.cluster,
-        loc.namespace,
-    )
+        loc.zone, loc.region, loc.cluster, loc.namespace,
+    )  # fmt: skip
 
 
 def _timestamp(value: datetime | None, out: Timestamp) -> None:
@@ -192,6 +197,10 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
     def __init__(self, starts: Starter, followups: Followups) -> None:
         self._starts = starts
         self._followups = followups
+
+    def _location(self, workflow_id: str, loc: Location, out: pb.WorkflowLocation) -> None:
+        _location(loc, out)
+        out.home = self._followups.home_of(workflow_id, loc)
 
     @handler
     async def StartWorkflow(
@@ -244,6 +253,10 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
             run_id=res.run_id,
             started=res.started,
             request_id=res.request_id,
+            home=self._followups.home_of(
+                res.workflow_id,
+                Location(d.cluster, d.namespace, d.region, d.zone, request.tenant_id),
+            ),
         )
         decision_pb(res.decision, resp.decision)
         _receipt(res.decision_receipt, resp.decision)
@@ -266,7 +279,9 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
         self, request: pb.WorkflowRef, context: grpc.aio.ServicerContext
     ) -> pb.DescribeWorkflowResponse:
         loc, info = await self._followups.describe(_ref(request), remaining=_remaining(context))
-        return describe_pb(loc, info)
+        resp = describe_pb(loc, info)
+        self._location(info.workflow_id, loc, resp.location)
+        return resp
 
     @handler
     async def SignalWorkflow(
@@ -280,7 +295,7 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
             remaining=_remaining(context),
         )
         resp = pb.SignalWorkflowResponse()
-        _location(loc, resp.location)
+        self._location(request.ref.workflow_id, loc, resp.location)
         return resp
 
     @handler
@@ -296,7 +311,7 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
         )
         resp = pb.QueryWorkflowResponse()
         _result_value(value, resp.result, "query result")
-        _location(loc, resp.location)
+        self._location(request.ref.workflow_id, loc, resp.location)
         return resp
 
     @handler
@@ -305,7 +320,7 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
     ) -> pb.CancelWorkflowResponse:
         loc = await self._followups.cancel(_ref(request), remaining=_remaining(context))
         resp = pb.CancelWorkflowResponse()
-        _location(loc, resp.location)
+        self._location(request.workflow_id, loc, resp.location)
         return resp
 
     @handler
@@ -323,7 +338,7 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
         )
         if outcome.status is WorkflowStatus.COMPLETED:
             _result_value(outcome.result, resp.result, "workflow result")
-        _location(loc, resp.location)
+        self._location(request.workflow_id, loc, resp.location)
         return resp
 
 
@@ -348,7 +363,6 @@ def describe_pb(loc: Location, info: WorkflowInfo) -> pb.DescribeWorkflowRespons
         resp.data_class = _DATA_CLASS_PB[info.memo.data_class]
     _timestamp(info.start_time, resp.start_time)
     _timestamp(info.close_time, resp.close_time)
-    _location(loc, resp.location)
     return resp
 
 

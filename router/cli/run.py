@@ -146,7 +146,7 @@ def _print_summary(
 def cmd_serve(args: argparse.Namespace) -> int:
     import socket
 
-    from router import metrics
+    from router import homes, metrics
     from router.api.server import RouterServer
     from router.app import Router
     from router.codec import default_provider
@@ -194,6 +194,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             authority=live.authority if live else (lambda: True),
             live_status=live.status if live else None,
             early_rejections=[*problems, *rejected],
+            homes=homes.load(keys_dir(args.keys_dir)),
         )
         server = RouterServer(
             router, host=args.host, port=args.port,

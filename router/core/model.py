@@ -152,6 +152,12 @@ class Rule:
             and (not self.workflow_types or req.workflow_type in self.workflow_types)
         )
 
+    def qualifies_any_type(self, req: RouteRequest) -> bool:
+        """Whether the rule matches ``req`` for some workflow type."""
+        return (not self.tenants or req.tenant_id in self.tenants) and (
+            not self.data_classes or req.data_class in self.data_classes
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class RuleIndex:
