@@ -55,6 +55,7 @@ NAMES: Mapping[str, str] = {
     "meridian_audit_batch_records": "records per group commit",
     "meridian_audit_queue_depth": "records waiting for the audit writer",
     "meridian_audit_write_failures_total": "audit batches that could not be written",
+    "meridian_audit_last_checkpoint_age_seconds": "seconds since the last witnessed checkpoint",
     "meridian_codec_payloads_total": "payloads encoded or decoded, by region and op",
     "meridian_codec_failures_total": "payloads that failed to decode, by region and reason",
     "meridian_codec_server_requests_total": "codec server requests by region and HTTP status",
