@@ -42,9 +42,8 @@ class Side:
 
     async def followup_calls(self, op: str, path: str) -> tuple[float, float]:
         """(follow-ups, Temporal calls they made) from the replica's /metrics."""
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"{self.http}/metrics") as resp:
-                text = await resp.text()
+        async with aiohttp.ClientSession() as session, session.get(f"{self.http}/metrics") as r:
+            text = await r.text()
         count = total = 0.0
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
