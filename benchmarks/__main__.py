@@ -9,6 +9,7 @@ BENCHMARKS = {
     "codec": "benchmarks.codec",
     "core": "benchmarks.core",
     "failover": "benchmarks.failover",
+    "followups": "benchmarks.followups",
     "propagation": "benchmarks.propagation",
     "router_vs_direct": "benchmarks.router_vs_direct",
 }
