@@ -10,6 +10,7 @@ BENCHMARKS = {
     "core": "benchmarks.core",
     "failover": "benchmarks.failover",
     "followups": "benchmarks.followups",
+    "profile": "benchmarks.profile",
     "propagation": "benchmarks.propagation",
     "router_vs_direct": "benchmarks.router_vs_direct",
 }
