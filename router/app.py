@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 from router.admin import Admin
 from router.audit import AuditSink
+from router.audit.checkpoint import Checkpointer
 from router.clusters import ClusterState
 from router.codec import KeyProvider
 from router.config.runtime import ConfigController, RuntimeConfig
@@ -46,10 +47,12 @@ class Router:
         authority: Callable[[], bool] = lambda: True,
         live_status: Callable[[], LiveStatus] | None = None,
         early_rejections: Sequence[ConfigError] = (),
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         """``config``: what ``sources`` resolve to now (the caller opened the audit log
         with its settings); ``early_rejections``: changes rejected before the audit log
-        was open (audited on start)."""
+        was open (audited on start); ``checkpointer``: the audit log's signed checkpoints
+        (the caller starts and closes it with the log), which also signs receipts."""
         self._early_rejections = tuple(early_rejections)
         self.audit = audit
         self.config = ConfigController(sources, config, keys=keys, audit=audit)
@@ -60,7 +63,11 @@ class Router:
         locations = LocationCache()
         self.starts = Starter(self.config, self.clusters, self.gateway, audit, locations)
         self.followups = Followups(self.config, self.gateway, locations)
-        self.admin = Admin(self.config, self.clusters, self.gateway, live_status)
+        self.checkpointer = checkpointer
+        self.admin = Admin(
+            self.config, self.clusters, self.gateway, live_status,
+            checkpoints=checkpointer.status if checkpointer is not None else None,
+        )  # fmt: skip
         pool = self.pool
 
         async def sync_pool(runtime: RuntimeConfig) -> None:

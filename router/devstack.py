@@ -164,8 +164,11 @@ class DevStack:
         keys_dir: Path,
         say: Say = print,
         persist: bool = False,
+        witness_dir: Path | None = None,
     ) -> None:
+        """``witness_dir``: where the codec servers publish their audit checkpoints."""
         self.config = config
+        self.witness_dir = witness_dir
         self.config_path = config_path
         self.home = home
         self.keys_dir = keys_dir
@@ -328,6 +331,8 @@ class DevStack:
                 "--audit-dir", str(self.home / f"audit-codec-{r.name}"),
                 "--audit-key-file", str(self.keys_dir / "audit.key"),
             ]  # fmt: skip
+            if self.witness_dir is not None:
+                argv += ["--witness-dir", str(self.witness_dir)]
             await self._spawn(f"codec-{r.name}", argv)
         await asyncio.gather(*(self._wait_codec(r.name, r.codec_server or "") for r in regions))
 

@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from router.tls import identity_of
 
 from router.api.status import abort
 from router.auth.denials import DenialLog
@@ -34,6 +33,7 @@ from router.config.settings import ResolvedConfig
 from router.core.authz import AuthMethod, Principal, Request, authorize
 from router.core.model import DataClass
 from router.errors import MeridianError, PermissionDenied, Unauthenticated
+from router.tls import identity_of
 from router.v1 import router_pb2 as pb
 
 log = logging.getLogger(__name__)

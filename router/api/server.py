@@ -12,7 +12,6 @@ import logging
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from router.tls import server_credentials
 
 from router import telemetry
 from router.api.auth import AuthInterceptor
@@ -21,6 +20,7 @@ from router.app import Router
 from router.auth.denials import DenialLog
 from router.config.settings import ResolvedConfig
 from router.errors import FieldError, StackError
+from router.tls import server_credentials
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 
@@ -59,7 +59,12 @@ class RouterServer:
         )
         self._health = health.aio.HealthServicer()
         pb_grpc.add_WorkflowRouterServicer_to_server(
-            WorkflowRouterServicer(router.starts, router.followups), self._server
+            WorkflowRouterServicer(
+                router.starts,
+                router.followups,
+                router.checkpointer.receipts if router.checkpointer is not None else None,
+            ),
+            self._server,
         )
         pb_grpc.add_RoutingAdminServicer_to_server(RoutingAdminServicer(router.admin), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
