@@ -112,8 +112,7 @@ class Followups:
             if len(ref.home) > MAX_LENGTH:
                 raise InvalidArgument(
                     field="home",
-                    reason=f"{len(ref.home)} characters; a home reference is at most "
-                    f"{MAX_LENGTH}",
+                    reason=f"{len(ref.home)} characters; a home reference is at most {MAX_LENGTH}",
                 )
             home = self._homes.open(ref.home, ref.workflow_id, ref.tenant_id)
             if home is None:

@@ -411,4 +411,3 @@ async def test_consul_lost_and_back(setup: Setup) -> None:
         return all([(await s.topology()).consul_reachable for s in alive])
 
     await eventually(reachable, "replicas to reconnect", timeout=30)
-
