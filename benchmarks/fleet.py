@@ -152,7 +152,10 @@ class Replica:
             sys.executable, "-m", "router.cli", "serve", "--config", str(config),
             "--keys-dir", str(keys), "--state-dir", str(self.home / "state"),
             "--audit-dir", str(self.audit_dir), "--port", str(self.port),
-            "--replica-id", self.name, *extra,
+            "--replica-id", self.name,
+            # One process unless the caller asks for workers: drills signal and measure
+            # the router by its PID, and read its one audit directory.
+            *([] if "--workers" in extra else ["--workers", "1"]), *extra,
         ]  # fmt: skip
         self.proc = _popen(self.argv, self.home / "router.log")
 

@@ -11,6 +11,7 @@ and ``preview``); their dry-run impact is ``router.admin``'s.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -68,11 +69,14 @@ class StateFile:
         return out
 
     def save(self, states: Mapping[str, RegionState]) -> None:
+        self.write({r: (s.active, s.last_flip) for r, s in states.items()})
+
+    def write(self, entries: Mapping[str, tuple[str, Flip | None]]) -> None:
         doc = {
             "version": 1,
             "regions": {
-                r: {"active": s.active, "last_flip": asdict(s.last_flip) if s.last_flip else None}
-                for r, s in states.items()
+                r: {"active": active, "last_flip": asdict(flip) if flip else None}
+                for r, (active, flip) in entries.items()
             },
         }
         try:
@@ -115,6 +119,48 @@ class LocalStore(StateFile):
     ) -> bool:
         self.save(states)
         return True
+
+
+class SharedFileStore(StateFile):
+    """Flips in one state file shared by the workers of a ``serve --workers N`` (one
+    host, no Consul): written under an exclusive lock with check-and-set against the
+    entry this worker last saw (``seen``), like Consul's ModifyIndex, so two workers
+    flipping a region at once cannot both win; each worker follows the file
+    (``router.workers.FileFollower``)."""
+
+    shared = True
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.lock_path = path.with_name(path.name + ".lock")
+        self.seen: dict[str, tuple[str, Flip | None]] = {}
+
+    def load(self) -> dict[str, tuple[str, Flip | None]]:
+        entries = super().load()
+        self.seen = dict(entries)
+        return entries
+
+    async def publish(
+        self, region: str, state: RegionState, states: Mapping[str, RegionState]
+    ) -> bool:
+        return await asyncio.to_thread(self._check_and_set, region, state)
+
+    def _check_and_set(self, region: str, state: RegionState) -> bool:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.lock_path, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+                current = StateFile.load(self)
+                if current.get(region) != self.seen.get(region):
+                    return False  # another worker changed it since: its flip wins
+                current[region] = (state.active, state.last_flip)
+                self.write(current)
+                self.seen[region] = current[region]
+                return True
+        except OSError as exc:
+            raise FlipStoreUnavailable(
+                f"failover state {self.path} cannot be locked: {exc.strerror or exc}"
+            ) from exc
 
 
 class FailoverController:

@@ -41,9 +41,13 @@ class RouterServer:
         port: int = 50051,
         http: tuple[str, int] | None = None,
         exposition: metrics.Exposition | None = None,
+        reuse_port: bool = False,
     ) -> None:
         """``http``: (host, port) of the HTTP port (status page, /metrics, /healthz,
-        /readyz); None: none. ``exposition``: what /metrics serves."""
+        /readyz); None: none. ``exposition``: what /metrics serves. ``reuse_port``: share
+        the gRPC port with other processes (``serve --workers``); off, a second router
+        on a taken port fails to start instead of silently sharing it."""
+        self._reuse_port = reuse_port
         self.router = router
         self.host = host
         self.port = port
@@ -75,7 +79,7 @@ class RouterServer:
             options=[
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", max_message),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if self._reuse_port else 0),
             ],
         )
         self._health = health.aio.HealthServicer()

@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # for serve's workers
     setup_logging(args.verbose, args.log_format)
     # A file-size limit (ulimit -f) must surface as a write error (EFBIG) that the audit
     # log reports and recovers from, not as a signal that kills the router.

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -217,25 +218,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from router.config.load import resolve_path
     from router.config.sources import ConfigSources
     from router.consul import ConsulAddress, ConsulClient
-    from router.failover import LocalStore
+    from router.failover import FlipStore, LocalStore, SharedFileStore
     from router.live import Live
     from router.paths import keys_dir, meridian_home
+    from router.workers import FileFollower, Worker, die_with_supervisor
 
+    count = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    if count < 1:
+        raise MeridianError(f"--workers: {count}; at least 1")
+    if count > 1 and args.worker_index is None:
+        return _supervise(args, count)
+    if args.worker_index is not None:
+        die_with_supervisor()
+    worker = Worker(args.worker_index or 0, count)
     home = meridian_home()
     state_dir = Path(args.state_dir) if args.state_dir else home / "state"
+    audit_base = Path(args.audit_dir) if args.audit_dir else home / "audit"
     sources = ConfigSources.read([resolve_path(args.config), *(Path(p) for p in args.overlay)])
-    replica = args.replica_id or f"{socket.gethostname()}:{args.port}"
+    replica = worker.replica_id(args.replica_id or f"{socket.gethostname()}:{args.port}")
     live: Live | None = None
     if args.consul:
         address = ConsulAddress.parse(
             args.consul, args.consul_prefix, os.environ.get("CONSUL_HTTP_TOKEN")
         )
         live = Live(
-            ConsulClient(address), cache_dir=state_dir, replica_id=replica,
+            ConsulClient(address), cache_dir=worker.cache_dir(state_dir), replica_id=replica,
             lock_delay=args.lock_delay,
         )  # fmt: skip
     else:
         sources.resolve()  # invalid files are fatal before anything starts
+    shared = SharedFileStore(state_dir / "failover.json") if count > 1 and not live else None
 
     async def main(stop: asyncio.Event) -> None:
         problems: list[ConfigError] = []
@@ -245,34 +257,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
         first, start_sources, rejected = start_sources.initial()
         audit = _open_audit(
             first,
-            Path(args.audit_dir) if args.audit_dir else home / "audit",
+            worker.audit_dir(audit_base),
             Path(args.audit_key_file) if args.audit_key_file else None,
         )
         witness_consul = ConsulClient(live.client.address) if live is not None else None
         checkpointer = _checkpointer(
             first, audit, replica_id=replica,
             key_file=Path(args.audit_signing_key_file or keys_dir(args.keys_dir) / SIGNING_KEY),
-            witness_dir=_witness_dir(first, args.witness_dir, audit.directory.parent / "witness"),
+            witness_dir=_witness_dir(first, args.witness_dir, audit_base.parent / "witness"),
             create_key=not args.audit_signing_key_file, consul=witness_consul,
         )  # fmt: skip
-        local = LocalStore(state_dir / "failover.json")
+        local = LocalStore(worker.cache_dir(state_dir) / "failover.json")
+        store: FlipStore = live.store(local) if live else shared or local
+        if live is not None:
+            authority: Callable[[], bool] = live.authority
+        else:
+            authority = (lambda: True) if worker.authority else (lambda: False)
         router = Router(
             start_sources,
             first,
             default_provider(keys_dir(args.keys_dir)),
             audit=audit,
-            store=live.store(local) if live else local,
-            authority=live.authority if live else (lambda: True),
+            store=store,
+            authority=authority,
             live_status=live.status if live else None,
             early_rejections=[*problems, *rejected],
             homes=homes.load(keys_dir(args.keys_dir)),
             checkpointer=checkpointer,
         )
+        http_port = worker.http_port(args.http_port)
         server = RouterServer(
             router, host=args.host, port=args.port,
-            http=(args.http_host, args.http_port) if args.http_port is not None else None,
-            exposition=exposition,
+            http=(args.http_host, http_port) if http_port is not None else None,
+            exposition=exposition, reuse_port=count > 1,
         )  # fmt: skip
+        follower = FileFollower(shared) if shared is not None else None
         reloads: set[asyncio.Task[Any]] = set()
 
         def sighup() -> None:
@@ -287,6 +306,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if await race(server.start(), stop):
                 if live is not None:
                     await live.start(router.config, router.clusters)
+                if follower is not None:
+                    follower.start(router.clusters)
                 print(
                     f"router {replica} ready on {args.host}:{server.port} "
                     f"(config {router.config.config.version})",
@@ -300,6 +321,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await asyncio.gather(*reloads, return_exceptions=True)
             if live is not None:
                 await live.stop()
+            if follower is not None:
+                await follower.stop()
             await server.stop(grace=args.grace)
             await checkpointer.close()
             if witness_consul is not None:
@@ -313,6 +336,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         stop_tracing()
     return 0
+
+
+def _supervise(args: argparse.Namespace, count: int) -> int:
+    """Run ``count`` workers of this same command line on one port (router.workers)."""
+    from router.workers import free_port, supervise
+
+    argv = [sys.executable, "-m", "router.cli", *args.argv, "--workers", str(count)]
+    if args.port == 0:  # one port for all: chosen here, once
+        argv += ["--port", str(free_port(args.host))]
+    return supervise(argv, count, grace=args.grace)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -551,6 +584,13 @@ def add_parsers(sub: Any) -> None:
     serve.add_argument(
         "--grace", type=float, default=5.0, help="seconds to drain in-flight calls on stop"
     )
+    serve.add_argument(
+        "--workers", type=int,
+        help="router processes sharing the port (SO_REUSEPORT), each a full replica with "
+        "its own audit chain (<audit-dir>/worker-<i>) and HTTP port (--http-port + i); "
+        "default: the number of cores",
+    )  # fmt: skip
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.add_argument(
         "--state-dir",
         help="where active-cluster choices persist (default: $MERIDIAN_HOME/state)",

@@ -135,7 +135,8 @@ def test_prometheus_scrapes_every_router_on_its_http_port() -> None:
     for name in ("router-1", "router-2"):
         args = build_parser().parse_args(SERVICES[name]["command"])
         assert args.http_host == "0.0.0.0" and args.http_port, name
-        wanted.add(f"{name}:{args.http_port}")
+        # Worker i of a replica serves on --http-port + i (router.workers).
+        wanted |= {f"{name}:{args.http_port + i}" for i in range(args.workers or 1)}
         assert prom["depends_on"][name]["condition"] == "service_started"
     assert targets == wanted
     assert job.get("metrics_path", "/metrics") == "/metrics"
