@@ -215,7 +215,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from router.codec import KeyRingHolder, default_provider
     from router.config.compile import worker_queues
     from router.config.load import load
-    from router.paths import keys_dir
+    from router.paths import keys_dir, meridian_home
     from router.temporal import tls
     from router.temporal.errors import connect_failure
 
@@ -242,6 +242,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         queues=worker_queues(table, region.name, WORKFLOW_TYPES),
         tls=credentials.tls_config() if credentials is not None else None,
         api_key=credentials.api_key if credentials is not None else None,
+        store=_region_store(config, region.name, args.data_dir, meridian_home()),
+        source_roots=tuple(Path(r).resolve() for r in (args.source_root or ["."])),
     )
     holder = KeyRingHolder(default_provider(keys_dir(args.keys_dir)), region.name)
     compression = config.codec.compression
@@ -266,6 +268,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
     finally:
         stop_tracing()
     return 0
+
+
+def _region_store(config: Any, region: str, data_dir: str | None, home: Path) -> Any:
+    """The region's database: ``regions.<r>.store`` (PostgreSQL) if configured, else
+    SQLite files in ``--data-dir`` (default ``$MERIDIAN_HOME/regions/<region>``)."""
+    from regions.store import StoreLocation
+
+    url = config.document.regions[region].store
+    if url:
+        return StoreLocation(url=url)
+    return StoreLocation(
+        directory=Path(data_dir).resolve() if data_dir else home / "regions" / region
+    )
 
 
 def cmd_codec_server(args: argparse.Namespace) -> int:
@@ -402,6 +417,16 @@ def add_parsers(sub: Any) -> None:
     config_args(worker)
     worker.add_argument("--region", required=True, help="the region the cluster belongs to")
     worker.add_argument("--cluster", required=True, help="the cluster whose queues it polls")
+    worker.add_argument(
+        "--data-dir",
+        help="the region's SQLite store (default: $MERIDIAN_HOME/regions/<region>; "
+        "ignored when regions.<region>.store names PostgreSQL)",
+    )
+    worker.add_argument(
+        "--source-root", action="append",
+        help="a directory contact syncs may read source files from (repeatable; "
+        "default: the working directory)",
+    )  # fmt: skip
     worker.set_defaults(func=cmd_worker)
 
     codec = sub.add_parser(
