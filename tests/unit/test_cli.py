@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from google.protobuf import timestamp_pb2
 
+from meridian.client import MeridianClient, SyncMeridianClient
 from router.api.values import from_python
 from router.cli import admin, build_parser, client, main
 from router.codec import FileKeyProvider
@@ -36,7 +37,7 @@ class FakeRouter:
         self.calls: dict[str, tuple[Any, float]] = {}
 
     def __getattr__(self, rpc: str) -> Callable[..., Any]:
-        def call(request: Any, timeout: float) -> Any:
+        async def call(request: Any, timeout: float) -> Any:
             self.calls[rpc] = (request, timeout)
             return self.responses[rpc]
 
@@ -45,8 +46,16 @@ class FakeRouter:
 
 @pytest.fixture
 def router(monkeypatch: pytest.MonkeyPatch) -> FakeRouter:
+    """The CLI's client library on the fake stubs (its transport seam)."""
     fake = FakeRouter()
-    monkeypatch.setattr(client, "_stub", lambda address: (fake, fake))
+
+    def connect(args: argparse.Namespace) -> SyncMeridianClient:
+        async def make() -> MeridianClient:
+            return MeridianClient(fake, fake, address=args.router, default_timeout=args.timeout)
+
+        return SyncMeridianClient(make)
+
+    monkeypatch.setattr(client, "_connect", connect)
     return fake
 
 
@@ -422,7 +431,8 @@ def test_timeout_must_be_a_positive_number(
 def test_timeout_reaches_the_call(router: FakeRouter) -> None:
     router.responses["GetTopology"] = topology()
     assert main(["status", "--timeout", "2.5", "--json"]) == 0
-    assert router.calls["GetTopology"][1] == 2.5
+    # The whole call is bounded by --timeout: what is left of it when the RPC is sent.
+    assert 2.4 < router.calls["GetTopology"][1] <= 2.5
 
 
 @pytest.mark.parametrize("action", ["push", "diff"])
