@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -276,8 +277,9 @@ def add_parsers(sub: Any) -> None:
     def client_args(sp: argparse.ArgumentParser, default_identity: str = "service") -> None:
         """``default_identity``: the dev identity the command uses when none is named."""
         sp.add_argument(
-            "--router", default=DEFAULT_ROUTER, help=f"router address (default {DEFAULT_ROUTER})"
-        )
+            "--router", default=os.environ.get("MERIDIAN_ROUTER", DEFAULT_ROUTER),
+            help=f"router address (default: $MERIDIAN_ROUTER, else {DEFAULT_ROUTER})",
+        )  # fmt: skip
         sp.add_argument(
             "--timeout", type=positive_seconds, default=5.0,
             help="seconds to wait for the router's answer (default 5)",

@@ -212,6 +212,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from regions.worker import WorkerPlan, run
     from regions.workflows import WORKFLOW_TYPES
+    from router.cli.regional import region_store
     from router.codec import KeyRingHolder, default_provider
     from router.config.compile import worker_queues
     from router.config.load import load
@@ -242,7 +243,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         queues=worker_queues(table, region.name, WORKFLOW_TYPES),
         tls=credentials.tls_config() if credentials is not None else None,
         api_key=credentials.api_key if credentials is not None else None,
-        store=_region_store(config, region.name, args.data_dir, meridian_home()),
+        store=region_store(config, region.name, args.data_dir, meridian_home()),
         source_roots=tuple(Path(r).resolve() for r in (args.source_root or ["."])),
     )
     holder = KeyRingHolder(default_provider(keys_dir(args.keys_dir)), region.name)
@@ -268,19 +269,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     finally:
         stop_tracing()
     return 0
-
-
-def _region_store(config: Any, region: str, data_dir: str | None, home: Path) -> Any:
-    """The region's database: ``regions.<r>.store`` (PostgreSQL) if configured, else
-    SQLite files in ``--data-dir`` (default ``$MERIDIAN_HOME/regions/<region>``)."""
-    from regions.store import StoreLocation
-
-    url = config.document.regions[region].store
-    if url:
-        return StoreLocation(url=url)
-    return StoreLocation(
-        directory=Path(data_dir).resolve() if data_dir else home / "regions" / region
-    )
 
 
 def cmd_codec_server(args: argparse.Namespace) -> int:
