@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from regions.contacts import Contact, apply_chunk
 
@@ -99,8 +99,7 @@ class _Db:
         if self.postgres:
             import psycopg  # type: ignore[import-not-found,unused-ignore]
 
-            conn: _Connection = psycopg.connect(self.location.url)
-            return conn
+            return cast(_Connection, psycopg.connect(self.location.url or ""))
         assert self.path is not None
         lite = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         lite.execute("PRAGMA journal_mode=WAL")
