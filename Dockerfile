@@ -13,4 +13,6 @@ RUN pip install --no-cache-dir -e . \
     && useradd --system --home /var/lib/meridian meridian \
     && mkdir -p /var/lib/meridian /data && chown meridian /var/lib/meridian /data
 USER meridian
+# In containers, one JSON object per log line (log pipelines); --log-format text overrides.
+ENV MERIDIAN_LOG_FORMAT=json
 ENTRYPOINT ["meridian"]

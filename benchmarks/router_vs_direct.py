@@ -1,12 +1,13 @@
 """Meridian against calling Temporal directly, in one run on one fresh dev server.
 
 The same workflow is started N times through Meridian's gRPC API — by a `meridian serve`
-in plaintext with auth off, and by another with mTLS and authorization on, both with the
-audit log fsynced and payload encryption on, as in production — and N times with a plain
-temporalio client, at concurrency 1 and 32, in alternated chunks (A, B, C, A, B, C, ...)
-so drift hits all. Reported: p50/p99 latency and throughput of each, the ratio to direct,
-and each router's CPU time per start (the kernel's accounting of that router process,
-over its own chunks only): their difference is what mTLS and authorization cost.
+in plaintext with auth off, by another with mTLS and authorization on, and by a third in
+plaintext with metrics off (`--no-metrics`), all with the audit log fsynced and payload
+encryption on, as in production — and N times with a plain temporalio client, at
+concurrency 1 and 32, in alternated chunks (A, B, C, D, A, ...) so drift hits all.
+Reported: p50/p99 latency and throughput of each, the ratio to direct, and each router's
+CPU time per start (the kernel's accounting of that router process, over its own chunks
+only): the differences are what mTLS with authorization, and metrics, cost.
 """
 
 from __future__ import annotations
@@ -88,22 +89,26 @@ async def run(n: int, chunks: int, concurrencies: list[int]) -> dict[str, Any]:
         fleet = Fleet.create(home, {"eu-west": ("eu", 1)}, {"eu": ["DE"]})
         await fleet.start_clusters()
         plain, secure = fleet.replica("router"), fleet.replica("router-mtls")
+        bare = fleet.replica("router-bare")
         plain.start(fleet.config_path, fleet.keys_dir, [])
         secure.start(fleet.config_path, fleet.keys_dir, ["--overlay", str(_secure_overlay(home))])
+        bare.start(fleet.config_path, fleet.keys_dir, ["--no-metrics"])
         tls = home / "tls"
         credentials = channel_credentials(
             tls / "ca.pem", tls / "service.pem", tls / "service-key.pem"
         )
         try:
             await plain.wait_serving()
+            await bare.wait_serving()
             await secure.wait_serving(credentials=credentials)
             cluster = fleet.cluster("eu-west-a")
             direct = await Client.connect(cluster.endpoint, namespace="eu-west")
             channels = {
                 "router": grpc.aio.insecure_channel(plain.address),
                 "router_mtls": grpc.aio.secure_channel(secure.address, credentials),
+                "router_no_metrics": grpc.aio.insecure_channel(bare.address),
             }
-            pids = {"router": plain.pid, "router_mtls": secure.pid}
+            pids = {"router": plain.pid, "router_mtls": secure.pid, "router_no_metrics": bare.pid}
 
             def via(stub: Any) -> Callable[[], Awaitable[None]]:
                 async def start() -> None:
@@ -151,6 +156,9 @@ async def run(n: int, chunks: int, concurrencies: list[int]) -> dict[str, Any]:
                 row["mtls_added_cpu_us_per_start"] = (
                     row["router_mtls_cpu_us_per_start"] - row["router_cpu_us_per_start"]
                 )
+                row["metrics_added_cpu_us_per_start"] = (
+                    row["router_cpu_us_per_start"] - row["router_no_metrics_cpu_us_per_start"]
+                )
                 results.append(row)
             for ch in channels.values():
                 await ch.close()
@@ -184,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{r[f'{side}_per_s']:.0f}",
           f"{r[f'{side}_ratio']:.2f}" if side != "direct" else "",
           f"{r[f'{side}_cpu_us_per_start']:.0f}" if side != "direct" else "")
-         for r in result["results"] for side in ("router", "router_mtls", "direct")],
+         for r in result["results"]
+         for side in ("router", "router_mtls", "router_no_metrics", "direct")],
     )  # fmt: skip
     extra = "\n".join(
         f"mTLS + authorization add {r['mtls_added_cpu_us_per_start']:.0f} µs of router CPU per "

@@ -20,6 +20,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.converter import DataConverter
+from temporalio.runtime import OpenTelemetryConfig, PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import TLSConfig
 from temporalio.worker import Worker
 
@@ -57,9 +58,24 @@ class WorkerPlan:
     # Directories a contact sync may read source files from (relative names resolve
     # below them); empty: none, only inline records.
     source_roots: tuple[Path, ...] = ()
+    # The SDK's own metrics (the standard Temporal dashboards): "host:port" to serve
+    # them for Prometheus, an http(s) URL to push them over OTLP, None for neither.
+    metrics: str | None = None
 
     def store_location(self) -> StoreLocation:
         return self.store or StoreLocation(directory=Path("regions", self.region).resolve())
+
+
+def sdk_runtime(metrics: str | None) -> Runtime | None:
+    """A temporalio Runtime exporting the SDK's metrics as ``metrics`` says; None keeps
+    the default runtime (no export)."""
+    if not metrics:
+        return None
+    if metrics.startswith(("http://", "https://")):
+        exporter: PrometheusConfig | OpenTelemetryConfig = OpenTelemetryConfig(url=metrics)
+    else:
+        exporter = PrometheusConfig(bind_address=metrics)
+    return Runtime(telemetry=TelemetryConfig(metrics=exporter))
 
 
 def _never(exc: BaseException) -> bool:
@@ -75,6 +91,7 @@ async def connect(
     tls: TLSConfig | None = None,
     api_key: str | None = None,
     give_up: Callable[[BaseException], bool] = _never,
+    runtime: Runtime | None = None,
 ) -> Client:
     """Connect, retrying while the cluster is still starting (up to ``wait`` seconds)
     unless ``give_up(error)`` says waiting cannot help (a TLS certificate the worker
@@ -93,6 +110,7 @@ async def connect(
                 interceptors=interceptors,
                 tls=tls if tls is not None else False,
                 api_key=api_key,
+                runtime=runtime,
             )
         except RuntimeError as exc:
             if give_up(exc) or loop.time() >= deadline:
@@ -134,6 +152,7 @@ async def _poll(
 ) -> None:
     identity = WorkerIdentity(region=plan.region, cluster=plan.cluster)
     activities = RegionalActivities(identity)
+    runtime = sdk_runtime(plan.metrics)
     location = plan.store_location()
     contacts = ContactActivities(ContactStore(location), plan.source_roots)
     bookings = BookingActivities(BookingStore(location))
@@ -158,6 +177,7 @@ async def _poll(
                 tls=plan.tls,
                 api_key=plan.api_key,
                 give_up=give_up,
+                runtime=runtime,
             )
         workers.append(
             Worker(

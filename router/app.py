@@ -15,8 +15,10 @@ three services; the CLI's ``serve`` and ``dev`` build a ``Router`` and, with Con
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Sequence
 
+from router import metrics
 from router.admin import Admin
 from router.audit import AuditSink
 from router.clusters import ClusterState
@@ -27,6 +29,7 @@ from router.config.sources import ConfigSources
 from router.errors import ConfigError
 from router.failover import FailoverController, FlipStore
 from router.followups import Followups
+from router.homes import HomeRefs
 from router.live import LiveStatus
 from router.starts import Starter
 from router.temporal.gateway import TemporalGateway
@@ -46,10 +49,12 @@ class Router:
         authority: Callable[[], bool] = lambda: True,
         live_status: Callable[[], LiveStatus] | None = None,
         early_rejections: Sequence[ConfigError] = (),
+        homes: HomeRefs | None = None,
     ) -> None:
         """``config``: what ``sources`` resolve to now (the caller opened the audit log
         with its settings); ``early_rejections``: changes rejected before the audit log
-        was open (audited on start)."""
+        was open (audited on start); ``homes``: the replicas' shared home-reference key
+        (None: a key of this process alone, for in-process use)."""
         self._early_rejections = tuple(early_rejections)
         self.audit = audit
         self.config = ConfigController(sources, config, keys=keys, audit=audit)
@@ -59,7 +64,12 @@ class Router:
         self.clusters = ClusterState(self.pool, config, failover)
         locations = LocationCache()
         self.starts = Starter(self.config, self.clusters, self.gateway, audit, locations)
-        self.followups = Followups(self.config, self.gateway, locations)
+        self.followups = Followups(
+            self.config,
+            self.gateway,
+            locations,
+            homes if homes is not None else HomeRefs((secrets.token_bytes(32),)),
+        )
         self.admin = Admin(self.config, self.clusters, self.gateway, live_status)
         pool = self.pool
 
@@ -74,6 +84,8 @@ class Router:
 
         self.config.subscribe(sync_pool)
         self.config.subscribe(self.clusters.apply_config)
+        if live_status is None:  # one router, no peers: it is its own health authority
+            metrics.watch("meridian_leader", self, lambda _: [(1.0, {"replica": "local"})])
 
     async def start(self, *, first_probe_timeout: float = 3.0) -> None:
         """Connect (lazily) to every cluster, probe each once and let the failover state

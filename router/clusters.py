@@ -23,6 +23,7 @@ import logging
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from router import metrics
 from router.config.runtime import RuntimeConfig
 from router.config.settings import ResolvedConfig
 from router.core.failover import (
@@ -39,6 +40,46 @@ from router.temporal.health import HealthMonitor
 from router.temporal.pool import ClientPool
 
 log = logging.getLogger(__name__)
+
+
+def _cluster_labels(state: ClusterState) -> dict[str, dict[str, str]]:
+    return {
+        c.name: {"cluster": c.name, "region": c.region, "zone": c.zone}
+        for c in state._table.clusters.values()
+    }
+
+
+def _healthy(state: ClusterState) -> metrics.Reading:
+    healthy = state.view.healthy
+    return [(1.0 if n in healthy else 0.0, lab) for n, lab in _cluster_labels(state).items()]
+
+
+def _active(state: ClusterState) -> metrics.Reading:
+    active = set(state.view.active.values())
+    return [(1.0 if n in active else 0.0, lab) for n, lab in _cluster_labels(state).items()]
+
+
+def _failed_over(state: ClusterState) -> metrics.Reading:
+    return [
+        (1.0 if s.failed_over else 0.0, {"region": r, "zone": s.zone})
+        for r, s in state.states.items()
+    ]
+
+
+def _failures(state: ClusterState) -> metrics.Reading:
+    probes = state.probes
+    return [
+        (float(probes[n].failures) if n in probes else 0.0, lab)
+        for n, lab in _cluster_labels(state).items()
+    ]
+
+
+_GAUGES = {
+    "meridian_cluster_healthy": _healthy,
+    "meridian_cluster_active": _active,
+    "meridian_cluster_failed_over": _failed_over,
+    "meridian_cluster_consecutive_failures": _failures,
+}
 
 
 class ClusterState:
@@ -64,6 +105,8 @@ class ClusterState:
         self._view = ClusterView(active=MappingProxyType({}), healthy=frozenset())
         self._changed = asyncio.Event()
         self._publish()
+        for name, read in _GAUGES.items():
+            metrics.watch(name, self, read)
 
     # -- reading -------------------------------------------------------------------
 
@@ -83,6 +126,11 @@ class ClusterState:
     @property
     def probes(self) -> Mapping[str, ProbeState]:
         return self._health.states
+
+    @property
+    def latency(self) -> dict[str, float]:
+        """Each cluster's last probe duration, seconds."""
+        return self._health.latency
 
     def failover_expected(self, region: str) -> bool:
         """A flip of ``region`` to a healthy standby is imminent (see the core's rule)."""

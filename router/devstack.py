@@ -5,6 +5,10 @@ package) per cluster, a regional worker process per cluster, and the router in t
 process. Every child is ours by PID: started in its own session (so a terminal's Ctrl-C
 reaches only us), told to die with us (PR_SET_PDEATHSIG), and stopped by PID on exit
 (SIGTERM, then SIGKILL after a grace period), also when one of them crashed.
+
+With ``--ui`` each dev server also serves its Web UI, whose codec endpoint is its
+region's codec server, started in its development mode: tokenless requests from
+loopback with that UI's origin are accepted (SECURITY.md).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -85,9 +89,50 @@ def _split(endpoint: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def check_ports(config: ResolvedConfig, router_host: str, router_port: int) -> None:
-    """Refuse to start anything if a port we need is taken or not on loopback."""
+# As `temporal server start-dev` chooses by default: the UI on the gRPC port + 1000.
+UI_PORT_OFFSET = 1000
+
+
+def ui_ports(config: ResolvedConfig, base: int | None = None) -> dict[str, int]:
+    """Each cluster's Web UI port for ``meridian dev --ui``: consecutive ports from
+    ``base`` in config order, else the cluster's gRPC port + 1000."""
+    ports: dict[str, int] = {}
+    for i, c in enumerate(config.table.clusters.values()):
+        port = base + i if base is not None else _split(c.endpoint)[1] + UI_PORT_OFFSET
+        if not 0 < port < 65536:
+            raise StackError(
+                f"Web UI of cluster {c.name}: {port} is not a TCP port; choose --ui-port-base"
+            )
+        ports[c.name] = port
+    return ports
+
+
+def ui_origins(host: str, port: int) -> list[str]:
+    """The origins a browser sends from a UI on ``host:port``: also by the other loopback
+    name where the host is 127.0.0.1 or localhost."""
+    host = f"[{host}]" if ":" in host else host
+    names = [host, "127.0.0.1", "localhost"] if host in ("127.0.0.1", "localhost") else [host]
+    return [f"http://{name}:{port}" for name in dict.fromkeys(names)]
+
+
+def check_ports(
+    config: ResolvedConfig,
+    router_host: str,
+    router_port: int,
+    *,
+    http_port: int | None = None,
+    ui: Mapping[str, int] | None = None,
+) -> None:
+    """Refuse to start anything if a port we need is taken, wanted twice or not on
+    loopback. ``ui``: each cluster's Web UI port (``ui_ports``)."""
     wanted = [(f"router ({router_host}:{router_port})", router_host, router_port)]
+    if http_port:
+        wanted.append(
+            (f"the router's HTTP port ({router_host}:{http_port})", router_host, http_port)
+        )
+    for name, port in (ui or {}).items():
+        host = _split(config.table.clusters[name].endpoint)[0]
+        wanted.append((f"Web UI of cluster {name} ({host}:{port})", host, port))
     addresses = [(f"cluster {c.name}", c.endpoint) for c in config.table.clusters.values()]
     addresses += [
         (f"codec server of {r.name}", r.codec_server)
@@ -101,6 +146,13 @@ def check_ports(config: ResolvedConfig, router_host: str, router_port: int) -> N
             )
         host, port = _split(address)
         wanted.append((f"{what} ({address})", host, port))
+    first: dict[int, str] = {}
+    for what, _, port in wanted:
+        if port in first:
+            raise StackError(
+                f"port {port} is wanted twice: by {first[port]} and by {what}; nothing was started"
+            )
+        first[port] = what
     for what, host, port in wanted:
         if not port_free(host, port):
             raise StackError(
@@ -164,6 +216,7 @@ class DevStack:
         keys_dir: Path,
         say: Say = print,
         persist: bool = False,
+        ui: Mapping[str, int] | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -172,7 +225,27 @@ class DevStack:
         self.logs = home / "logs"
         self.say = say
         self.persist = persist
+        # Cluster name -> its Web UI port; empty: headless clusters (the default).
+        self.ui = dict(ui or {})
         self.children: list[Child] = []
+
+    @property
+    def ui_urls(self) -> dict[str, str]:
+        """Cluster name -> the base URL of its Web UI (``--ui``)."""
+        clusters = self.config.table.clusters
+        return {
+            name: ui_origins(_split(clusters[name].endpoint)[0], port)[0]
+            for name, port in self.ui.items()
+        }
+
+    def _ui_args(self, c: ClusterSpec) -> list[str]:
+        """``--headless``, or the Web UI on its port with the region's codec server as
+        its codec endpoint (no newsfeed: it would call out of the machine)."""
+        if c.name not in self.ui:
+            return ["--headless"]
+        args = ["--ui-port", str(self.ui[c.name]), "--ui-disable-news-fetch"]
+        codec = self.config.table.regions[c.region].codec_server
+        return [*args, "--ui-codec-endpoint", f"http://{codec}"] if codec else args
 
     async def _spawn(self, name: str, argv: list[str]) -> Child:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -217,7 +290,7 @@ class DevStack:
                 binary,
                 "server",
                 "start-dev",
-                "--headless",
+                *self._ui_args(c),
                 "--ip",
                 host,
                 "--port",
@@ -240,7 +313,20 @@ class DevStack:
             return await service.check_health(timeout=timedelta(seconds=1))
 
         took = await self._wait_until(f"temporal-{c.name}", "ready", ready)
-        self.say(f"      {c.name:<16} ready on {c.endpoint} ({took:.1f} s)")
+        ui = self.ui_urls.get(c.name)
+        if ui is not None:
+            took += await self._wait_http(f"temporal-{c.name}", f"{ui}/api/v1/settings")
+        web = f", Web UI {ui}" if ui else ""
+        self.say(f"      {c.name:<16} ready on {c.endpoint}{web} ({took:.1f} s)")
+
+    async def _wait_http(self, name: str, url: str) -> float:
+        async with aiohttp.ClientSession() as session:
+
+            async def answers() -> bool:
+                async with session.get(url, timeout=_ONE_SECOND) as resp:
+                    return resp.status == 200
+
+            return await self._wait_until(name, "serving", answers)
 
     async def _wait_until(
         self, name: str, state: str, check: Callable[[], Awaitable[bool]], timeout: float = 60.0
@@ -332,17 +418,24 @@ class DevStack:
                 "--audit-dir", str(self.home / f"audit-codec-{r.name}"),
                 "--audit-key-file", str(self.keys_dir / "audit.key"),
             ]  # fmt: skip
+            for origin in self._ui_origins_of(r.name):
+                argv += ["--dev-loopback-ui", origin]
             await self._spawn(f"codec-{r.name}", argv)
         await asyncio.gather(*(self._wait_codec(r.name, r.codec_server or "") for r in regions))
 
+    def _ui_origins_of(self, region: str) -> list[str]:
+        """The origins of the region's own clusters' Web UIs: its codec server accepts
+        their tokenless requests (development mode), and no other UI's."""
+        clusters = self.config.table.clusters
+        return [
+            origin
+            for name, port in self.ui.items()
+            if clusters[name].region == region
+            for origin in ui_origins(_split(clusters[name].endpoint)[0], port)
+        ]
+
     async def _wait_codec(self, region: str, address: str) -> None:
-        async with aiohttp.ClientSession() as session:
-
-            async def healthy() -> bool:
-                async with session.get(f"http://{address}/healthz", timeout=_ONE_SECOND) as resp:
-                    return resp.status == 200
-
-            took = await self._wait_until(f"codec-{region}", "serving", healthy)
+        took = await self._wait_http(f"codec-{region}", f"http://{address}/healthz")
         self.say(f"      codec-{region:<13} serving on http://{address} ({took:.1f} s)")
 
     async def stop(self, grace: float = 10.0) -> None:

@@ -22,6 +22,7 @@ maps to::
     │   └── ConsulUnavailable            Consul did not answer; the router keeps serving
     ├── DeadlineExceeded                 DEADLINE_EXCEEDED
     ├── WorkflowNotFound                 NOT_FOUND
+    ├── WorkflowIdTaken                  ALREADY_EXISTS     the id is another tenant's run
     ├── WorkflowOperationFailed          FAILED_PRECONDITION  Temporal refused the operation
     ├── FlipRefusedError                 FAILED_PRECONDITION  a safety rule (named) refused it
     ├── FlipConflict                     ABORTED            lost a check-and-set race
@@ -139,6 +140,16 @@ class WorkflowNotFound(MeridianError):
         self.workflow_id = workflow_id
 
 
+class WorkflowIdTaken(MeridianError):
+    """A start named a workflow id whose run (open, or closed within retention) is not
+    the caller's tenant's: ids are unique per namespace, so the caller must choose
+    another. Says nothing of the run (not its id, tenant or status)."""
+
+    def __init__(self, message: str, *, workflow_id: str) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
+
+
 class WorkflowOperationFailed(MeridianError):
     """Temporal rejected an operation on an existing workflow (unknown query, closed run)."""
 
@@ -188,6 +199,12 @@ class ConfigError(MeridianError):
 
 class CodecError(MeridianError):
     """A payload could not be decoded (unknown key, failed tag, wrong region)."""
+
+    def __init__(self, message: str, *, reason: str = "invalid") -> None:
+        super().__init__(message)
+        # A short code for metrics: other_region, unknown_key, truncated,
+        # authentication, decompress, not_a_payload, invalid.
+        self.reason = reason
 
 
 class KeyRingError(MeridianError):

@@ -20,6 +20,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Protocol
 
+from router import metrics
 from router.audit import AuditSink, flip_record
 from router.core.failover import (
     RULE_KNOWN_REGION,
@@ -216,7 +217,9 @@ class FailoverController:
         async with self._lock:
             state = self._states.get(region)
             if state is None:
-                await self._audit.append(flip_record(self._unknown_region(region, req)))
+                refused = self._unknown_region(region, req)
+                await self._audit.append(flip_record(refused))
+                _count(refused)
                 raise self._unknown(region)
             after, events = await self._commit(region, req)
         for e in events:
@@ -272,6 +275,7 @@ class FailoverController:
         if changed and store is not None and not store.shared:
             await store.publish(region, after, staged)
         for e in events:
+            _count(e)
             if isinstance(e, FlipDone):
                 f = e.flip
                 log.warning(
@@ -280,3 +284,15 @@ class FailoverController:
                 )  # fmt: skip
         self._states = {**self._states, region: after}
         return after, events
+
+
+def _count(event: AuditEvent) -> None:
+    """meridian_flips_total: by region, kind (automatic, manual, adopted), result, rule."""
+    if isinstance(event, FlipDone):
+        f = event.flip
+        kind = "adopted" if event.adopted else "automatic" if f.automatic else "manual"
+        labels = {"region": event.region, "kind": kind, "result": "done", "rule": f.rule}
+    else:
+        kind = "automatic" if event.automatic else "manual"
+        labels = {"region": event.region, "kind": kind, "result": "refused", "rule": event.rule}
+    metrics.flips.add(1, labels)

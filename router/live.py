@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from router import metrics
 from router.config.runtime import ConfigController, Outcome
 from router.config.sources import ConfigSources, text_layer
 from router.consul import (
@@ -123,6 +124,8 @@ class Live:
         self.leadership = Leadership(client, replica_id, ttl=session_ttl, lock_delay=lock_delay)
         self.authority = ConsulAuthority(self.leadership, self.watcher)
         self._tasks: list[asyncio.Task[None]] = []
+        metrics.watch("meridian_leader", self, _leader)
+        metrics.watch("meridian_consul_reachable", self, _reachable)
 
     @property
     def config_key(self) -> str:
@@ -232,7 +235,7 @@ class Live:
         """Hand the document to the controller. It is handled once per ModifyIndex: an
         invalid one is rejected (and audited) there; a valid one that could not be
         applied yet (a transient failure) is retried there until it is."""
-        outcome = await config.submit(self._build(value, index))
+        outcome = await config.submit(self._build(value, index), source="consul")
         self.config_index = index
         if outcome is not Outcome.REJECTED:
             if value:
@@ -261,3 +264,11 @@ class Live:
             elif active == state.active and flip == state.last_flip:
                 continue
             await follower.adopt(region, flip)
+
+
+def _leader(live: Live) -> metrics.Reading:
+    return [(1.0 if live.leadership.is_leader else 0.0, {"replica": live.replica_id})]
+
+
+def _reachable(live: Live) -> metrics.Reading:
+    return [(1.0 if live.watcher.reachable else 0.0, {"replica": live.replica_id})]

@@ -51,9 +51,10 @@ from router.errors import (
     MeridianError,
     NoHealthyTarget,
     ResidencyUnsatisfiable,
+    WorkflowIdTaken,
     WorkflowTypeNotServed,
 )
-from router.temporal.gateway import Gateway, StartOutcome
+from router.temporal.gateway import Gateway, StartOutcome, Target
 from router.temporal.locator import Location, LocationCache
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ class StartResult:
     # Audit receipts: the route.decision record, and the start.outcome record.
     decision_receipt: Receipt | None = None
     receipt: Receipt | None = None
+    # Seconds spent in Temporal's StartWorkflowExecution (for the router-added latency).
+    temporal_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +293,7 @@ class Starter:
         return StartResult(
             workflow_id, sent.outcome.run_id, sent.outcome.started, decision, ctx.request_id,
             decision_receipt=attempt.receipt, receipt=outcome,
+            temporal_seconds=sent.outcome.elapsed,
         )  # fmt: skip
 
     async def _send_with_failover(self, first: Attempt, job: _Job) -> Sent:
@@ -346,7 +350,39 @@ class Starter:
             ))  # fmt: skip
         except MeridianError as exc:
             return Sent(attempt, error=exc)
+        if not outcome.started:
+            taken = await self._owned_elsewhere(d, job, outcome.run_id)
+            if taken is not None:
+                return Sent(attempt, error=taken)
         return Sent(attempt, outcome=outcome)
+
+    async def _owned_elsewhere(self, d: Decision, job: _Job, run_id: str) -> MeridianError | None:
+        """A duplicate start returns the existing run only to its own tenant: another
+        tenant's (or a run not started through Meridian) makes the id taken, and the
+        caller learns nothing of it. Else the caller could obtain a home reference, and
+        this replica a cache entry, for a run that is not theirs."""
+        timeout = job.deadline - time.monotonic()
+        try:
+            if timeout <= 0:
+                raise DeadlineExceeded("no time left")
+            info = await self._gateway.describe(
+                Target(d.cluster, d.namespace, job.workflow_id, run_id), timeout=timeout
+            )
+        except MeridianError as exc:
+            # The run exists there (the start said so) but its owner is unconfirmed:
+            # fail closed; retrying with the same id is safe.
+            return ClusterUnavailable(
+                f"workflow id {job.workflow_id} is already in use on {d.cluster}, and "
+                f"Meridian could not confirm it is this tenant's run ({exc.message}); "
+                "retry with the same id",
+                cluster=d.cluster, may_have_reached=True,
+            )  # fmt: skip
+        if info.memo is not None and info.memo.tenant_id == job.req.tenant_id:
+            return None
+        return WorkflowIdTaken(
+            f"workflow id {job.workflow_id} is already in use; choose another",
+            workflow_id=job.workflow_id,
+        )
 
     async def _after_refused(
         self, req: RouteRequest, failed: Decision, deadline: float

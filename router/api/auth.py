@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from router.tls import identity_of
 
+from router import metrics
 from router.api.status import abort
 from router.auth.denials import DenialLog
 from router.auth.identity import Authenticator
@@ -34,6 +35,7 @@ from router.config.settings import ResolvedConfig
 from router.core.authz import AuthMethod, Principal, Request, authorize
 from router.core.model import DataClass
 from router.errors import MeridianError, PermissionDenied, Unauthenticated
+from router.tls import identity_of
 from router.v1 import router_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -109,9 +111,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         inner = handler.unary_unary
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            t0 = time.perf_counter()
             try:
                 principal = await self._admit(rpc, request, context)
             except MeridianError as exc:
+                if rpc == "StartWorkflow":  # refused at the door: still a decision
+                    dc = request_of(rpc, request).data_class
+                    metrics.record_start(
+                        metrics.outcome_of(exc), data_class=dc.value if dc else "",
+                        seconds=time.perf_counter() - t0,
+                    )  # fmt: skip
                 await abort(context, exc)
             token = PRINCIPAL.set(principal)
             try:

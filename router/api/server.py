@@ -12,15 +12,16 @@ import logging
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from router.tls import server_credentials
 
-from router import telemetry
+from router import metrics, telemetry
 from router.api.auth import AuthInterceptor
+from router.api.http import HttpServer
 from router.api.servicers import RoutingAdminServicer, WorkflowRouterServicer
 from router.app import Router
 from router.auth.denials import DenialLog
 from router.config.settings import ResolvedConfig
 from router.errors import FieldError, StackError
+from router.tls import server_credentials
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 
@@ -32,10 +33,30 @@ SERVICES = tuple(
 
 
 class RouterServer:
-    def __init__(self, router: Router, *, host: str = "127.0.0.1", port: int = 50051) -> None:
+    def __init__(
+        self,
+        router: Router,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 50051,
+        http: tuple[str, int] | None = None,
+        exposition: metrics.Exposition | None = None,
+    ) -> None:
+        """``http``: (host, port) of the HTTP port (status page, /metrics, /healthz,
+        /readyz); None: none. ``exposition``: what /metrics serves."""
         self.router = router
         self.host = host
         self.port = port
+        self._http_at = http
+        self._serving = False
+        self.http = HttpServer(
+            router.admin,
+            latency=router.clusters.latency,
+            audit=router.audit,
+            ready=lambda: self._serving,
+            auth_on=lambda: router.config.config.auth.enabled,
+            exposition=exposition,
+        )
         config = router.config.config
         # The listener's TLS is fixed once the port is bound: a config change that would
         # alter it is rejected (rotate certificates by replacing the files instead).
@@ -94,6 +115,8 @@ class RouterServer:
             raise StackError(f"router: port {self.port} on {self.host} is already in use")
         self.port = bound
         await self._server.start()
+        if self._http_at is not None:
+            await self.http.start(*self._http_at)
         await self.router.start()
         self._tasks = [
             asyncio.create_task(
@@ -102,6 +125,7 @@ class RouterServer:
             )
         ]
         await self._set(health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
         mode = "plaintext" if self._tls is None else "mTLS" if self._tls.client_ca_file else "TLS"
         auth = "on" if config.auth.enabled else "OFF"
         log.info("router serving on %s:%d (%s, auth %s)", self.host, self.port, mode, auth)
@@ -132,10 +156,12 @@ class RouterServer:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking new calls, let in-flight ones finish for ``grace`` seconds."""
+        self._serving = False
         await self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.stop(grace)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.denials.flush(interval=0, force=True)
+        await self.http.stop()
         await self.router.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -18,10 +19,10 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from router import telemetry
+from router import metrics, telemetry
 from router.admin import Admin
 from router.api.auth import PRINCIPAL
-from router.api.status import abort
+from router.api.status import abort, status_of
 from router.api.values import args_to_python, from_python
 from router.audit import Receipt
 from router.core.authz import AuthMethod, Principal
@@ -36,6 +37,9 @@ from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+# One line per start (text, or JSON with --log-format json): who, where, why; never
+# arguments or secrets.
+decisions_log = logging.getLogger("meridian.decisions")
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -66,17 +70,30 @@ _STATUS: dict[WorkflowStatus | None, Any] = {
 
 
 def handler(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Errors to status codes; and, for every RPC but StartWorkflow (which records its
+    own decision metrics), its latency by status."""
+    timed = fn.__name__ != "StartWorkflow"
+
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        t0 = time.perf_counter()
+        code = "OK"
         try:
             return await fn(self, request, context)
         except MeridianError as exc:
+            code = status_of(exc).name
             await abort(context, exc)
         except Exception:
+            code = "INTERNAL"
             log.exception("unexpected error in %s", fn.__name__)
             await context.abort(
                 grpc.StatusCode.INTERNAL, "internal error in Meridian; the router logged it"
             )
+        finally:
+            if timed:
+                metrics.followup_duration.record(
+                    time.perf_counter() - t0, {"rpc": fn.__name__, "code": code}
+                )
         raise AssertionError("unreachable: context.abort raises")
 
     return wrapper
@@ -131,16 +148,21 @@ def decision_pb(d: Decision, out: pb.RouteDecision | None = None) -> pb.RouteDec
 
 
 def _ref(ref: pb.WorkflowRef) -> Ref:
-    return Ref(workflow_id=ref.workflow_id, run_id=ref.run_id, tenant_id=ref.tenant_id)
+    return Ref(
+        workflow_id=ref.workflow_id,
+        run_id=ref.run_id,
+        tenant_id=ref.tenant_id,
+        home=ref.home,
+        user_country=ref.user_country,
+        user_subdivision=ref.user_subdivision,
+        data_class=_data_class(ref.data_class),
+    )
 
 
 def _location(loc: Location, out: pb.WorkflowLocation) -> None:
     out.zone, out.region, out.cluster, out.namespace = (
-        loc.zone,
-        loc.region,
-        loc.cluster,
-        loc.namespace,
-    )
+        loc.zone, loc.region, loc.cluster, loc.namespace,
+    )  # fmt: skip
 
 
 def _timestamp(value: datetime | None, out: Timestamp) -> None:
@@ -176,21 +198,65 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
         self._starts = starts
         self._followups = followups
 
+    def _location(self, workflow_id: str, loc: Location, out: pb.WorkflowLocation) -> None:
+        _location(loc, out)
+        out.home = self._followups.home_of(workflow_id, loc)
+
     @handler
     async def StartWorkflow(
         self, request: pb.StartWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartWorkflowResponse:
-        res = await self._starts.start(
-            start_input(request),
-            remaining=_remaining(context),
-            principal=PRINCIPAL.get(),
-            trace_id=_trace_id(context),
+        t0 = time.perf_counter()
+        data_class = (
+            pb.DataClass.Name(request.data_class).lower()
+            if request.data_class in (pb.PUBLIC, pb.INTERNAL, pb.PII, pb.FINANCIAL)
+            else ""
         )
+        try:
+            res = await self._starts.start(
+                start_input(request),
+                remaining=_remaining(context),
+                principal=PRINCIPAL.get(),
+                trace_id=_trace_id(context),
+            )
+        except MeridianError as exc:
+            outcome = metrics.outcome_of(exc)
+            metrics.record_start(
+                outcome, data_class=data_class,
+                seconds=time.perf_counter() - t0, zone=getattr(exc, "zone", None) or "",
+                message=exc.message,
+            )  # fmt: skip
+            decisions_log.info("start %s: %s", outcome, exc.message, extra={"fields": {
+                "event": "start", "outcome": outcome, "request_id": request.request_id,
+                "principal": PRINCIPAL.get().name, "workflow_id": request.workflow_id,
+                "data_class": data_class,
+            }})  # fmt: skip
+            raise
+        d = res.decision
+        outcome = "started" if res.started else "duplicate"
+        metrics.record_start(
+            outcome, data_class=data_class,
+            seconds=time.perf_counter() - t0, zone=d.zone, region=d.region, cluster=d.cluster,
+            rule=d.rule, temporal_seconds=res.temporal_seconds,
+        )  # fmt: skip
+        decisions_log.info(
+            "start %s: %s on %s (%s, rule %s)", outcome, res.workflow_id, d.cluster, d.region,
+            d.rule, extra={"fields": {
+                "event": "start", "outcome": outcome, "request_id": res.request_id,
+                "principal": PRINCIPAL.get().name, "workflow_id": res.workflow_id,
+                "zone": d.zone, "region": d.region, "cluster": d.cluster, "rule": d.rule,
+                "data_class": data_class, "config_version": d.config_version,
+            }},
+        )  # fmt: skip
         resp = pb.StartWorkflowResponse(
             workflow_id=res.workflow_id,
             run_id=res.run_id,
             started=res.started,
             request_id=res.request_id,
+            home=self._followups.home_of(
+                res.workflow_id,
+                Location(d.cluster, d.namespace, d.region, d.zone, request.tenant_id),
+            ),
         )
         decision_pb(res.decision, resp.decision)
         _receipt(res.decision_receipt, resp.decision)
@@ -213,7 +279,9 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
         self, request: pb.WorkflowRef, context: grpc.aio.ServicerContext
     ) -> pb.DescribeWorkflowResponse:
         loc, info = await self._followups.describe(_ref(request), remaining=_remaining(context))
-        return describe_pb(loc, info)
+        resp = describe_pb(loc, info)
+        self._location(info.workflow_id, loc, resp.location)
+        return resp
 
     @handler
     async def SignalWorkflow(
@@ -227,7 +295,7 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
             remaining=_remaining(context),
         )
         resp = pb.SignalWorkflowResponse()
-        _location(loc, resp.location)
+        self._location(request.ref.workflow_id, loc, resp.location)
         return resp
 
     @handler
@@ -243,7 +311,7 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
         )
         resp = pb.QueryWorkflowResponse()
         _result_value(value, resp.result, "query result")
-        _location(loc, resp.location)
+        self._location(request.ref.workflow_id, loc, resp.location)
         return resp
 
     @handler
@@ -252,7 +320,7 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
     ) -> pb.CancelWorkflowResponse:
         loc = await self._followups.cancel(_ref(request), remaining=_remaining(context))
         resp = pb.CancelWorkflowResponse()
-        _location(loc, resp.location)
+        self._location(request.workflow_id, loc, resp.location)
         return resp
 
     @handler
@@ -270,7 +338,7 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
         )
         if outcome.status is WorkflowStatus.COMPLETED:
             _result_value(outcome.result, resp.result, "workflow result")
-        _location(loc, resp.location)
+        self._location(request.workflow_id, loc, resp.location)
         return resp
 
 
@@ -295,7 +363,6 @@ def describe_pb(loc: Location, info: WorkflowInfo) -> pb.DescribeWorkflowRespons
         resp.data_class = _DATA_CLASS_PB[info.memo.data_class]
     _timestamp(info.start_time, resp.start_time)
     _timestamp(info.close_time, resp.close_time)
-    _location(loc, resp.location)
     return resp
 
 

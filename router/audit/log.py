@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from router import metrics
 from router.audit.chain import (
     ALG_HMAC,
     ALG_SHA256,
@@ -121,6 +122,12 @@ class AuditLog:
         self._thread: threading.Thread | None = None
         self.healthy = True
         self.last_error = ""
+        metrics.watch("meridian_audit_queue_depth", self, _queue_depth)
+
+    @property
+    def queued(self) -> int:
+        """Records waiting for the writer (status and metrics)."""
+        return len(self._queue)
 
     # -- opening and recovery ---------------------------------------------------------
 
@@ -217,6 +224,7 @@ class AuditLog:
                 await self._commit(batch)
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        t0 = time.perf_counter()
         seq, last = self._seq, self._last
         chunks: list[bytes] = []
         sealed: list[tuple[_Pending, Receipt]] = []
@@ -248,6 +256,8 @@ class AuditLog:
         if rotate:
             self._notes = []
         self.healthy, self.last_error = True, ""
+        metrics.audit_commit.record(time.perf_counter() - t0)
+        metrics.audit_batch.record(len(chunks))
         for p, r in sealed:
             if not p.future.done():
                 p.future.set_result(r)
@@ -324,6 +334,7 @@ class AuditLog:
         os.pwrite(self._head_fd, text.ljust(_HEAD_BYTES - 1) + b"\n", 0)
 
     def _fail(self, batch: list[_Pending], exc: Exception) -> None:
+        metrics.audit_failures.add(1)
         if isinstance(exc, OSError):
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
         else:
@@ -385,3 +396,7 @@ def _read_head(directory: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return head
+
+
+def _queue_depth(log_: AuditLog) -> metrics.Reading:
+    return [(float(log_.queued), {"log": log_.directory.name})]

@@ -7,6 +7,7 @@ can fix.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -42,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="meridian", description="Residency-aware multi-region routing for Temporal."
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=os.environ.get("MERIDIAN_LOG_FORMAT", "text"),
+        help="log lines for people (text) or one JSON object per line "
+        "(default: $MERIDIAN_LOG_FORMAT, else text)",
+    )
     p.add_argument("--version", action=_Version, help="print the version and exit")
     sub = p.add_subparsers(
         dest="command",
@@ -58,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, args.log_format)
     # A file-size limit (ulimit -f) must surface as a write error (EFBIG) that the audit
     # log reports and recovers from, not as a signal that kills the router.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -9,7 +9,6 @@ import logging
 import math
 import re
 import signal
-import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +20,10 @@ DEFAULT_ROUTER = "127.0.0.1:50051"
 log = logging.getLogger("meridian")
 
 
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # temporalio's core logs every failed poll of a stopped cluster; keep warnings only.
-    logging.getLogger("temporalio").setLevel(logging.WARNING)
+def setup_logging(verbose: bool, fmt: str = "text") -> None:
+    from router import logs
+
+    logs.setup(verbose=verbose, fmt=fmt)
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -28,12 +28,13 @@ def _open_audit(config: Any, directory: Path, key_file: Path | None) -> Any:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    from router import metrics
     from router.api.server import RouterServer
     from router.app import Router
     from router.codec import FileKeyProvider
     from router.config.load import resolve_path
     from router.config.sources import ConfigSources
-    from router.devstack import DevStack, check_ports, write_dev_overlay
+    from router.devstack import DevStack, check_ports, ui_ports, write_dev_overlay
     from router.failover import LocalStore
     from router.paths import meridian_home
 
@@ -45,14 +46,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
     overlay = write_dev_overlay(home, insecure=args.insecure)
     sources = ConfigSources.read([path, overlay], use_env=False)
     config = sources.resolve()
-    check_ports(config, args.host, args.port)
+    ui = ui_ports(config, args.ui_port_base) if args.ui else {}
+    check_ports(config, args.host, args.port, http_port=args.http_port or None, ui=ui)
     keys = Path(args.keys_dir).resolve() if args.keys_dir else home / "keys"
 
     def say(line: str) -> None:
         print(line, flush=True)
 
     async def main(stop: asyncio.Event) -> None:
-        stack = DevStack(config, path, home=home, keys_dir=keys, say=say, persist=args.persist)
+        stack = DevStack(
+            config, path, home=home, keys_dir=keys, say=say, persist=args.persist, ui=ui
+        )
         server: RouterServer | None = None
         audit: Any = None
         say(f"meridian dev: config {path} (version {config.version}); logs in {stack.logs}")
@@ -70,10 +74,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 audit=audit,
                 store=LocalStore(home / "state" / "failover.json"),
             )
-            server = RouterServer(router, host=args.host, port=args.port)
+            server = RouterServer(
+                router, host=args.host, port=args.port,
+                http=(args.host, args.http_port) if args.http_port else None,
+                exposition=exposition,
+            )  # fmt: skip
             if not await race(server.start(), stop):
                 return
-            _print_summary(say, config, args.host, server.port)
+            _print_summary(say, config, args.host, server.port, stack.ui_urls)
+            if args.http_port:
+                say(f"status page and metrics: http://{args.host}:{server.http.port}/ "
+                    f"(/metrics, /healthz, /readyz)")  # fmt: skip
             say(
                 f"audit log: {home / 'audit'} (verify: meridian audit verify {home / 'audit'} "
                 f"--key-file {keys / 'audit.key'})"
@@ -90,6 +101,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             await stack.stop()
             say("stopped")
 
+    exposition = metrics.setup("meridian-router")
     stop_tracing = tracing("meridian-router")
     try:
         asyncio.run(until_signalled(main))
@@ -98,7 +110,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(say: Callable[[str], None], config: Any, host: str, port: int) -> None:
+def _print_summary(
+    say: Callable[[str], None], config: Any, host: str, port: int, ui: dict[str, str]
+) -> None:
     table = config.table
     rows = [
         (
@@ -108,11 +122,21 @@ def _print_summary(say: Callable[[str], None], config: Any, host: str, port: int
             c.role.value,
             c.endpoint,
             f"http://{r.codec_server}" if r.codec_server else "",
+            *([ui.get(c.name, "")] if ui else []),
         )
         for r in table.regions.values()
         for c in r.clusters
     ]
-    say(render_table(["zone", "region", "cluster", "role", "endpoint", "codec server"], rows))
+    headers = ["zone", "region", "cluster", "role", "endpoint", "codec server"]
+    say(render_table([*headers, *(["web ui"] if ui else [])], rows))
+    if ui:
+        name, url = next(iter(ui.items()))
+        ns = table.clusters[name].namespaces[0]
+        say(
+            f"Web UI: open a workflow at {url}/namespaces/{ns}/workflows/<workflow id>; each UI "
+            "decodes through its region's codec server, which accepts that UI's requests "
+            "without a token (development mode, loopback only: see SECURITY.md)"
+        )
     say(
         f"router ready on {host}:{port} (grpc.health.v1: meridian.router.v1.WorkflowRouter SERVING)"
     )
@@ -122,6 +146,7 @@ def _print_summary(say: Callable[[str], None], config: Any, host: str, port: int
 def cmd_serve(args: argparse.Namespace) -> int:
     import socket
 
+    from router import homes, metrics
     from router.api.server import RouterServer
     from router.app import Router
     from router.codec import default_provider
@@ -169,8 +194,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             authority=live.authority if live else (lambda: True),
             live_status=live.status if live else None,
             early_rejections=[*problems, *rejected],
+            homes=homes.load(keys_dir(args.keys_dir)),
         )
-        server = RouterServer(router, host=args.host, port=args.port)
+        server = RouterServer(
+            router, host=args.host, port=args.port,
+            http=(args.http_host, args.http_port) if args.http_port is not None else None,
+            exposition=exposition,
+        )  # fmt: skip
         reloads: set[asyncio.Task[Any]] = set()
 
         def sighup() -> None:
@@ -201,6 +231,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await server.stop(grace=args.grace)
             await audit.close()
 
+    exposition = None if args.no_metrics else metrics.setup("meridian-router")
     stop_tracing = tracing("meridian-router")
     try:
         asyncio.run(until_signalled(main))
@@ -245,6 +276,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         api_key=credentials.api_key if credentials is not None else None,
         store=region_store(config, region.name, args.data_dir, meridian_home()),
         source_roots=tuple(Path(r).resolve() for r in (args.source_root or ["."])),
+        metrics=args.sdk_metrics or None,
     )
     holder = KeyRingHolder(default_provider(keys_dir(args.keys_dir)), region.name)
     compression = config.codec.compression
@@ -305,6 +337,7 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
             f"--listen: region {region.name} has no codec_server address in config; give one"
         )
     host, _, port = listen.rpartition(":")
+    dev_origins = _dev_loopback_origins(args.dev_loopback_ui, listen, host)
     directory = keys_dir(args.keys_dir)
     holder = KeyRingHolder(default_provider(directory), region.name)
     settings = config.codec
@@ -322,6 +355,7 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
         token_check=(
             NamespaceTokens(settings.jwt, settings.namespaces_claim) if settings.jwt else None
         ),
+        dev_loopback_origins=dev_origins,
     )
 
     async def main(stop: asyncio.Event) -> None:
@@ -337,6 +371,13 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
                 ) from exc
             refresher = asyncio.create_task(holder.refresh_forever())
             print(f"codec server of {region.name} on http://{listen}", flush=True)
+            if dev_origins:
+                print(
+                    f"DEVELOPMENT MODE (--dev-loopback-ui): requests without a token from "
+                    f"loopback with Origin {', '.join(dev_origins)} are accepted; any local "
+                    f"process can decode {region.name}'s payloads",
+                    flush=True,
+                )
             await stop.wait()
             refresher.cancel()
         finally:
@@ -347,6 +388,26 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev_loopback_origins(origins: list[str], listen: str, host: str) -> list[str]:
+    """``--dev-loopback-ui``: loopback UI origins, and only on a loopback listen address."""
+    from router.codec.server import loopback_address, loopback_origin
+
+    if not origins:
+        return []
+    bad = [o for o in origins if not loopback_origin(o)]
+    if bad:
+        raise MeridianError(
+            f"--dev-loopback-ui: {bad[0]!r} is not http://<loopback host>:<port> "
+            "(127.0.0.1, localhost or [::1])"
+        )
+    bare = host.strip("[]")
+    if bare != "localhost" and not loopback_address(bare):
+        raise MeridianError(
+            f"--dev-loopback-ui: the codec server must listen on loopback, not {listen}"
+        )
+    return list(dict.fromkeys(origins))
+
+
 def add_parsers(sub: Any) -> None:
     dev = sub.add_parser("dev", help="run the whole default multi-region stack on loopback")
     config_args(dev)
@@ -354,6 +415,11 @@ def add_parsers(sub: Any) -> None:
         "--host", default="127.0.0.1", help="router listen address (default 127.0.0.1)"
     )
     dev.add_argument("--port", type=int, default=50051, help="router gRPC port (default 50051)")
+    dev.add_argument(
+        "--http-port", type=int, default=8080,
+        help="the router's HTTP port: status page, /metrics, /healthz, /readyz "
+        "(default 8080; 0: none)",
+    )  # fmt: skip
     dev.add_argument(
         "--home", help="state and logs directory (default: $MERIDIAN_HOME or ./.meridian)"
     )
@@ -366,12 +432,36 @@ def add_parsers(sub: Any) -> None:
         help="plaintext with authentication and authorization OFF, for quick experiments "
         "(default: mTLS with the development CA under $MERIDIAN_HOME/tls, deny by default)",
     )
+    dev.add_argument(
+        "--ui", action="store_true",
+        help="run each cluster's Temporal Web UI (on its gRPC port + 1000), decoding "
+        "through its region's codec server in development mode: tokenless requests of "
+        "that UI's origin from loopback are accepted",
+    )  # fmt: skip
+    dev.add_argument(
+        "--ui-port-base", type=int, metavar="PORT",
+        help="with --ui: the clusters' UIs take consecutive ports from PORT, in config order",
+    )  # fmt: skip
     dev.set_defaults(func=cmd_dev)
 
     serve = sub.add_parser("serve", help="run the router only (clusters and workers run elsewhere)")
     config_args(serve)
     serve.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=50051, help="gRPC port (default 50051)")
+    serve.add_argument(
+        "--http-port", type=int,
+        help="serve the status page, /metrics, /healthz and /readyz on this port "
+        "(default: none; 0 picks a free one)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--no-metrics", action="store_true",
+        help="record no metrics (measures what they cost; /metrics then answers 404)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--http-host", default="127.0.0.1",
+        help="the HTTP port's address (default 127.0.0.1; while auth is on the status page "
+        "answers loopback callers only, /metrics anyone)",
+    )  # fmt: skip
     serve.add_argument(
         "--grace", type=float, default=5.0, help="seconds to drain in-flight calls on stop"
     )
@@ -403,6 +493,11 @@ def add_parsers(sub: Any) -> None:
 
     worker = sub.add_parser("worker", help="run the regional worker for one cluster")
     config_args(worker)
+    worker.add_argument(
+        "--sdk-metrics",
+        help="export the Temporal SDK's own metrics: host:port to serve them for "
+        "Prometheus, or an http(s) URL of an OTLP collector (default: none)",
+    )
     worker.add_argument("--region", required=True, help="the region the cluster belongs to")
     worker.add_argument("--cluster", required=True, help="the cluster whose queues it polls")
     worker.add_argument(
@@ -427,4 +522,11 @@ def add_parsers(sub: Any) -> None:
         "--audit-dir", help="its audit log (default: $MERIDIAN_HOME/audit-codec-<region>)"
     )
     codec.add_argument("--audit-key-file", help="audit HMAC key (or $MERIDIAN_AUDIT_KEY)")
+    codec.add_argument(
+        "--dev-loopback-ui", action="append", default=[], metavar="ORIGIN",
+        help="DEVELOPMENT ONLY (meridian dev --ui sets it): accept requests without a token "
+        "from a loopback address whose Origin is ORIGIN, a local Temporal Web UI such as "
+        "http://127.0.0.1:8233 (repeatable; any local process can then decode this "
+        "region's payloads)",
+    )  # fmt: skip
     codec.set_defaults(func=cmd_codec_server)

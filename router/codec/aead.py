@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from opentelemetry import metrics
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
@@ -52,6 +53,17 @@ class _Sealer:
     cipher: AESGCM
     aad: bytes
     template: Payload
+
+
+# Counted through the OpenTelemetry API (router.metrics pins the Prometheus names; the
+# codec package does not reach into the rest of the router).
+_meter = metrics.get_meter("meridian")
+_payloads = _meter.create_counter(
+    "meridian.codec.payloads", description="payloads encoded or decoded, by region and op"
+)
+_failures = _meter.create_counter(
+    "meridian.codec.failures", description="payloads that failed to decode, by region and reason"
+)
 
 
 class RegionCodec(PayloadCodec):
@@ -144,13 +156,17 @@ class RegionCodec(PayloadCodec):
             if origin and origin != ring.region:
                 raise CodecError(
                     f"payload was encrypted for region {origin}; the {ring.region} codec "
-                    "cannot decrypt it (keys never leave their region)"
+                    "cannot decrypt it (keys never leave their region)",
+                    reason="other_region",
                 )
-            raise CodecError(f"unknown encryption key id {key_id!r} for region {ring.region}")
+            raise CodecError(
+                f"unknown encryption key id {key_id!r} for region {ring.region}",
+                reason="unknown_key",
+            )
         compressed = meta.get(META_COMPRESSION) == b"zlib"
         data = payload.data
         if len(data) < NONCE_BYTES + 16:
-            raise CodecError("encrypted payload is truncated")
+            raise CodecError("encrypted payload is truncated", reason="truncated")
         try:
             plain = self._cipher(key).decrypt(
                 data[:NONCE_BYTES],
@@ -160,20 +176,33 @@ class RegionCodec(PayloadCodec):
         except InvalidTag:
             raise CodecError(
                 f"payload failed authentication with key {key_id!r} of region {ring.region} "
-                "(tampered, or encrypted for another region)"
+                "(tampered, or encrypted for another region)",
+                reason="authentication",
             ) from None
         if compressed:
             try:
                 plain = zlib.decompress(plain)
             except zlib.error:
-                raise CodecError("authenticated payload does not decompress") from None
+                raise CodecError(
+                    "authenticated payload does not decompress", reason="decompress"
+                ) from None
         try:
             return Payload.FromString(plain)
         except Exception:
-            raise CodecError("authenticated payload is not a serialized Payload") from None
+            raise CodecError(
+                "authenticated payload is not a serialized Payload", reason="not_a_payload"
+            ) from None
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return [self.encode_one(p) for p in payloads]
+        out = [self.encode_one(p) for p in payloads]
+        _payloads.add(len(out), {"region": self.region, "op": "encode"})
+        return out
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return [self.decode_one(p) for p in payloads]
+        try:
+            out = [self.decode_one(p) for p in payloads]
+        except CodecError as exc:
+            _failures.add(1, {"region": self.region, "reason": exc.reason})
+            raise
+        _payloads.add(len(out), {"region": self.region, "op": "decode"})
+        return out

@@ -238,6 +238,30 @@ def write_private(path: Path, text: str) -> None:
         raise
 
 
+def create_private(path: Path, text: str) -> bool:
+    """Write ``text`` at ``path`` (0600) unless the file exists; atomic, so two processes
+    creating it at once on a shared directory end with the same content. True when this
+    call wrote it."""
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails if another process made one first: keep theirs
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
 class KeyRingHolder:
     """The current ring of one region, replaced whole when the provider's ring changes.
 

@@ -10,17 +10,26 @@ finds scoped to the requested namespace (the Temporal Web UI forwards its user's
 token). No or a bad token is 401; a token not scoped to the namespace is 403; both are
 handed to its audit hook. It answers CORS preflights for configured UI origins, caps
 bodies (413), and reports bad input as 400 with a JSON error, never a 500 with a trace.
+
+Development only, off unless asked for (``dev_loopback_origins``, which ``meridian dev
+--ui`` sets): a request *without* a token is accepted when it comes from a loopback
+address and carries the Origin of a local Temporal Web UI, because the dev server's UI
+sends no token. Any local process that sets that Origin header can then decode the
+region's payloads: acceptable on a developer's machine, nowhere else.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from urllib.parse import urlsplit
 
 import aiohttp_cors
 from aiohttp import web
 from google.protobuf import json_format
+from opentelemetry import metrics
 from temporalio.api.common.v1 import Payloads
 
 from router.codec.aead import RegionCodec
@@ -36,6 +45,29 @@ TokenCheck = Callable[[str, str], Awaitable[tuple[int, str] | None]]
 BEARER = "Bearer "
 ALLOWED_HEADERS = ("X-Namespace", "Content-Type", "Authorization")
 MAX_BODY = web.AppKey("max_body_bytes", int)
+REGION = web.AppKey("region", str)
+
+
+def loopback_origin(origin: str) -> bool:
+    """``http://HOST:PORT`` with a loopback HOST (127.0.0.0/8, ::1, localhost): the
+    only origins the development mode may trust."""
+    try:
+        url = urlsplit(origin)
+        port = url.port
+    except ValueError:
+        return False
+    host = url.hostname or ""
+    plain = origin == f"http://{url.netloc}" and "@" not in url.netloc
+    if url.scheme != "http" or port is None or not plain:
+        return False
+    return host == "localhost" or loopback_address(host)
+
+
+def loopback_address(address: str | None) -> bool:
+    try:
+        return ipaddress.ip_address(address or "").is_loopback
+    except ValueError:
+        return False
 
 
 def error(status: int, message: str) -> web.Response:
@@ -49,6 +81,19 @@ class Refused(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+_requests = metrics.get_meter("meridian").create_counter(
+    "meridian.codec_server.requests", description="codec server requests by region and status"
+)
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """meridian_codec_server_requests_total, by region and HTTP status."""
+    response = await handler(request)
+    _requests.add(1, {"region": request.app[REGION], "status": str(response.status)})
+    return response
 
 
 @web.middleware
@@ -80,9 +125,22 @@ class CodecServer:
         max_body_bytes: int = 4 * 1024 * 1024,
         on_auth_failure: Callable[[str, str, str], Awaitable[None]] | None = None,
         token_check: TokenCheck | None = None,
+        dev_loopback_origins: Sequence[str] = (),
     ) -> None:
         if not tokens:
             raise ValueError("a codec server needs at least one bearer token")
+        bad = [o for o in dev_loopback_origins if not loopback_origin(o)]
+        if bad:
+            raise ValueError(f"dev-loopback UI origins must be http://<loopback>:<port>: {bad}")
+        # Origins whose tokenless requests from a loopback peer are accepted (development).
+        self.dev_loopback_origins = frozenset(dev_loopback_origins)
+        if self.dev_loopback_origins:
+            log.warning(
+                "codec server %s: DEVELOPMENT MODE: requests without a token from a loopback "
+                "address with Origin %s are accepted; any local process can decode this "
+                "region's payloads",
+                codec.region, ", ".join(sorted(self.dev_loopback_origins)),
+            )  # fmt: skip
         self.codec = codec
         self.namespaces = namespaces
         self.tokens = tuple(tokens)
@@ -90,8 +148,11 @@ class CodecServer:
         # namespace of another region (403): the audit log's auth.failure.
         self.on_auth_failure = on_auth_failure
         self.token_check = token_check
-        self.app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes)
+        self.app = web.Application(
+            middlewares=[count_requests, json_errors], client_max_size=max_body_bytes
+        )
         self.app[MAX_BODY] = max_body_bytes
+        self.app[REGION] = codec.region
         routes = [
             self.app.router.add_post("/encode", self.encode),
             self.app.router.add_post("/decode", self.decode),
@@ -108,7 +169,7 @@ class CodecServer:
                     allow_methods=["POST", "GET", "OPTIONS"],
                     max_age=600,
                 )
-                for origin in cors_origins
+                for origin in dict.fromkeys([*cors_origins, *dev_loopback_origins])
             },
         )
         for route in routes:
@@ -152,11 +213,17 @@ class CodecServer:
             headers={"WWW-Authenticate": 'Bearer realm="meridian-codec"'},
         )
 
+    def _dev_loopback_ui(self, request: web.Request) -> bool:
+        """A tokenless request of a local Web UI, in the development mode only. The peer
+        address is the socket's (no forwarding headers are read)."""
+        origin = request.headers.get("Origin", "")
+        return origin in self.dev_loopback_origins and loopback_address(request.remote)
+
     async def _serve(self, request: web.Request, op: str) -> web.Response:
         presented = request.headers.get("Authorization")
         static = token_ok(presented, self.tokens)
         jwt = ""
-        if not static:
+        if not static and not (presented is None and self._dev_loopback_ui(request)):
             if presented and self.token_check is not None and presented.startswith(BEARER):
                 jwt = presented[len(BEARER) :].strip()
             if not jwt:

@@ -54,6 +54,7 @@ from router.core.model import (
     Role,
     RoutingTable,
     Rule,
+    RuleIndex,
     TenantSpec,
     ZoneSpec,
 )
@@ -469,6 +470,7 @@ def _build(doc: RouterConfig, source: str) -> ResolvedConfig:
     for i, r in enumerate(doc.rules):
         rule = _rule(r, i)
         rules.setdefault((rule.level, rule.location), []).append(rule)
+    sorted_rules = {k: tuple(sorted(v, key=lambda r: r.sort_key)) for k, v in rules.items()}
     table = RoutingTable(
         version=version,
         zones=MappingProxyType(zones),
@@ -479,9 +481,8 @@ def _build(doc: RouterConfig, source: str) -> ResolvedConfig:
         tenants=MappingProxyType(
             {t: TenantSpec(t, cfg.residency_zone) for t, cfg in doc.tenants.items()}
         ),
-        rules=MappingProxyType(
-            {k: tuple(sorted(v, key=lambda r: r.sort_key)) for k, v in rules.items()}
-        ),
+        rules=MappingProxyType(sorted_rules),
+        rule_index=MappingProxyType({k: RuleIndex.of(v) for k, v in sorted_rules.items()}),
         naming=Naming(
             namespace=doc.naming.namespace,
             task_queue=doc.naming.task_queue,

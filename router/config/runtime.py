@@ -31,6 +31,7 @@ from types import MappingProxyType
 
 from temporalio.converter import DataConverter
 
+from router import metrics
 from router.audit import AuditSink, config_record
 from router.codec import KeyProvider, KeyRingHolder, RegionCodec, data_converter
 from router.config.settings import CodecSettings, ResolvedConfig
@@ -115,6 +116,8 @@ class ConfigController:
         # Fail closed at start-up: a region without its keys cannot be served.
         self._current = RuntimeConfig(first, self._region_keys(first, None))
         self.last_rejected: tuple[float, ConfigError] | None = None
+        metrics.watch("meridian_config_info", self, _config_info)
+        metrics.watch("meridian_config_pending", self, _config_pending)
 
     # -- reading -------------------------------------------------------------------
 
@@ -171,11 +174,17 @@ class ConfigController:
 
     async def reload(self) -> Outcome:
         """The files again (SIGHUP): applied whole, or rejected whole."""
-        return await self.submit(ConfigSources.reread)
+        return await self.submit(ConfigSources.reread, source="file")
 
-    async def submit(self, build: Build) -> Outcome:
+    async def submit(self, build: Build, *, source: str = "file") -> Outcome:
         """Apply the sources ``build`` makes from the latest wanted ones. ``build`` may
-        raise ``ConfigError`` (e.g. a document that is not YAML): a rejection."""
+        raise ``ConfigError`` (e.g. a document that is not YAML): a rejection.
+        ``source`` names what brought the change (file, consul), for the metrics."""
+        outcome = await self._submit(build)
+        metrics.config_reloads.add(1, {"source": source, "result": outcome.value})
+        return outcome
+
+    async def _submit(self, build: Build) -> Outcome:
         async with self._lock:
             base = self._wanted or self._sources
             try:
@@ -323,3 +332,12 @@ class ConfigController:
     def refreshing(self) -> frozenset[str]:
         """Regions whose key ring is being refreshed now (for tests and status)."""
         return frozenset(r for r, t in self._refresh.items() if not t.done())
+
+
+def _config_info(ctl: ConfigController) -> metrics.Reading:
+    config = ctl.config
+    return [(1.0, {"version": config.version, "source": config.source})]
+
+
+def _config_pending(ctl: ConfigController) -> metrics.Reading:
+    return [(1.0 if ctl.pending_reason else 0.0, {})]

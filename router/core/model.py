@@ -8,7 +8,8 @@ a new table and swaps one reference.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import heapq
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -151,6 +152,42 @@ class Rule:
             and (not self.workflow_types or req.workflow_type in self.workflow_types)
         )
 
+    def qualifies_any_type(self, req: RouteRequest) -> bool:
+        """Whether the rule matches ``req`` for some workflow type."""
+        return (not self.tenants or req.tenant_id in self.tenants) and (
+            not self.data_classes or req.data_class in self.data_classes
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RuleIndex:
+    """The rules of one location, most specific first, split so a request looks only at
+    the rules that can match it: the ones that name its tenant, and the ones that name
+    no tenant (merged back in specificity order)."""
+
+    generic: tuple[Rule, ...]
+    by_tenant: Mapping[str, tuple[Rule, ...]]
+
+    @classmethod
+    def of(cls, rules: tuple[Rule, ...]) -> RuleIndex:
+        by_tenant: dict[str, list[Rule]] = {}
+        for rule in rules:
+            for tenant in rule.tenants:
+                by_tenant.setdefault(tenant, []).append(rule)
+        return cls(
+            generic=tuple(r for r in rules if not r.tenants),
+            by_tenant=MappingProxyType({t: tuple(rs) for t, rs in by_tenant.items()}),
+        )
+
+    def for_tenant(self, tenant: str) -> Iterable[Rule]:
+        """The rules that may match a request of ``tenant``, most specific first."""
+        named = self.by_tenant.get(tenant)
+        if not named:
+            return self.generic
+        if not self.generic:
+            return named
+        return heapq.merge(named, self.generic, key=lambda r: r.sort_key)
+
 
 @dataclass(frozen=True, slots=True)
 class Naming:
@@ -189,6 +226,8 @@ class RoutingTable:
     tenants: Mapping[str, TenantSpec]
     # Indexed by (level, location) and each list sorted most specific first.
     rules: Mapping[tuple[Level, str | None], tuple[Rule, ...]]
+    # The same rules indexed by tenant too (what route() reads).
+    rule_index: Mapping[tuple[Level, str | None], RuleIndex]
     naming: Naming
     limits: Limits
     known_countries: frozenset[str]

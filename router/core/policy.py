@@ -7,6 +7,8 @@ rule and fallback considered afterwards must lie in that zone (DESIGN invariant 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from router.core.model import (
     ClusterView,
     Decision,
@@ -32,61 +34,28 @@ def route(
     """``any_workflow_type``: route as if every region ran the request's workflow type
     (for representative requests, which stand for every type: impact and diff views)."""
     reasons: list[str] = []
-    tenant = table.tenants.get(req.tenant_id)
-    zone: str | None
-    required: str | None
-
     # 1. Residency: which zone (if any) the data is bound to.
-    if tenant is not None and tenant.residency_zone is not None:
-        zone = required = tenant.residency_zone
-        reasons.append(
-            f"tenant {tenant.name} declares residency zone {zone}: it decides for all of "
-            "the tenant's data, whatever the user's country"
-        )
-    else:
-        zone = table.country_zone.get(req.user_country)
-        if zone is None:
-            reasons.append(f"user country {req.user_country} is in no residency zone")
-        else:
-            reasons.append(f"user country {req.user_country} is in zone {zone}")
-        if req.data_class.regulated:
-            if zone is None:
-                msg = (
-                    f"{req.data_class.value} data of a user in {req.user_country} cannot be "
-                    f"placed: {req.user_country} is in no residency zone, and "
-                    f"{req.data_class.value} data must stay in its zone"
-                )
-                reasons.append(msg)
-                return Refusal(RefusalKind.RESIDENCY, msg, tuple(reasons), table.version, None)
-            required = zone
-            reasons.append(f"{req.data_class.value} data must stay in zone {zone}")
-        else:
-            required = None
+    bound = _residency(req, table, reasons)
+    if isinstance(bound, Refusal):
+        return bound
+    zone, required = bound
 
     # 2. The most specific rule whose region is allowed.
     rule = _match_rule(req, table, zone, required, reasons)
 
-    # 3. Candidate regions, preferred first. Every one lies in `required` when set.
-    if rule is not None:
-        first, first_rule = rule.region, rule.name
-    elif zone is not None:
-        first, first_rule = table.zones[zone].home_region, RULE_ZONE_HOME
-    else:
-        first, first_rule = table.default_region, RULE_DEFAULT_REGION
-    candidates: list[tuple[str, str]] = [(first, first_rule)]
-    if zone is not None:
-        candidates += [(r, RULE_ZONE_FALLBACK) for r in table.zones[zone].regions]
-    if required is None:
-        candidates.append((table.default_region, RULE_DEFAULT_REGION))
+    # 3. Candidate regions, preferred first (generated lazily: a request whose first
+    #    choice is healthy never builds its zone's whole fallback list). Every one lies
+    #    in `required` when set.
+    candidates = _candidates(table, rule, zone, required)
 
     # 4. The first candidate that runs the workflow type and whose active cluster is
     #    healthy.
-    tried: list[str] = []
+    tried: dict[str, None] = {}  # ordered, and O(1) membership at 300 regions
     serving = 0
     for region_name, rule_name in candidates:
         if region_name in tried:
             continue
-        tried.append(region_name)
+        tried[region_name] = None
         region = table.regions[region_name]
         if required is not None and region.zone != required:  # pragma: no cover - guarded
             # Unreachable by construction (config validation); kept as the last line of
@@ -141,13 +110,66 @@ def route(
     return Refusal(RefusalKind.NO_HEALTHY_TARGET, msg, tuple(reasons), table.version, required)
 
 
-def _match_rule(
-    req: RouteRequest,
-    table: RoutingTable,
-    zone: str | None,
-    required: str | None,
-    reasons: list[str],
-) -> Rule | None:
+def _residency(
+    req: RouteRequest, table: RoutingTable, reasons: list[str]
+) -> tuple[str | None, str | None] | Refusal:
+    """(the request's zone, the zone its data must stay in), or a refusal."""
+    tenant = table.tenants.get(req.tenant_id)
+    if tenant is not None and tenant.residency_zone is not None:
+        zone = tenant.residency_zone
+        reasons.append(
+            f"tenant {tenant.name} declares residency zone {zone}: it decides for all of "
+            "the tenant's data, whatever the user's country"
+        )
+        return zone, zone
+    country_zone = table.country_zone.get(req.user_country)
+    if country_zone is None:
+        reasons.append(f"user country {req.user_country} is in no residency zone")
+    else:
+        reasons.append(f"user country {req.user_country} is in zone {country_zone}")
+    if not req.data_class.regulated:
+        return country_zone, None
+    if country_zone is None:
+        msg = (
+            f"{req.data_class.value} data of a user in {req.user_country} cannot be "
+            f"placed: {req.user_country} is in no residency zone, and "
+            f"{req.data_class.value} data must stay in its zone"
+        )
+        reasons.append(msg)
+        return Refusal(RefusalKind.RESIDENCY, msg, tuple(reasons), table.version, None)
+    reasons.append(f"{req.data_class.value} data must stay in zone {country_zone}")
+    return country_zone, country_zone
+
+
+def possible_regions(req: RouteRequest, table: RoutingTable) -> tuple[str, ...]:
+    """Every region ``route`` could choose for a request with these routing inputs under
+    ``table``, whatever the clusters' health and for any workflow type (``req``'s is
+    ignored): where a follow-up that knows the inputs, not the home, needs to look.
+    Empty when the inputs would be refused."""
+    bound = _residency(req, table, [])
+    if isinstance(bound, Refusal):
+        return ()
+    zone, required = bound
+    found: dict[str, None] = {}
+    # The rules route() could pick, for some workflow type: each one that qualifies
+    # but for its type list, up to the first that takes every type.
+    for rule in _rules_for(req, table, zone):
+        if not rule.qualifies_any_type(req):
+            continue
+        if required is not None and table.regions[rule.region].zone != required:
+            continue
+        found[rule.region] = None
+        if not rule.workflow_types:
+            break
+    # Then the fallbacks: the zone's regions, and the default region when allowed (the
+    # built-in first choice is one of them).
+    for region, _ in _candidates(table, None, zone, required):
+        found[region] = None
+    return tuple(found)
+
+
+def _rules_for(req: RouteRequest, table: RoutingTable, zone: str | None) -> Iterator[Rule]:
+    """The rules a request can match, most specific location first (``RuleIndex``)."""
     keys: list[tuple[Level, str | None]] = []
     if req.user_subdivision is not None:
         keys.append((Level.SUBDIVISION, req.user_subdivision))
@@ -155,21 +177,48 @@ def _match_rule(
     if zone is not None:
         keys.append((Level.ZONE, zone))
     keys.append((Level.DEFAULT, None))
+    index = table.rule_index
     for key in keys:
-        for rule in table.rules.get(key, ()):
-            if not rule.qualifies(req):
-                continue
-            if required is not None and table.regions[rule.region].zone != required:
-                reasons.append(
-                    f"rule {rule.name} skipped: its region {rule.region} is outside "
-                    f"residency zone {required}"
-                )
-                continue
-            where = (
-                "default" if rule.location is None else f"{rule.level.name.lower()} {rule.location}"
+        at = index.get(key)
+        if at is not None:
+            yield from at.for_tenant(req.tenant_id)
+
+
+def _candidates(
+    table: RoutingTable, rule: Rule | None, zone: str | None, required: str | None
+) -> Iterator[tuple[str, str]]:
+    if rule is not None:
+        yield rule.region, rule.name
+    elif zone is not None:
+        yield table.zones[zone].home_region, RULE_ZONE_HOME
+    else:
+        yield table.default_region, RULE_DEFAULT_REGION
+    if zone is not None:
+        for r in table.zones[zone].regions:
+            yield r, RULE_ZONE_FALLBACK
+    if required is None:
+        yield table.default_region, RULE_DEFAULT_REGION
+
+
+def _match_rule(
+    req: RouteRequest,
+    table: RoutingTable,
+    zone: str | None,
+    required: str | None,
+    reasons: list[str],
+) -> Rule | None:
+    for rule in _rules_for(req, table, zone):
+        if not rule.qualifies(req):
+            continue
+        if required is not None and table.regions[rule.region].zone != required:
+            reasons.append(
+                f"rule {rule.name} skipped: its region {rule.region} is outside "
+                f"residency zone {required}"
             )
-            reasons.append(f"rule {rule.name} ({where}) matched: region {rule.region}")
-            return rule
+            continue
+        where = "default" if rule.location is None else f"{rule.level.name.lower()} {rule.location}"
+        reasons.append(f"rule {rule.name} ({where}) matched: region {rule.region}")
+        return rule
     return None
 
 

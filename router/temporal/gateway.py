@@ -13,6 +13,7 @@ SDK's per-call handle and interceptor overhead on the hot path.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,9 @@ class Target:
 class StartOutcome:
     run_id: str
     started: bool
+    # Seconds the StartWorkflowExecution call itself took (what Meridian adds is the
+    # rest of the request's time).
+    elapsed: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +177,7 @@ class TemporalGateway:
             req.input.CopyFrom(Payloads(payloads=await converter.encode(args)))
         (memo_payload,) = await converter.encode([memo.to_json()])
         req.memo.CopyFrom(Memo(fields={MEMO_KEY: memo_payload}))
+        sent = time.perf_counter()
         try:
             with telemetry.start_span(workflow_type, decision.cluster) as trace_header:
                 if trace_header is not None:
@@ -184,11 +189,11 @@ class TemporalGateway:
         except RPCError as exc:
             existing = _already_started_run(exc)
             if existing is not None:
-                return StartOutcome(run_id=existing, started=False)
+                return StartOutcome(existing, False, time.perf_counter() - sent)
             raise translate(exc, cluster=decision.cluster, what="StartWorkflow") from exc
         except Exception as exc:
             raise translate(exc, cluster=decision.cluster, what="StartWorkflow") from exc
-        return StartOutcome(run_id=resp.run_id, started=resp.started)
+        return StartOutcome(resp.run_id, resp.started, time.perf_counter() - sent)
 
     def _client(self, t: Target) -> Client:
         return self._pool.client(t.cluster, t.namespace)

@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 
+from router import metrics
 from router.config.settings import HealthSettings
 from router.core.health import ProbeState, Thresholds, observe
 from router.core.model import ClusterSpec
@@ -42,6 +44,8 @@ class HealthMonitor:
         self._specs: dict[str, ClusterSpec] = {}
         self._probed: dict[str, asyncio.Event] = {}
         self._wake: dict[str, asyncio.Event] = {}
+        # The last probe's duration per cluster, seconds (for the status page).
+        self.latency: dict[str, float] = {}
 
     @property
     def states(self) -> Mapping[str, ProbeState]:
@@ -120,8 +124,13 @@ class HealthMonitor:
 
     async def _run(self, spec: ClusterSpec) -> None:
         t = Thresholds(self._settings.unhealthy_threshold, self._settings.healthy_threshold)
+        labels = {"cluster": spec.name, "region": spec.region, "zone": spec.zone}
         while True:
+            t0 = time.perf_counter()
             ok, error = await self.probe(spec)
+            took = time.perf_counter() - t0
+            self.latency[spec.name] = took
+            metrics.probe_duration.record(took, {**labels, "ok": "true" if ok else "false"})
             before = self._states.get(spec.name, ProbeState())
             after = observe(before, ok, error, t)
             self._states[spec.name] = after

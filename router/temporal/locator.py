@@ -2,16 +2,17 @@
 
 Callers of Describe/Signal/Query/Cancel/GetResult name a workflow, not its routing
 inputs. Each replica remembers where it started workflows (a bounded LRU); on a miss
-(another replica started it, or a restart) it asks every cluster where the tenant's
-workflows can live, in parallel, and trusts only the Meridian memo stored with the run,
-so a tenant can never reach another tenant's workflow by guessing its id.
+(another replica started it, or a restart) ``search`` asks the clusters where it can be
+(``router.followups`` decides which), in parallel, and trusts only the Meridian memo
+stored with the run, so a tenant can never reach another tenant's workflow by guessing
+its id.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from router.core.model import ClusterSpec, WorkflowStatus
@@ -55,22 +56,34 @@ class LocationCache:
         self._entries.pop(workflow_id, None)
 
 
+# A (cluster, namespace) a search asks.
+Pair = tuple[ClusterSpec, str]
+
+
+def not_found(workflow_id: str, tenant_id: str) -> WorkflowNotFound:
+    """The one answer for a workflow that is not there for this tenant, whatever the
+    reason (absent, another tenant's, a home reference that does not open): the caller
+    cannot tell them apart."""
+    return WorkflowNotFound(
+        f"workflow {workflow_id} not found for tenant {tenant_id}", workflow_id=workflow_id
+    )
+
+
 async def search(
     gateway: Gateway,
-    clusters: Iterable[ClusterSpec],
+    pairs: Sequence[Pair],
     *,
     workflow_id: str,
     run_id: str,
     tenant_id: str,
     timeout: float,
 ) -> tuple[Location, WorkflowInfo]:
-    """Describe ``workflow_id`` on every (cluster, namespace) at once; keep the runs
-    whose memo names ``tenant_id``; prefer a running one, then the latest started.
+    """Describe ``workflow_id`` on every pair at once; keep the runs whose memo names
+    ``tenant_id``; prefer a running one, then the latest started.
 
     NOT_FOUND only when every cluster asked answered; otherwise UNAVAILABLE naming
     exactly the clusters that could not be asked (the workflow may be on one of them).
     """
-    pairs = [(c, ns) for c in clusters for ns in c.namespaces]
     results = await asyncio.gather(
         *(
             gateway.describe(Target(c.name, ns, workflow_id, run_id), timeout=timeout)
@@ -113,9 +126,7 @@ async def search(
             cluster=",".join(names),
             may_have_reached=False,
         )
-    raise WorkflowNotFound(
-        f"workflow {workflow_id} not found for tenant {tenant_id}", workflow_id=workflow_id
-    )
+    raise not_found(workflow_id, tenant_id)
 
 
 def _list(names: list[str]) -> str:

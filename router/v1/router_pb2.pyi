@@ -261,6 +261,7 @@ class StartWorkflowResponse(_message.Message):
     STARTED_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
+    HOME_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     run_id: _builtins.str
     started: _builtins.bool
@@ -269,6 +270,11 @@ class StartWorkflowResponse(_message.Message):
     a duplicate is visible in every rendering (proto3 JSON drops a plain false).
     """
     request_id: _builtins.str
+    home: _builtins.str
+    """The workflow's home reference: give it back in WorkflowRef.home and a follow-up asks
+    this workflow's cluster, not every cluster where the tenant's workflows can live.
+    Opaque, tamper-evident, bound to workflow_id and tenant_id; valid on every replica.
+    """
     @_builtins.property
     def decision(self) -> Global___RouteDecision: ...
     @_builtins.property
@@ -284,10 +290,11 @@ class StartWorkflowResponse(_message.Message):
         started: _builtins.bool | None = ...,
         request_id: _builtins.str = ...,
         receipt: Global___AuditReceipt | None = ...,
+        home: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_started", b"_started", "decision", b"decision", "receipt", b"receipt", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_started", b"_started", "decision", b"decision", "receipt", b"receipt", "request_id", b"request_id", "run_id", b"run_id", "started", b"started", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_started", b"_started", "decision", b"decision", "home", b"home", "receipt", b"receipt", "request_id", b"request_id", "run_id", b"run_id", "started", b"started", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__started: _TypeAlias = _typing.Literal["started"]  # noqa: Y015
     _WhichOneofArgType__started: _TypeAlias = _typing.Literal["_started", b"_started"]  # noqa: Y015
@@ -302,21 +309,41 @@ class WorkflowRef(_message.Message):
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     TENANT_ID_FIELD_NUMBER: _builtins.int
+    HOME_FIELD_NUMBER: _builtins.int
+    USER_COUNTRY_FIELD_NUMBER: _builtins.int
+    USER_SUBDIVISION_FIELD_NUMBER: _builtins.int
+    DATA_CLASS_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     run_id: _builtins.str
     """Empty: the latest run of workflow_id."""
     tenant_id: _builtins.str
     """Must match the tenant that started the workflow."""
+    home: _builtins.str
+    """Optional: the home reference StartWorkflowResponse.home (or any follow-up's
+    location.home) returned for this workflow. One that is not this workflow's and this
+    tenant's is refused like an unknown workflow_id (NOT_FOUND).
+    """
+    user_country: _builtins.str
+    """Optional, without home: the start's routing inputs (user_country and data_class
+    together; user_subdivision too if the start had one). They narrow the search to the
+    regions those inputs can route to.
+    """
+    user_subdivision: _builtins.str
+    data_class: Global___DataClass.ValueType
     def __init__(
         self,
         *,
         workflow_id: _builtins.str = ...,
         run_id: _builtins.str = ...,
         tenant_id: _builtins.str = ...,
+        home: _builtins.str = ...,
+        user_country: _builtins.str = ...,
+        user_subdivision: _builtins.str = ...,
+        data_class: Global___DataClass.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "tenant_id", b"tenant_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_class", b"data_class", "home", b"home", "run_id", b"run_id", "tenant_id", b"tenant_id", "user_country", b"user_country", "user_subdivision", b"user_subdivision", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -330,10 +357,13 @@ class WorkflowLocation(_message.Message):
     REGION_FIELD_NUMBER: _builtins.int
     CLUSTER_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
+    HOME_FIELD_NUMBER: _builtins.int
     zone: _builtins.str
     region: _builtins.str
     cluster: _builtins.str
     namespace: _builtins.str
+    home: _builtins.str
+    """The home reference for this workflow (see StartWorkflowResponse.home)."""
     def __init__(
         self,
         *,
@@ -341,10 +371,11 @@ class WorkflowLocation(_message.Message):
         region: _builtins.str = ...,
         cluster: _builtins.str = ...,
         namespace: _builtins.str = ...,
+        home: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "namespace", b"namespace", "region", b"region", "zone", b"zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "home", b"home", "namespace", b"namespace", "region", b"region", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -47,6 +47,8 @@ class DevProcess:
     router: str
     config: ResolvedConfig
     log: Path
+    # The router's HTTP port: status page, /metrics, /healthz, /readyz.
+    http: str = ""
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -84,11 +86,17 @@ def pid_alive(pid: int) -> bool:
 
 
 def start_dev(
-    home: Path, doc: dict[str, Any], *, port: int | None = None, env: dict[str, str] | None = None
+    home: Path,
+    doc: dict[str, Any],
+    *,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    args: Sequence[str] = (),
 ) -> DevProcess:
     home.mkdir(parents=True, exist_ok=True)
     cfg = write_config(home / "config.yaml", doc)
     port = port or free_port()
+    http_port = free_port()
     log = home / "dev.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -101,8 +109,11 @@ def start_dev(
                 str(cfg),
                 "--port",
                 str(port),
+                "--http-port",
+                str(http_port),
                 "--home",
                 str(home),
+                *args,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -110,7 +121,9 @@ def start_dev(
             start_new_session=True,
             env={**os.environ, **(env or {})},
         )
-    return DevProcess(proc, home, f"127.0.0.1:{port}", load_file(cfg), log)
+    return DevProcess(
+        proc, home, f"127.0.0.1:{port}", load_file(cfg), log, f"http://127.0.0.1:{http_port}"
+    )
 
 
 def wait_serving(dev: DevProcess, timeout: float = 120.0) -> None:
@@ -155,6 +168,19 @@ def stop_dev(dev: DevProcess, sig: int = signal.SIGTERM, timeout: float = 60.0) 
     return leaked
 
 
+@contextlib.contextmanager
+def serving(process: DevProcess) -> Iterator[DevProcess]:
+    """``process`` once its router is SERVING; then stopped with SIGTERM, checked to exit
+    cleanly and to leave none of its children running."""
+    try:
+        wait_serving(process)
+        yield process
+    finally:
+        leaked = stop_dev(process)
+    assert process.proc.returncode == 0, process.output()
+    assert not leaked, f"meridian dev left children running: {leaked}"
+
+
 @pytest.fixture(scope="session")
 def collector() -> Iterator[Collector]:
     c = Collector()
@@ -173,13 +199,8 @@ def dev(tmp_path_factory: pytest.TempPathFactory, collector: Collector) -> Itera
     process = start_dev(
         tmp_path_factory.mktemp("stack"), with_free_ports(default_doc()), env=tracing
     )
-    try:
-        wait_serving(process)
+    with serving(process):
         yield process
-    finally:
-        leaked = stop_dev(process)
-    assert process.proc.returncode == 0, process.output()
-    assert not leaked, f"meridian dev left children running: {leaked}"
 
 
 @pytest.fixture(scope="session")

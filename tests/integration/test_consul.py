@@ -20,6 +20,7 @@ import aiohttp
 import grpc
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.fleet import ROOT, Fleet, Replica
 from router.audit.query import records
@@ -27,7 +28,7 @@ from router.consul import ConsulAddress, ConsulClient
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 from tests.consul_emulator import EmulatorProcess
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port, workflow_exists
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +38,22 @@ class Side:
     replica: Replica
     router: pb_grpc.WorkflowRouterStub
     admin: pb_grpc.RoutingAdminStub
+    http: str
+
+    async def followup_calls(self, op: str, path: str) -> tuple[float, float]:
+        """(follow-ups, Temporal calls they made) from the replica's /metrics."""
+        async with aiohttp.ClientSession() as session, session.get(f"{self.http}/metrics") as r:
+            text = await r.text()
+        count = total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.labels.get("op") != op or sample.labels.get("path") != path:
+                    continue
+                if sample.name == "meridian_followup_temporal_calls_count":
+                    count = sample.value
+                elif sample.name == "meridian_followup_temporal_calls_sum":
+                    total = sample.value
+        return count, total
 
     async def topology(self) -> pb.Topology:
         topo: pb.Topology = await self.admin.GetTopology(pb.GetTopologyRequest(), timeout=5)
@@ -96,15 +113,22 @@ async def setup(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setup
     try:
         await fleet.start_clusters()
         sides = []
+        http: dict[str, str] = {}
         for name in ("router-1", "router-2"):
             replica = fleet.replica(name)
-            replica.start(fleet.config_path, fleet.keys_dir, ["--consul", consul.address])
+            port = free_port()
+            http[name] = f"http://127.0.0.1:{port}"
+            replica.start(
+                fleet.config_path,
+                fleet.keys_dir,
+                ["--consul", consul.address, "--http-port", str(port)],
+            )
         for replica in fleet.replicas:
             await replica.wait_serving()
             channel = grpc.aio.insecure_channel(replica.address)
             channels.append(channel)
             sides.append(Side(replica, pb_grpc.WorkflowRouterStub(channel),
-                              pb_grpc.RoutingAdminStub(channel)))  # fmt: skip
+                              pb_grpc.RoutingAdminStub(channel), http[replica.name]))  # fmt: skip
         yield Setup(fleet, consul, sides, channels)
     finally:
         for channel in channels:
@@ -344,3 +368,46 @@ async def test_consul_lost_and_back(setup: Setup) -> None:
         return all([(await s.topology()).consul_reachable for s in alive])
 
     await eventually(reachable, "replicas to reconnect", timeout=30)
+
+
+async def test_a_home_reference_from_one_replica_opens_on_the_other(setup: Setup) -> None:
+    """Behind a load balancer the replica that answers a follow-up rarely started the
+    workflow: the home reference from the start sends it to one cluster, not a search."""
+    a, b = setup.sides
+    started = await a.router.StartWorkflow(req(), timeout=15)
+    wid, where = started.workflow_id, started.decision
+    assert started.home
+    assert await workflow_exists(setup.fleet.cluster(where.cluster).endpoint, where.namespace, wid)
+    before = await b.followup_calls("describe", "home")
+    ref = pb.WorkflowRef(workflow_id=wid, tenant_id="acme", home=started.home)
+    described = await b.router.DescribeWorkflow(ref, timeout=10)
+    assert (described.run_id, described.location.cluster) == (started.run_id, where.cluster)
+    after = await b.followup_calls("describe", "home")
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1), "one follow-up, one call"
+    assert described.location.home, "a follow-up hands out the reference too"
+
+    # Refused like an unknown id: another tenant's reference, another workflow's, forged.
+    other = await a.router.StartWorkflow(req(), timeout=15)
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await b.router.DescribeWorkflow(
+            pb.WorkflowRef(workflow_id=f"nope-{uuid.uuid4()}", tenant_id="globex"), timeout=10
+        )
+    for bad in (
+        pb.WorkflowRef(workflow_id=wid, tenant_id="globex", home=started.home),
+        pb.WorkflowRef(workflow_id=wid, tenant_id="acme", home=other.home),
+        pb.WorkflowRef(workflow_id=wid, tenant_id="acme", home=started.home[:-4] + "AAAA"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await b.router.DescribeWorkflow(bad, timeout=10)
+        assert refused.value.code() == unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        assert refused.value.details() == f"workflow {wid} not found for tenant {bad.tenant_id}"
+    # Another tenant cannot take the id over either (nor learn its run).
+    with pytest.raises(grpc.aio.AioRpcError) as taken:
+        await b.router.StartWorkflow(
+            pb.StartWorkflowRequest(
+                workflow_type="EchoWorkflow", workflow_id=wid, tenant_id="globex",
+                user_country="DE", data_class=pb.PII,
+            ), timeout=15,
+        )  # fmt: skip
+    assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert started.run_id not in (taken.value.details() or "")

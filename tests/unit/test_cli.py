@@ -374,7 +374,8 @@ def test_keys_init_json_lists_created_files(
     assert {tuple(sorted(row)) for row in made} == {("file", "secret")}
     tls_files = ["ca.pem", "server.pem", "service.pem", "acme.pem", "sre.pem"]
     assert {row["secret"] for row in made} == {
-        *(f"key ring {r}" for r in REGIONS), *(f"codec token {r}" for r in REGIONS), "audit key",
+        *(f"key ring {r}" for r in REGIONS), *(f"codec token {r}" for r in REGIONS),
+        "home-reference key", "audit key",
         *(f"dev TLS {name}" for name in tls_files),
         *(f"dev TLS {name.replace('.pem', '-key.pem')}" for name in tls_files),
     }  # fmt: skip

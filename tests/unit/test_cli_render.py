@@ -53,6 +53,7 @@ def test_duplicate_start_keeps_false_zero_and_empty() -> None:
         "started": False,
         "request_id": "",
         "receipt": None,
+        "home": "",
     }  # fmt: skip
 
 
@@ -75,7 +76,7 @@ def test_64_bit_integers_are_ints_enums_names_timestamps_iso() -> None:
     assert out["start_time"] == "2026-11-24T10:00:00.005Z"
     assert out["close_time"] is None
     assert out["location"] == {
-        "zone": "eu", "region": "eu-west", "cluster": "eu-west-a", "namespace": ""
+        "zone": "eu", "region": "eu-west", "cluster": "eu-west-a", "namespace": "", "home": "",
     }  # fmt: skip
     receipt = message_to_json(pb.AuditReceipt(sequence=2**64 - 1))
     assert receipt["sequence"] == 2**64 - 1

@@ -296,3 +296,146 @@ async def test_a_jwt_decodes_only_the_namespaces_it_grants(tmp_path: Path) -> No
         assert (await c.post("/eu-west/decode", json=sealed, headers=forged)).status == 401
     assert any("does not grant namespace 'eu-west'" in w for w in failures)
     assert any("expired" in w for w in failures)
+
+
+# -- the development mode of `meridian dev --ui` (loopback, the UI's origin, no token) ----
+
+DEV_UI = "http://127.0.0.1:8235"
+
+
+@pytest.fixture
+async def dev_ui() -> AsyncIterator[tuple[CodecServer, TestClient[Any, Any], list[str]]]:
+    failures: list[str] = []
+
+    async def audit(remote: str, path: str, why: str) -> None:
+        failures.append(f"{remote} {path} {why}")
+
+    server = CodecServer(
+        RegionCodec(new_ring("eu-west")), namespaces=frozenset({"eu-west"}),
+        tokens=[TOKEN.encode()], cors_origins=[UI], on_auth_failure=audit,
+        dev_loopback_origins=[DEV_UI, "http://localhost:8235"],
+    )  # fmt: skip
+    async with TestClient(TestServer(server.app)) as c:
+        yield server, c, failures
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Origin": DEV_UI}, 200),
+        ({"Origin": "http://localhost:8235"}, 200),
+        ({}, 401),
+        ({"Origin": "http://127.0.0.1:8236"}, 401),
+        ({"Origin": UI}, 401),
+        ({"Origin": "http://evil.example"}, 401),
+        ({"Origin": DEV_UI, "Authorization": "Bearer wrong-token-wrong-token"}, 401),
+        ({"Origin": DEV_UI, "Authorization": ""}, 401),
+        ({"Origin": DEV_UI, **AUTH}, 200),
+    ],
+    ids=[
+        "the-ui", "the-ui-as-localhost", "no-origin", "another-ui-port", "a-configured-cors-origin",
+        "a-foreign-origin", "the-ui-with-a-bad-token", "the-ui-with-an-empty-token",
+        "the-ui-with-a-good-token",
+    ],
+)  # fmt: skip
+async def test_dev_mode_accepts_only_the_ui_origin_without_a_token(
+    dev_ui: tuple[CodecServer, TestClient[Any, Any], list[str]],
+    headers: dict[str, str],
+    status: int,
+) -> None:
+    _, client, failures = dev_ui
+    body = payloads("hello")
+    resp = await client.post("/eu-west/encode", json=body, headers=headers)
+    assert resp.status == status
+    if status == 200:
+        sealed = await resp.json()
+        dec = await client.post("/eu-west/decode", json=sealed, headers=headers)
+        assert dec.status == 200 and await dec.json() == body
+        assert failures == []
+    else:
+        assert len(failures) == 1 and failures[0].startswith("127.0.0.1 /eu-west/encode")
+
+
+async def test_dev_mode_still_serves_only_the_regions_namespaces(
+    dev_ui: tuple[CodecServer, TestClient[Any, Any], list[str]],
+) -> None:
+    _, client, failures = dev_ui
+    resp = await client.post("/us-east/decode", json=payloads("x"), headers={"Origin": DEV_UI})
+    assert resp.status == 403
+    assert failures == ["127.0.0.1 /us-east/decode namespace 'us-east' is not a namespace of "
+                        "region eu-west"]  # fmt: skip
+
+
+async def test_dev_mode_refuses_a_peer_that_is_not_on_loopback(
+    dev_ui: tuple[CodecServer, TestClient[Any, Any], list[str]],
+) -> None:
+    """The peer is the socket's address: the UI's origin from another host needs a token."""
+    from unittest import mock
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from router.codec.server import Refused
+
+    server, _, failures = dev_ui
+
+    def from_peer(peer: tuple[Any, ...]) -> Any:
+        transport = mock.Mock()
+        transport.get_extra_info.side_effect = lambda name, default=None: (
+            peer if name == "peername" else default
+        )
+        return make_mocked_request(
+            "POST", "/us-east/decode", headers={"Origin": DEV_UI},
+            match_info={"namespace": "us-east"}, transport=transport, app=server.app,
+        )  # fmt: skip
+
+    assert (await server.decode(from_peer(("10.1.2.3", 40000)))).status == 401
+    with pytest.raises(Refused) as refused:  # past authentication, at the namespace check
+        await server.decode(from_peer(("::1", 40000, 0, 0)))
+    assert refused.value.status == 403
+    assert failures == [
+        "10.1.2.3 /us-east/decode missing bearer token",
+        "::1 /us-east/decode namespace 'us-east' is not a namespace of region eu-west",
+    ]
+
+
+async def test_dev_mode_origins_are_cors_origins(
+    dev_ui: tuple[CodecServer, TestClient[Any, Any], list[str]],
+) -> None:
+    _, client, _ = dev_ui
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "X-Namespace, Content-Type"}  # fmt: skip
+    for origin in (DEV_UI, UI):
+        ok = await client.options("/decode", headers={"Origin": origin, **preflight})
+        assert ok.status == 200 and ok.headers["Access-Control-Allow-Origin"] == origin
+
+
+@pytest.mark.parametrize(
+    ("origin", "ok"),
+    [
+        ("http://127.0.0.1:8233", True),
+        ("http://127.9.9.9:8233", True),
+        ("http://localhost:8233", True),
+        ("http://[::1]:8233", True),
+        ("http://127.0.0.1", False),
+        ("https://127.0.0.1:8233", False),
+        ("http://10.0.0.1:8233", False),
+        ("http://0.0.0.0:8233", False),
+        ("http://localhost.example:8233", False),
+        ("http://127.0.0.1:8233/", False),
+        ("http://user@127.0.0.1:8233", False),
+        ("http://127.0.0.1:99999", False),
+        ("*", False),
+    ],
+)
+def test_loopback_origin(origin: str, ok: bool) -> None:
+    from router.codec.server import loopback_origin
+
+    assert loopback_origin(origin) is ok
+
+
+def test_dev_mode_refuses_an_origin_off_loopback() -> None:
+    with pytest.raises(ValueError, match="http://<loopback>:<port>"):
+        CodecServer(
+            RegionCodec(new_ring("eu-west")), namespaces=frozenset({"eu-west"}),
+            tokens=[TOKEN.encode()], dev_loopback_origins=["http://192.168.1.5:8233"],
+        )  # fmt: skip

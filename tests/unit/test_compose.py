@@ -93,3 +93,73 @@ def test_region_services_see_only_their_own_secrets(region: str) -> None:
         secrets = {m for m in mounts(name) if "/keys/" in m}
         assert secrets, name
         assert all(f"/keys/{region}." in m for m in secrets), (name, secrets)
+
+
+# -- Prometheus and Grafana -------------------------------------------------------------
+
+DEPLOY = ROOT / "deploy"
+
+
+def _bind_mounts(service: str) -> dict[str, str]:
+    """Container path -> host path (./...), for the service's bind mounts."""
+    out = {}
+    for m in mounts(service):
+        host, container, *_ = m.split(":")
+        if host.startswith("./"):
+            out[container] = host
+    return out
+
+
+def test_every_mounted_deploy_file_exists() -> None:
+    for name in SERVICES:
+        for host in _bind_mounts(name).values():
+            if host.startswith("./deploy/"):
+                assert (ROOT / host).exists(), f"{name} mounts {host}, which does not exist"
+
+
+def test_prometheus_scrapes_every_router_on_its_http_port() -> None:
+    prom = SERVICES["prometheus"]
+    assert prom["image"].startswith("prom/prometheus:v2.")  # the major the promtool checks
+    binds = _bind_mounts("prometheus")
+    config_path = next(
+        a.split("=", 1)[1] for a in prom["command"] if a.startswith("--config.file=")
+    )
+    config = yaml.safe_load((ROOT / binds[config_path]).read_text())
+    # The rule files sit beside the config, where compose mounts alerts.yaml too.
+    config_dir = config_path.rsplit("/", 1)[0]
+    for rules in config["rule_files"]:
+        assert binds[f"{config_dir}/{rules}"] == f"./deploy/prometheus/{rules}"
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "meridian-router"]
+    targets = {t for sc in job["static_configs"] for t in sc["targets"]}
+    wanted = set()
+    for name in ("router-1", "router-2"):
+        args = build_parser().parse_args(SERVICES[name]["command"])
+        assert args.http_host == "0.0.0.0" and args.http_port, name
+        wanted.add(f"{name}:{args.http_port}")
+        assert prom["depends_on"][name]["condition"] == "service_started"
+    assert targets == wanted
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+
+
+def test_grafana_provisions_the_prometheus_datasource_and_the_dashboard() -> None:
+    graf = SERVICES["grafana"]
+    assert graf["image"].startswith("grafana/grafana:")
+    binds = _bind_mounts("grafana")
+    provisioning = {c: h for c, h in binds.items() if c.startswith("/etc/grafana/provisioning/")}
+    assert set(provisioning) == {
+        "/etc/grafana/provisioning/datasources", "/etc/grafana/provisioning/dashboards",
+    }  # fmt: skip
+    (source,) = yaml.safe_load(
+        (
+            ROOT / provisioning["/etc/grafana/provisioning/datasources"] / "prometheus.yaml"
+        ).read_text()
+    )["datasources"]
+    assert source["type"] == "prometheus" and source["isDefault"]
+    prom_port = SERVICES["prometheus"]["ports"][0].split(":")[-1]
+    assert source["url"] == f"http://prometheus:{prom_port}"
+    (provider,) = yaml.safe_load(
+        (ROOT / provisioning["/etc/grafana/provisioning/dashboards"] / "meridian.yaml").read_text()
+    )["providers"]
+    dashboards = {c: h for c, h in binds.items() if c.startswith(provider["options"]["path"] + "/")}
+    assert list(dashboards.values()) == ["./deploy/grafana/meridian.json"]
+    assert graf["depends_on"]["prometheus"]["condition"] == "service_started"

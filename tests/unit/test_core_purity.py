@@ -21,6 +21,7 @@ ALLOWED = {
     "enum",
     "fnmatch",
     "functools",
+    "heapq",
     "itertools",
     "types",
     "typing",

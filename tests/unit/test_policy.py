@@ -16,11 +16,13 @@ from router.core.model import (
     ClusterView,
     DataClass,
     Decision,
+    Level,
     Priority,
     Refusal,
     RefusalKind,
     RouteRequest,
     RoutingTable,
+    Rule,
 )
 from router.core.policy import route
 
@@ -345,3 +347,128 @@ def test_residency_invariant_holds_for_any_state(
     if must_stay:
         assert zone is not None and out.zone == zone, f"{out.zone} is outside {zone}"
         assert out.residency_zone == zone
+
+
+# -- the same properties on a large config (300 regions, 10k tenants, 2k rules) -------
+# route() builds candidates lazily and reads rules through an index by tenant; these
+# check it against the plain definition (every rule of the request's locations, most
+# specific first) and that residency holds there too.
+
+
+@pytest.fixture(scope="module")
+def large() -> RoutingTable:
+    from benchmarks.core import large_doc
+    from router.config.compile import compile_config
+
+    doc = large_doc(300, 10_000, 2_000)
+    # Some rules for one workflow type only, and a region that does not run every type,
+    # so the index's type filter and the fallbacks are exercised.
+    # And rules that send a location's (unregulated) data out of its zone, so
+    # possible_regions has to name regions outside the zone.
+    outside = {"us": "eu-west", "eu": "ap-southeast", "apac": "us-east"}
+    seen: set[str] = set()
+    for i, rule in enumerate(doc["rules"]):
+        if i % 7 == 0:
+            rule["match"]["workflow_types"] = ["Billing"]
+        if i % 5 == 0:
+            rule["region"] = outside[doc["regions"][rule["region"]]["zone"]]
+            rule["match"]["data_classes"] = ["public", "internal"]
+        if i % 3 == 0 and "tenants" in rule["match"]:  # one tenant with many rules
+            rule["match"]["tenants"].append("acme")
+        generic = {k: v for k, v in rule["match"].items() if k != "tenants"}
+        key = repr(sorted((k, sorted(v) if isinstance(v, list) else v) for k, v in generic.items()))
+        if i % 13 == 0 and key not in seen:
+            rule["match"] = generic  # for every tenant: merged with each tenant's own
+            seen.add(key)
+    doc["regions"]["eu-r001"]["workflow_types"] = ["EchoWorkflow"]
+    return compile_config(doc).table
+
+
+def _plain_rule(
+    r: RouteRequest, table: RoutingTable, zone: str | None, required: str | None
+) -> Rule | None:
+    """The first rule of the request's locations (most specific first) that qualifies
+    and whose region is allowed: the definition the index must agree with."""
+    keys: list[tuple[Level, str | None]] = []
+    if r.user_subdivision is not None:
+        keys.append((Level.SUBDIVISION, r.user_subdivision))
+    keys.append((Level.COUNTRY, r.user_country))
+    if zone is not None:
+        keys.append((Level.ZONE, zone))
+    keys.append((Level.DEFAULT, None))
+    for key in keys:
+        for rule in table.rules.get(key, ()):
+            if rule.qualifies(r) and (
+                required is None or table.regions[rule.region].zone == required
+            ):
+                return rule
+    return None
+
+
+@st.composite
+def large_case(draw: st.DrawFn, table: RoutingTable) -> tuple[RouteRequest, ClusterView]:
+    # Mostly requests a rule was written for (its tenant, its country or a country of
+    # its zone), so rules compete; sometimes anyone from anywhere.
+    rules = [rule for at in table.rules.values() for rule in at]
+    rule = draw(st.sampled_from(rules))
+    if rule.level is Level.COUNTRY and rule.location is not None:
+        countries_ = [rule.location]
+    else:
+        zone_ = rule.location or "eu"
+        countries_ = sorted(c for c, z in table.country_zone.items() if z == zone_)
+    tenants = sorted(rule.tenants) or ["acme", "unknown-tenant"]
+    if draw(st.integers(0, 4)) == 0:
+        countries_ = ["DE", "FR", "GB", "US", "CA", "JP", "IN", "AU", "BR", "ZA"]
+        tenants = [draw(st.sampled_from(sorted(table.tenants))), "unknown-tenant"]
+    country = draw(st.sampled_from(countries_))
+    r = RouteRequest(
+        workflow_type=draw(st.sampled_from(["DataProcessingWorkflow", "EchoWorkflow", "Billing"])),
+        tenant_id=draw(st.sampled_from(tenants)),
+        user_country=country,
+        data_class=draw(st.sampled_from(list(DataClass))),
+        user_subdivision=draw(st.sampled_from([None, "US-CA"])) if country == "US" else None,
+    )
+    clusters = sorted(table.clusters)
+    down = draw(st.sets(st.sampled_from(clusters), max_size=60))
+    # Whole zones down now and then, so fallbacks run to the end of the zone's list.
+    if draw(st.booleans()):
+        zone = draw(st.sampled_from(sorted(table.zones)))
+        down |= {c for c in clusters if table.clusters[c].zone == zone}
+    standby = draw(st.sets(st.sampled_from(sorted(table.regions)), max_size=30))
+    active = {n: table.regions[n].clusters[-1].name for n in standby}
+    return r, view(table, down=down, active=active)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_large_config_residency_rules_and_possible_regions(
+    large: RoutingTable, data: st.DataObject
+) -> None:
+    from router.core.policy import possible_regions
+
+    r, v = data.draw(large_case(large))
+    out = route(r, large, v)
+    tenant = large.tenants.get(r.tenant_id)
+    declared = tenant.residency_zone if tenant is not None else None
+    zone = declared or large.country_zone.get(r.user_country)
+    required = declared or (zone if r.data_class.regulated else None)
+    # With every cluster healthy, the chosen rule is the plain definition's.
+    healthy = route(r, large, view(large))
+    plain = _plain_rule(r, large, zone, required)
+    if (
+        isinstance(healthy, Decision)
+        and plain is not None
+        and large.regions[plain.region].serves(r.workflow_type)
+    ):
+        assert healthy.rule == plain.name and healthy.region == plain.region
+    if isinstance(out, Refusal):
+        if required is None and declared is None and zone is None and r.data_class.regulated:
+            assert out.kind is RefusalKind.RESIDENCY
+        return
+    cluster = large.clusters[out.cluster]
+    assert cluster.name in v.healthy and cluster.name == v.active[out.region]
+    assert large.regions[out.region].serves(r.workflow_type)
+    if required is not None:
+        assert out.zone == required, f"{out.zone} is outside {required}"
+    # A follow-up that knows only the routing inputs looks where the start could go.
+    assert out.region in possible_regions(r, large)

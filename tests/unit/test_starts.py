@@ -21,6 +21,7 @@ from router.errors import (
     WorkflowTypeNotServed,
 )
 from router.followups import Followups, Ref
+from router.homes import HomeRefs
 from router.starts import Starter, StartInput
 from router.temporal.locator import LocationCache
 from tests.helpers import default_doc
@@ -42,7 +43,9 @@ class Stack:
         )
         self.locations = LocationCache()
         self.starter = Starter(self.config, self.views, self.gateway, self.audit, self.locations)
-        self.followups = Followups(self.config, self.gateway, self.locations)
+        self.followups = Followups(
+            self.config, self.gateway, self.locations, HomeRefs((b"k" * 32,))
+        )
 
 
 @pytest.fixture
@@ -83,6 +86,22 @@ async def test_a_retry_returns_the_existing_run(stack: Stack) -> None:
     assert [r["outcome"] for r in stack.journal.records("start.outcome")] == [
         "started", "existing",
     ]  # fmt: skip
+
+
+async def test_another_tenants_id_is_taken_and_nothing_of_its_run_is_told(stack: Stack) -> None:
+    """A duplicate start returns the existing run only to its own tenant: otherwise the
+    caller would get its run id, a home reference, and this replica's cache entry."""
+    from router.errors import WorkflowIdTaken, WorkflowNotFound
+
+    mine = await stack.starter.start(inp(), remaining=5.0)
+    with pytest.raises(WorkflowIdTaken) as info:
+        await stack.starter.start(inp(tenant_id="initech"), remaining=5.0)
+    assert mine.run_id not in info.value.message and "acme" not in info.value.message
+    assert "wf-1 is already in use; choose another" in info.value.message
+    assert stack.journal.records("start.outcome")[-1]["error"] == info.value.message
+    with pytest.raises(WorkflowNotFound):  # no cache entry for initech either
+        await stack.followups.signal(Ref("wf-1", "", "initech"), "s", [], 0, remaining=5)
+    assert stack.gateway.runs[("eu-west-a", "eu-west", "wf-1")].signals == []
 
 
 async def test_nothing_is_sent_without_a_decision_record(stack: Stack) -> None:
