@@ -4,8 +4,8 @@ worker's thread pool, heartbeating as they go.
 
 Errors: what retrying cannot fix is a non-retryable ``ApplicationError`` whose type the
 workflows name (``InvalidSource``, ``CardDeclined``, ``PropertyUnavailable``,
-``InjectedFailure``); anything else (a locked database, an unreadable disk) propagates
-and is retried with the workflow's backoff.
+``InjectedFailure``, ``AlreadyCompensated``); anything else (a locked database, an
+unreadable disk) propagates and is retried with the workflow's backoff.
 """
 
 from __future__ import annotations
@@ -149,11 +149,11 @@ class BookingActivities:
 
     @activity.defn(name="cancelReservation")
     def cancel_reservation(self, req: dict[str, Any]) -> dict[str, Any]:
-        return self._step(req, "cancel_reservation", cancels="reserve")
+        return self._step(req, "cancel_reservation", undoes="reserve")
 
     @activity.defn(name="refundCard")
     def refund_card(self, req: dict[str, Any]) -> dict[str, Any]:
-        return self._step(req, "refund")
+        return self._step(req, "refund", undoes="charge")
 
     def all(self) -> list[Callable[..., Any]]:
         return [

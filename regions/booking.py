@@ -2,9 +2,15 @@
 
 charge the card → reserve the property → send the confirmation. When a step fails for
 good (a declined card, a property already taken, or an injected failure), the
-compensations of the steps that succeeded run in reverse order (cancel the reservation,
-then refund), each retried until it succeeds, and the workflow fails saying where and
-what was undone. A cancellation of the workflow compensates the same way.
+compensations run in reverse order (cancel the reservation, then refund), each retried
+until it succeeds, and the workflow fails saying where and what was undone. A
+cancellation of the workflow compensates the same way and ends CANCELED.
+
+A step's compensation is registered *before* the step runs: a step that failed or was
+cancelled after taking effect (its response lost, its retry pending) is undone too. A
+compensation finds in the region's store whether there is anything to undo; where there
+is not, it does nothing and leaves a tombstone, so a late attempt of that step is refused
+rather than applied after its compensation (``regions.store.BookingStore.effect``).
 
 Input (one JSON object)::
 
@@ -30,7 +36,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 # (step, the activity that does it, the activity that undoes it)
 STEPS: tuple[tuple[str, str, str | None], ...] = (
@@ -40,6 +46,7 @@ STEPS: tuple[tuple[str, str, str | None], ...] = (
 )
 STEP_NAMES = tuple(s for s, _, _ in STEPS)
 UNDO_ACTION = {"refundCard": "refund", "cancelReservation": "cancel_reservation"}
+STATES = {"charge": "CHARGING", "reserve": "RESERVING", "confirm": "CONFIRMING"}
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 STEP_RETRY = RetryPolicy(
@@ -47,7 +54,12 @@ STEP_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=10),
     maximum_attempts=5,
-    non_retryable_error_types=["CardDeclined", "PropertyUnavailable", "InjectedFailure"],
+    non_retryable_error_types=[
+        "CardDeclined",
+        "PropertyUnavailable",
+        "InjectedFailure",
+        "AlreadyCompensated",
+    ],
 )
 # A compensation must happen: retried until it does.
 UNDO_RETRY = RetryPolicy(
@@ -110,12 +122,15 @@ class PropertyBookingWorkflow:
         step = ""
         try:
             for step, do, compensation in STEPS:
-                self._state = f"{step.upper()}ING" if step != "confirm" else "CONFIRMING"
-                await _call(do, req, STEP_RETRY)
-                self._done.append(step)
+                self._state = STATES[step]
                 if compensation is not None:
                     undo.append(compensation)
+                await _call(do, req, STEP_RETRY)
+                self._done.append(step)
         except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                await self._compensate(req, undo)
+                raise asyncio.CancelledError from err
             cause = err.cause.message if isinstance(err.cause, ApplicationError) else str(err)
             self._failure = f"{step}: {cause}"
             await self._compensate(req, undo)
@@ -134,10 +149,13 @@ class PropertyBookingWorkflow:
         return {"booking_id": req["booking_id"], "state": self._state, "steps": self._done}
 
     async def _compensate(self, req: dict[str, Any], undo: list[str]) -> None:
+        """Every registered compensation, newest first; ``compensated`` lists those that
+        had something to undo."""
         self._state = "COMPENSATING"
         for compensation in reversed(undo):
-            await _call(compensation, req, UNDO_RETRY)
-            self._undone.append(UNDO_ACTION[compensation])
+            result = await _call(compensation, req, UNDO_RETRY)
+            if result.get("applied"):
+                self._undone.append(UNDO_ACTION[compensation])
         self._state = "COMPENSATED"
 
     @workflow.query(name="getStatus")

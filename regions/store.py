@@ -13,8 +13,9 @@ Idempotency lives here, inside one transaction with the effect it guards:
   (a worker killed after the commit, before Temporal heard of it) returns the counts it
   recorded the first time and writes nothing, so counts stay exact;
 - a booking effect is keyed by ``(booking id, action)`` in ``booking_effects``: a retried
-  charge finds its row and charges nothing. Every call, done or not, is logged in
-  ``booking_calls`` (so tests can tell "retried" from "applied twice").
+  charge finds its row and charges nothing; a compensation with nothing to undo leaves a
+  tombstone so the step it undoes can no longer land late. Every call, done or not, is
+  logged in ``booking_calls`` (so tests can tell "retried" from "applied twice").
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ _BOOKINGS_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS booking_calls (
         seq BIGINT NOT NULL, booking_id TEXT NOT NULL, action TEXT NOT NULL,
         attempt INTEGER NOT NULL, outcome TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS booking_tombstones (
+        booking_id TEXT NOT NULL, action TEXT NOT NULL, PRIMARY KEY (booking_id, action))""",
     """CREATE TABLE IF NOT EXISTS reservations (
         booking_id TEXT PRIMARY KEY, property_id TEXT NOT NULL, check_in TEXT NOT NULL,
         check_out TEXT NOT NULL, active INTEGER NOT NULL)""",
@@ -290,26 +293,46 @@ class BookingStore:
         attempt: int,
         detail: Mapping[str, Any],
         reservation: Mapping[str, str] | None = None,
-        cancels: str | None = None,
+        undoes: str | None = None,
     ) -> bool:
         """Record ``action`` of ``booking_id`` once; True when it was applied now, False
-        when it had been applied before (a retry). ``reservation`` also books the
-        property for the dates (BookingDeclined if taken by another active booking);
-        ``cancels`` names the action this one undoes (a reservation to release)."""
+        when it had been applied before (a retry) or, for a compensation, when there is
+        nothing to undo. ``reservation`` also books the property for the dates
+        (BookingDeclined if another active booking holds them).
+
+        A compensation (``undoes`` names the step it undoes) of a step that never took
+        effect leaves a tombstone instead: that step, arriving late (an attempt still in
+        flight when the saga gave up), is then refused rather than applied after its
+        compensation ran."""
         with self.db.transaction(lock=f"booking/{booking_id}") as tx:
             seq = _next_seq(tx, "booking_calls")
-            if tx.execute(
-                "SELECT 1 FROM booking_effects WHERE booking_id = ? AND action = ?",
-                (booking_id, action),
-            ):
+
+            def log(outcome: str) -> None:
                 tx.execute(
                     "INSERT INTO booking_calls VALUES (?, ?, ?, ?, ?)",
-                    (seq, booking_id, action, attempt, "already-done"),
+                    (seq, booking_id, action, attempt, outcome),
                 )
+
+            if _has(tx, "booking_effects", booking_id, action):
+                log("already-done")
                 return False
+            if undoes is not None and not _has(tx, "booking_effects", booking_id, undoes):
+                tx.execute(
+                    "INSERT INTO booking_tombstones VALUES (?, ?) "
+                    "ON CONFLICT (booking_id, action) DO NOTHING",
+                    (booking_id, undoes),
+                )
+                log("nothing-to-undo")
+                return False
+            if undoes is None and _has(tx, "booking_tombstones", booking_id, action):
+                # Rolled back with the transaction: the caller logs the refusal.
+                raise BookingDeclined(
+                    f"{action} of {booking_id} arrived after its compensation",
+                    kind="AlreadyCompensated",
+                )
             if reservation is not None:
                 self._reserve(tx, booking_id, reservation)
-            if cancels == "reserve":
+            if undoes == "reserve":
                 tx.execute("UPDATE reservations SET active = 0 WHERE booking_id = ?", (booking_id,))
             tx.execute(
                 "INSERT INTO booking_effects VALUES (?, ?, ?, ?, ?)",
@@ -321,10 +344,7 @@ class BookingStore:
                     json.dumps(detail, sort_keys=True),
                 ),
             )
-            tx.execute(
-                "INSERT INTO booking_calls VALUES (?, ?, ?, ?, ?)",
-                (seq, booking_id, action, attempt, "applied"),
-            )
+            log("applied")
         return True
 
     @staticmethod
@@ -375,6 +395,14 @@ class BookingStore:
         with self.db.transaction() as tx:
             rows = tx.execute("SELECT active FROM reservations WHERE booking_id = ?", (booking_id,))
         return None if not rows else bool(rows[0][0])
+
+
+def _has(tx: _Tx, table: str, booking_id: str, action: str) -> bool:
+    return bool(
+        tx.execute(
+            f"SELECT 1 FROM {table} WHERE booking_id = ? AND action = ?", (booking_id, action)
+        )
+    )
 
 
 def _next_seq(tx: _Tx, table: str) -> int:

@@ -261,3 +261,26 @@ def test_cli_describe_signal_cancel(dev: DevProcess, tmp_path: Path) -> None:
     again = meridian(dev.home, "cancel", *r, *ref)
     assert again.returncode == 1 and "FAILED_PRECONDITION" in again.stderr
     assert "CANCELED" in again.stderr and "Traceback" not in again.stderr
+
+
+async def test_a_cancelled_booking_undoes_a_step_whose_response_was_lost(
+    dev: DevProcess, client: MeridianClient
+) -> None:
+    """The reservation took effect but its first attempt "lost" the response; while the
+    retry waits, the booking is cancelled: the reservation is undone too (its
+    compensation was registered before the step ran), then the charge."""
+    booking_id, handle = await _book(client, transient_at="reserve")
+    store = bookings(dev, "eu-west")
+
+    async def reserved() -> bool:
+        return "reserve" in store.effects(booking_id)
+
+    await eventually(reserved, "the first reserve attempt's effect", timeout=30)
+    await handle.cancel()
+    outcome = await handle.outcome(timeout=60)
+    assert outcome.status == "CANCELED"
+    assert store.effects(booking_id) == ["charge", "reserve", "cancel_reservation", "refund"]
+    assert store.reservation_active(booking_id) is False
+    status = await handle.query("getStatus")
+    assert status["compensated"] == ["cancel_reservation", "refund"]
+    assert status["state"] == "COMPENSATED"

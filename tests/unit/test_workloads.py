@@ -182,7 +182,7 @@ def test_booking_effects_are_idempotent_and_reservations_exclusive(tmp_path: Pat
     with pytest.raises(BookingDeclined, match="already booked"):
         store.effect(booking_id="b2", action="reserve", attempt=1, reservation=overlapping,
                      **common)  # fmt: skip
-    store.effect(booking_id="b1", action="cancel_reservation", attempt=1, cancels="reserve",
+    store.effect(booking_id="b1", action="cancel_reservation", attempt=1, undoes="reserve",
                  **common)  # fmt: skip
     assert store.reservation_active("b1") is False
     assert store.effect(booking_id="b2", action="reserve", attempt=2, reservation=overlapping,
@@ -197,3 +197,14 @@ def test_store_location_never_prints_a_password() -> None:
     assert str(loc) == "postgresql://meridian@db.eu:5432/region"
     with pytest.raises(ValueError, match="postgresql"):
         StoreLocation(url="mysql://x")
+
+
+def test_a_compensation_with_nothing_to_undo_stops_a_late_step(tmp_path: Path) -> None:
+    store = BookingStore(StoreLocation(directory=tmp_path))
+    common: dict[str, Any] = {"booking_id": "b9", "tenant": "acme", "detail": {}}
+    assert not store.effect(action="refund", attempt=1, undoes="charge", **common)
+    with pytest.raises(BookingDeclined, match="after its compensation") as info:
+        store.effect(action="charge", attempt=2, **common)
+    assert info.value.kind == "AlreadyCompensated"
+    assert store.effects("b9") == []
+    assert [c[2] for c in store.calls("b9")] == ["nothing-to-undo"]
