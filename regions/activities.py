@@ -36,8 +36,8 @@ class ContactActivities:
     def describe_source(self, req: dict[str, Any]) -> dict[str, Any]:
         spec = req["source"]
         try:
-            if "records" in spec:
-                return {"total": len(spec["records"]) + int(spec.get("base", 0))}
+            if "count" in spec:
+                return {"total": int(spec["count"])}
             return {"total": sources.count(spec, self.roots)}
         except sources.InvalidSource as exc:
             raise _source_error(exc) from None

@@ -125,9 +125,12 @@ class ContactSyncWorkflow:
         self._state = state
         self._status = "RUNNING"
         if not carried:
+            records = p["source"].get("records")
+            # Inline records: the workflow knows their number; a file is counted where it is.
+            source = {"count": len(records)} if isinstance(records, list) else p["source"]
             described = await workflow.execute_activity(
                 DESCRIBE_SOURCE,
-                args=[{"source": self._remote_source(p, 0)}],
+                args=[{"source": source}],
                 start_to_close_timeout=timedelta(minutes=2),
                 retry_policy=CHUNK_RETRY,
                 result_type=dict,

@@ -84,7 +84,7 @@ async def test_worker_killed_mid_sync_finishes_with_exact_counts(
     changed, expected, _ = apply_chunk({}, list(enumerate(records)))
     counts = {k: result[k] for k in ("read", "inserted", "updated", "duplicate", "invalid")}
     assert counts == expected.as_dict()
-    assert result["read"] == 2000 and result["chunks"] == 20
+    assert result["read"] == result["total"] == 2000 and result["chunks"] == 20
     store = ContactStore(StoreLocation(directory=tmp_path / "store"))
     rows = store.contacts("acme")
     assert len(rows) == len({r["key"] for r in rows}) == len(changed)

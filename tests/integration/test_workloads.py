@@ -122,7 +122,12 @@ async def test_transient_chunk_failures_are_retried_and_applied_once(
         tenant=tenant, user_country="FR", data_class="pii",
     )  # fmt: skip
     result = await handle.result(timeout=60)
-    assert (result["inserted"], result["duplicate"], result["read"]) == (6, 1, 7)
+    assert (result["inserted"], result["duplicate"], result["read"], result["total"]) == (
+        6,
+        1,
+        7,
+        7,
+    )
     store = ContactStore(StoreLocation(directory=dev.home / "regions" / "eu-west"))
     chunks = store.chunks(result["sync_id"])
     # Each chunk failed twice (injected), then was applied on its third attempt, once.
