@@ -10,6 +10,8 @@ BENCHMARKS = {
     "contact_sync": "benchmarks.contact_sync",
     "core": "benchmarks.core",
     "failover": "benchmarks.failover",
+    "followups": "benchmarks.followups",
+    "profile": "benchmarks.profile",
     "propagation": "benchmarks.propagation",
     "router_vs_direct": "benchmarks.router_vs_direct",
 }

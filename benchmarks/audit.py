@@ -1,6 +1,9 @@
 """Audit log cost: durable records per second (fsync on, group commit) at several
-concurrencies, and the latency of a start with and without the audit log (same
-in-process router, same fresh dev server, alternated A/B rounds).
+concurrencies, without and with signed checkpoints published to a witness directory
+(every 0.1 s: 50 times the default, to make their cost visible); the latency of a start
+with the audit log, with the log plus checkpoints (default interval) and a signed
+receipt, and without the log (same in-process router, same fresh dev server, alternated
+A/B rounds); and what one receipt signature and one checkpoint round cost.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from benchmarks.common import emit, machine, render
 from benchmarks.fleet import Fleet
 from router.app import Router
 from router.audit import AuditLog, AuditSink, MemoryAuditSink
+from router.audit.checkpoint import Checkpointer, ReceiptSigner
+from router.audit.signing import SigningKey
+from router.audit.witness import DirectoryWitness
 from router.codec import FileKeyProvider
 from router.config.sources import ConfigSources
 from router.core.model import DataClass, Priority
@@ -33,9 +39,21 @@ RECORD = {
 }  # fmt: skip
 
 
-async def records_per_second(directory: Path, concurrency: int, n: int) -> tuple[float, float]:
+async def records_per_second(
+    directory: Path, concurrency: int, n: int, checkpoint_every: float = 0.0
+) -> tuple[float, float]:
+    """Durable records/s and append p50; with ``checkpoint_every`` a checkpointer signs
+    and publishes to a witness directory that often meanwhile."""
     log = AuditLog(directory)
     log.open()
+    checkpointer = None
+    if checkpoint_every:
+        checkpointer = Checkpointer(
+            log, SigningKey.generate(), replica_id="bench",
+            witnesses=[DirectoryWitness(directory.parent / f"{directory.name}-witness")],
+            interval=checkpoint_every,
+        )  # fmt: skip
+        checkpointer.start()
     latencies: list[float] = []
 
     async def worker(count: int) -> None:
@@ -47,8 +65,40 @@ async def records_per_second(directory: Path, concurrency: int, n: int) -> tuple
     start = time.perf_counter()
     await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
     elapsed = time.perf_counter() - start
+    if checkpointer is not None:
+        await checkpointer.close()
     await log.close()
     return len(latencies) / elapsed, statistics.median(latencies)
+
+
+async def checkpoint_costs(directory: Path, n: int = 200) -> dict[str, float]:
+    """Median cost of signing one receipt, and of one checkpoint round (sign, publish to
+    a witness directory with fsync, append its record)."""
+    key = SigningKey.generate()
+    log = AuditLog(directory)
+    log.open()
+    receipt = await log.append(RECORD)
+    signer = ReceiptSigner(key, "0" * 32)
+    signs = []
+    for _ in range(n):
+        t = time.perf_counter()
+        signer.sign(receipt)
+        signs.append(time.perf_counter() - t)
+    checkpointer = Checkpointer(
+        log, key, replica_id="bench", witnesses=[DirectoryWitness(directory / "witness")],
+        interval=0,
+    )  # fmt: skip
+    rounds = []
+    for i in range(n // 4):
+        await log.append({**RECORD, "workflow_id": f"cp-{i}"})
+        t = time.perf_counter()
+        await checkpointer.checkpoint()
+        rounds.append(time.perf_counter() - t)
+    await log.close()
+    return {
+        "receipt_sign_us": statistics.median(signs) * 1e6,
+        "checkpoint_round_ms": statistics.median(rounds) * 1e3,
+    }
 
 
 def start_input() -> StartInput:
@@ -60,10 +110,15 @@ def start_input() -> StartInput:
 
 
 async def start_latencies(m: Router, n: int) -> list[float]:
+    """Each start as the servicer runs it: the start, then its receipt signed (when the
+    router has a checkpointer)."""
     out = []
+    signer = m.checkpointer.receipts if m.checkpointer is not None else None
     for _ in range(n):
         t = time.perf_counter()
-        await m.starts.start(start_input(), remaining=None)
+        res = await m.starts.start(start_input(), remaining=None)
+        if signer is not None and res.receipt is not None:
+            signer.sign(res.receipt)
         out.append(time.perf_counter() - t)
     return out
 
@@ -75,8 +130,14 @@ async def run(records: int, starts: int, rounds: int) -> dict[str, Any]:
         rates = []
         for c in (1, 32, 256):
             rate, p50 = await records_per_second(home / f"log-{c}", c, records)
-            rates.append({"concurrency": c, "records_per_s": rate, "append_p50_ms": p50 * 1e3})
+            cp_rate, cp_p50 = await records_per_second(home / f"cp-{c}", c, records, 0.1)
+            rates.append({
+                "concurrency": c, "records_per_s": rate, "append_p50_ms": p50 * 1e3,
+                "with_checkpoints_records_per_s": cp_rate,
+                "with_checkpoints_append_p50_ms": cp_p50 * 1e3,
+            })  # fmt: skip
         result["records"] = rates
+        result["checkpoint_costs"] = await checkpoint_costs(home / "costs")
 
         fleet = Fleet.create(home / "fleet", {"eu-west": ("eu", 1)}, {"eu": ["DE"]})
         fleet.write_config()
@@ -89,13 +150,26 @@ async def run(records: int, starts: int, rounds: int) -> dict[str, Any]:
             keys = FileKeyProvider(fleet.keys_dir)
             durable = AuditLog(home / "router-audit")
             durable.open()
+            witnessed = AuditLog(home / "router-audit-cp")
+            witnessed.open()
+            checkpointer = Checkpointer(
+                witnessed, SigningKey.generate(), replica_id="bench",
+                witnesses=[DirectoryWitness(home / "witness")],
+                interval=float(config.document.audit.checkpoint_interval_s),
+            )  # fmt: skip
+            checkpointer.start()
             sinks: dict[str, AuditSink] = {
                 "with audit": durable,
+                "with audit + checkpoints + signed receipt": witnessed,
                 "without audit": MemoryAuditSink(),
             }
             routers = {
-                name: Router(sources, config, keys, audit=sink) for name, sink in sinks.items()
-            }
+                name: Router(
+                    sources, config, keys, audit=sink,
+                    checkpointer=checkpointer if sink is witnessed else None,
+                )
+                for name, sink in sinks.items()
+            }  # fmt: skip
             for m in routers.values():
                 await m.start(first_probe_timeout=5)
                 await start_latencies(m, 50)  # warm up connections and caches
@@ -105,7 +179,10 @@ async def run(records: int, starts: int, rounds: int) -> dict[str, Any]:
                     samples[name] += await start_latencies(m, starts // rounds)
             for m in routers.values():
                 await m.close()
+            await checkpointer.close()
+            result["checkpointed_up_to_seq"] = checkpointer.status().checkpoint_seq
             await durable.close()
+            await witnessed.close()
         finally:
             cluster.terminate()
         result["starts"] = [
@@ -124,11 +201,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args.records, args.starts, args.rounds))
-    t1 = render(["concurrency", "durable records/s", "append p50 ms"], [
-        (r["concurrency"], f"{r['records_per_s']:,.0f}", f"{r['append_p50_ms']:.3f}")
+    t1 = render(["concurrency", "durable records/s", "append p50 ms",
+                 "with checkpoints every 0.1 s: records/s", "append p50 ms"], [
+        (r["concurrency"], f"{r['records_per_s']:,.0f}", f"{r['append_p50_ms']:.3f}",
+         f"{r['with_checkpoints_records_per_s']:,.0f}",
+         f"{r['with_checkpoints_append_p50_ms']:.3f}")
         for r in result["records"]
     ])  # fmt: skip
     t2 = render(["start (in-process router)", "n", "p50 ms", "p99 ms"], [
         (s["mode"], s["n"], f"{s['p50_ms']:.2f}", f"{s['p99_ms']:.2f}") for s in result["starts"]
     ])  # fmt: skip
-    emit(result, args.json, f"{t1}\n\n{t2}")
+    costs = result["checkpoint_costs"]
+    t3 = (
+        f"one receipt signature (Ed25519): {costs['receipt_sign_us']:.0f} µs; one checkpoint "
+        f"round (sign, publish to a witness directory with fsync, record): "
+        f"{costs['checkpoint_round_ms']:.2f} ms"
+    )
+    emit(result, args.json, f"{t1}\n\n{t2}\n\n{t3}")

@@ -98,15 +98,24 @@ class TLSConfig:
 
 @dataclass(frozen=True)
 class AuditReceipt:
-    """Where the router's audit log recorded it (``meridian audit query --seq N``)."""
+    """Where the router's audit log recorded it (``meridian audit query --seq N``); a
+    start's receipt is signed (``chain_id``, ``key_id``, ``signature``): keep it, and
+    ``meridian audit prove`` shows an auditor where the workflow was placed."""
 
     sequence: int
     hash: str
     file: str
+    chain_id: str = ""
+    key_id: str = ""
+    signature: bytes = field(default=b"", repr=False)
+    raw: pb.AuditReceipt | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, msg: pb.AuditReceipt) -> AuditReceipt:
-        return cls(sequence=msg.sequence, hash=msg.hash, file=msg.file)
+        return cls(
+            sequence=msg.sequence, hash=msg.hash, file=msg.file, chain_id=msg.chain_id,
+            key_id=msg.key_id, signature=msg.signature, raw=msg,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from router.audit.checkpoint import CheckpointStatus
 from router.clusters import ClusterState
 from router.config.runtime import ConfigController
 from router.config.settings import ResolvedConfig
@@ -43,11 +44,14 @@ class Admin:
         clusters: ClusterState,
         gateway: Gateway,
         live_status: Callable[[], LiveStatus] | None = None,
+        *,
+        checkpoints: Callable[[], CheckpointStatus] | None = None,
     ) -> None:
         self._config = config
         self._clusters = clusters
         self._gateway = gateway
         self._live_status = live_status
+        self._checkpoints = checkpoints
 
     # -- what the status view shows -------------------------------------------------
 
@@ -73,6 +77,10 @@ class Admin:
 
     def live(self) -> LiveStatus | None:
         return self._live_status() if self._live_status is not None else None
+
+    def checkpoints(self) -> CheckpointStatus | None:
+        """The audit chain's signed checkpoints and witnesses (None: checkpoints off)."""
+        return self._checkpoints() if self._checkpoints is not None else None
 
     # -- flips -------------------------------------------------------------------------
 

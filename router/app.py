@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from router import metrics
 from router.admin import Admin
 from router.audit import AuditSink
+from router.audit.checkpoint import Checkpointer
 from router.clusters import ClusterState
 from router.codec import KeyProvider
 from router.config.runtime import ConfigController, RuntimeConfig
@@ -50,11 +51,14 @@ class Router:
         live_status: Callable[[], LiveStatus] | None = None,
         early_rejections: Sequence[ConfigError] = (),
         homes: HomeRefs | None = None,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         """``config``: what ``sources`` resolve to now (the caller opened the audit log
         with its settings); ``early_rejections``: changes rejected before the audit log
         was open (audited on start); ``homes``: the replicas' shared home-reference key
-        (None: a key of this process alone, for in-process use)."""
+        (None: a key of this process alone, for in-process use); ``checkpointer``: the
+        audit log's signed checkpoints (the caller starts and closes it with the log),
+        which also signs receipts."""
         self._early_rejections = tuple(early_rejections)
         self.audit = audit
         self.config = ConfigController(sources, config, keys=keys, audit=audit)
@@ -70,7 +74,11 @@ class Router:
             locations,
             homes if homes is not None else HomeRefs((secrets.token_bytes(32),)),
         )
-        self.admin = Admin(self.config, self.clusters, self.gateway, live_status)
+        self.checkpointer = checkpointer
+        self.admin = Admin(
+            self.config, self.clusters, self.gateway, live_status,
+            checkpoints=checkpointer.status if checkpointer is not None else None,
+        )  # fmt: skip
         pool = self.pool
 
         async def sync_pool(runtime: RuntimeConfig) -> None:

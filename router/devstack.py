@@ -217,8 +217,11 @@ class DevStack:
         say: Say = print,
         persist: bool = False,
         ui: Mapping[str, int] | None = None,
+        witness_dir: Path | None = None,
     ) -> None:
+        """``witness_dir``: where the codec servers publish their audit checkpoints."""
         self.config = config
+        self.witness_dir = witness_dir
         self.config_path = config_path
         self.home = home
         self.keys_dir = keys_dir
@@ -420,6 +423,8 @@ class DevStack:
             ]  # fmt: skip
             for origin in self._ui_origins_of(r.name):
                 argv += ["--dev-loopback-ui", origin]
+            if self.witness_dir is not None:
+                argv += ["--witness-dir", str(self.witness_dir)]
             await self._spawn(f"codec-{r.name}", argv)
         await asyncio.gather(*(self._wait_codec(r.name, r.codec_server or "") for r in regions))
 

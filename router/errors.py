@@ -19,7 +19,8 @@ maps to::
     │   ├── ClusterUnavailable           a Temporal cluster (may_have_reached says if sent)
     │   ├── AuditUnavailable             the audit log cannot be written: nothing acts
     │   ├── FlipStoreUnavailable         the failover state file cannot be written
-    │   └── ConsulUnavailable            Consul did not answer; the router keeps serving
+    │   ├── ConsulUnavailable            Consul did not answer; the router keeps serving
+    │   └── WitnessUnavailable           an audit witness did not take a checkpoint
     ├── DeadlineExceeded                 DEADLINE_EXCEEDED
     ├── WorkflowNotFound                 NOT_FOUND
     ├── WorkflowIdTaken                  ALREADY_EXISTS     the id is another tenant's run
@@ -126,6 +127,17 @@ class FlipStoreUnavailable(Unavailable):
 
 class ConsulUnavailable(Unavailable):
     """Consul did not answer (or answered with an error); the router keeps serving."""
+
+
+class WitnessUnavailable(Unavailable):
+    """An audit witness did not take a checkpoint: it failed, or it ``refused`` one
+    that would move it backwards (or contradict what it holds). Retried; never blocks
+    a start."""
+
+    def __init__(self, message: str, *, witness: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.witness = witness
+        self.refused = refused
 
 
 class DeadlineExceeded(MeridianError):

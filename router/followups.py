@@ -1,6 +1,7 @@
 """Operations on workflows that exist: locate, describe, signal, query, cancel, result.
 
-A follow-up names a workflow by id and tenant. Its home is found, cheapest first:
+A follow-up names a workflow by id and tenant. A home reference it carries must open for
+them (else NOT_FOUND, as for an unknown id). Its home is found, cheapest first:
 1. the location cache (this replica started or found it): one describe, or none;
 2. the home reference the caller kept from the start (``WorkflowRef.home``, see
    ``router.homes``): that cluster, then only the rest of its region;
@@ -59,6 +60,15 @@ class Ref:
     data_class: DataClass | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Hints:
+    """What a checked reference says about where to look: the home its reference
+    names (opened), or the start's routing inputs."""
+
+    home: Home | None
+    inputs: RouteRequest | None
+
+
 class _Trace:
     """How one follow-up found its home, and how many Temporal calls it made (the
     ``meridian_followup_temporal_calls`` histogram: how far follow-ups fan out)."""
@@ -89,18 +99,25 @@ class Followups:
             workflow_id, loc.tenant_id, Home(loc.region, loc.cluster, loc.namespace)
         )
 
-    def _check_ref(self, ref: Ref) -> RouteRequest | None:
-        """Check the reference; return the routing inputs it carries, if any."""
+    def _check_ref(self, ref: Ref) -> _Hints:
+        """Check the reference. A home reference that does not open for this workflow
+        and tenant is NOT_FOUND here, before any cache or cluster is consulted, worded
+        exactly as for an unknown id."""
         table = self._config.config.table
         check_workflow_id(ref.workflow_id, table, required=True)
         check_name("tenant_id", ref.tenant_id, limit=table.limits.max_tenant_id_length)
         check_name("run_id", ref.run_id, limit=64, required=False)
-        if len(ref.home) > MAX_LENGTH:
-            raise InvalidArgument(
-                field="home",
-                reason=f"{len(ref.home)} characters; a home reference is at most {MAX_LENGTH}",
-            )
-        return _inputs(ref, table)
+        home: Home | None = None
+        if ref.home:
+            if len(ref.home) > MAX_LENGTH:
+                raise InvalidArgument(
+                    field="home",
+                    reason=f"{len(ref.home)} characters; a home reference is at most {MAX_LENGTH}",
+                )
+            home = self._homes.open(ref.home, ref.workflow_id, ref.tenant_id)
+            if home is None:
+                raise not_found(ref.workflow_id, ref.tenant_id)
+        return _Hints(home, _inputs(ref, table))
 
     def _deadline(self, remaining: float | None) -> float:
         """One deadline for a whole follow-up (it may take a describe, a search and the
@@ -142,17 +159,17 @@ class Followups:
 
     async def locate(self, ref: Ref, *, remaining: float | None) -> tuple[Location, WorkflowInfo]:
         """The workflow's home and its description."""
-        inputs = self._check_ref(ref)
+        hints = self._check_ref(ref)
         trace = _Trace()
         try:
-            return await self._locate(ref, inputs, self._deadline(remaining), trace, cached=True)
+            return await self._locate(ref, hints, self._deadline(remaining), trace, cached=True)
         finally:
             _record("describe", trace)
 
     async def _locate(
         self,
         ref: Ref,
-        inputs: RouteRequest | None,
+        hints: _Hints,
         deadline: float,
         trace: _Trace,
         *,
@@ -174,12 +191,12 @@ class Followups:
             else:
                 if info.memo is not None and info.memo.tenant_id == ref.tenant_id:
                     return loc, info
-        if ref.home:
+        if hints.home is not None:
             trace.path = "home"
-            found = await self._from_home(ref, deadline, trace)
-        elif inputs is not None:
+            found = await self._from_home(ref, hints.home, deadline, trace)
+        elif hints.inputs is not None:
             trace.path = "inputs"
-            found = await self._from_inputs(ref, inputs, deadline, trace)
+            found = await self._from_inputs(ref, hints.inputs, deadline, trace)
         else:
             trace.path = "search"
             found = await self._search(ref, self._tenant_pairs(ref.tenant_id), deadline, trace)
@@ -187,15 +204,10 @@ class Followups:
         return found
 
     async def _from_home(
-        self, ref: Ref, deadline: float, trace: _Trace
+        self, ref: Ref, home: Home, deadline: float, trace: _Trace
     ) -> tuple[Location, WorkflowInfo]:
         """The reference's cluster; if the workflow is not there (or it cannot be
-        asked), the other clusters of its region (a standby that took it over). A
-        reference that does not open for this workflow and tenant: NOT_FOUND, worded
-        exactly as for an unknown id."""
-        home = self._homes.open(ref.home, ref.workflow_id, ref.tenant_id)
-        if home is None:
-            raise not_found(ref.workflow_id, ref.tenant_id)
+        asked), the other clusters of its region (a standby that took it over)."""
         table = self._config.config.table
         region = table.regions.get(home.region)
         cluster = table.clusters.get(home.cluster)
@@ -248,7 +260,7 @@ class Followups:
         long-lived, and only the run's memo says whose the run is now); when
         ``needs_open`` names the operation, a closed run is FAILED_PRECONDITION naming
         its status."""
-        inputs = self._check_ref(ref)
+        hints = self._check_ref(ref)
         deadline = self._deadline(remaining)
         loc = self._locations.get(ref.workflow_id, ref.tenant_id)
         if loc is not None:
@@ -258,7 +270,7 @@ class Followups:
             except (WorkflowNotFound, ClusterUnavailable) as exc:
                 if isinstance(exc, ClusterUnavailable) and exc.may_have_reached:
                     raise  # it may have happened: never done twice
-        loc, info = await self._locate(ref, inputs, deadline, trace, cached=False)
+        loc, info = await self._locate(ref, hints, deadline, trace, cached=False)
         if needs_open:
             _require_open(ref, info, needs_open)
         trace.calls += 1
@@ -266,7 +278,7 @@ class Followups:
             return loc, await op(loc, self._left(deadline))
         except WorkflowNotFound:
             if needs_open:  # it closed between the describe and the operation
-                _, info = await self._locate(ref, inputs, deadline, trace, cached=False)
+                _, info = await self._locate(ref, hints, deadline, trace, cached=False)
                 _require_open(ref, info, needs_open)
             raise
 
@@ -309,11 +321,11 @@ class Followups:
 
     async def cancel(self, ref: Ref, *, remaining: float | None) -> Location:
         # Described first, always: Temporal accepts a cancel of a closed run silently.
-        inputs = self._check_ref(ref)
+        hints = self._check_ref(ref)
         deadline = self._deadline(remaining)
         trace = _Trace()
         try:
-            loc, info = await self._locate(ref, inputs, deadline, trace, cached=True)
+            loc, info = await self._locate(ref, hints, deadline, trace, cached=True)
             _require_open(ref, info, "cancel")
             trace.calls += 1
             try:
@@ -321,7 +333,7 @@ class Followups:
                     loc.target(ref.workflow_id, ref.run_id), timeout=self._left(deadline)
                 )
             except WorkflowNotFound:
-                _, info = await self._locate(ref, inputs, deadline, trace, cached=False)
+                _, info = await self._locate(ref, hints, deadline, trace, cached=False)
                 _require_open(ref, info, "cancel")  # it closed in between
                 raise
         finally:
@@ -332,11 +344,11 @@ class Followups:
         self, ref: Ref, *, remaining: float | None
     ) -> tuple[Location, WorkflowInfo, ResultOutcome]:
         began = time.monotonic()
-        inputs = self._check_ref(ref)
+        hints = self._check_ref(ref)
         trace = _Trace()
         try:
             loc, info = await self._locate(
-                ref, inputs, self._deadline(remaining), trace, cached=True
+                ref, hints, self._deadline(remaining), trace, cached=True
             )
             target = loc.target(ref.workflow_id, info.run_id)
             left = None if remaining is None else remaining - (time.monotonic() - began)

@@ -80,7 +80,12 @@ class RouterServer:
         )
         self._health = health.aio.HealthServicer()
         pb_grpc.add_WorkflowRouterServicer_to_server(
-            WorkflowRouterServicer(router.starts, router.followups), self._server
+            WorkflowRouterServicer(
+                router.starts,
+                router.followups,
+                router.checkpointer.receipts if router.checkpointer is not None else None,
+            ),
+            self._server,
         )
         pb_grpc.add_RoutingAdminServicer_to_server(RoutingAdminServicer(router.admin), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

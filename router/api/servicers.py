@@ -25,6 +25,7 @@ from router.api.auth import PRINCIPAL
 from router.api.status import abort, status_of
 from router.api.values import args_to_python, from_python
 from router.audit import Receipt
+from router.audit.checkpoint import CheckpointStatus, ReceiptSigner
 from router.core.authz import AuthMethod, Principal
 from router.core.failover import RegionState
 from router.core.model import DataClass, Decision, Priority, Role, WorkflowStatus
@@ -170,11 +171,16 @@ def _timestamp(value: datetime | None, out: Timestamp) -> None:
         out.FromDatetime(value)
 
 
-def _receipt(receipt: Receipt | None, out: Any) -> None:
+def _receipt(receipt: Receipt | None, out: Any, signer: ReceiptSigner | None = None) -> None:
     if receipt is not None:
         out.receipt.sequence, out.receipt.hash, out.receipt.file = (
             receipt.sequence, receipt.hash, receipt.file,
         )  # fmt: skip
+        if signer is not None:
+            signed = signer.sign(receipt)
+            out.receipt.chain_id, out.receipt.key_id, out.receipt.signature = (
+                signed.chain_id, signed.key_id, signed.signature,
+            )  # fmt: skip
 
 
 def _trace_id(context: grpc.aio.ServicerContext) -> str:
@@ -194,9 +200,13 @@ def _remaining(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
-    def __init__(self, starts: Starter, followups: Followups) -> None:
+    def __init__(
+        self, starts: Starter, followups: Followups, receipts: ReceiptSigner | None = None
+    ) -> None:
+        """``receipts``: signs the receipt each start (and explain) returns."""
         self._starts = starts
         self._followups = followups
+        self._receipts = receipts
 
     def _location(self, workflow_id: str, loc: Location, out: pb.WorkflowLocation) -> None:
         _location(loc, out)
@@ -260,7 +270,7 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
         )
         decision_pb(res.decision, resp.decision)
         _receipt(res.decision_receipt, resp.decision)
-        _receipt(res.receipt, resp)
+        _receipt(res.receipt, resp, self._receipts)
         return resp
 
     @handler
@@ -271,7 +281,7 @@ class WorkflowRouterServicer(pb_grpc.WorkflowRouterServicer):
             start_input(request), principal=PRINCIPAL.get(), trace_id=_trace_id(context)
         )
         out = decision_pb(decision)
-        _receipt(receipt, out)
+        _receipt(receipt, out, self._receipts)
         return out
 
     @handler
@@ -466,9 +476,26 @@ def topology_pb(m: Admin) -> pb.Topology:
         topo.replica_id = topo.leader = "local"
         topo.is_leader = True
     topo.config_pending = m.config_pending
+    checkpoints = m.checkpoints()
+    if checkpoints is not None:
+        _checkpoints_pb(checkpoints, topo.audit_checkpoints)
     if m.last_rejected is not None:
         at, error = m.last_rejected
         topo.last_rejected.time.FromNanoseconds(int(at * 1e9))
         topo.last_rejected.source = error.source
         topo.last_rejected.errors.extend(str(e) for e in error.errors)
     return topo
+
+
+def _checkpoints_pb(c: CheckpointStatus, out: pb.AuditCheckpoints) -> None:
+    out.chain_id, out.key_id, out.interval_seconds = c.chain_id, c.key_id, c.interval
+    out.log_seq, out.checkpoint_seq = c.log_seq, c.checkpoint_seq
+    if c.checkpoint_time is not None:
+        out.checkpoint_time.FromNanoseconds(int(c.checkpoint_time * 1e9))
+    for w in c.witnesses:
+        item = out.witnesses.add(
+            name=w.name, published_seq=w.published_seq, last_error=w.last_error,
+            failures=w.failures,
+        )  # fmt: skip
+        if w.last_published is not None:
+            item.last_published.FromNanoseconds(int(w.last_published * 1e9))

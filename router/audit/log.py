@@ -164,6 +164,11 @@ class AuditLog:
     def sequence(self) -> int:
         return self._seq
 
+    @property
+    def head(self) -> tuple[int, str]:
+        """The last durable record's (seq, hash): what a checkpoint covers."""
+        return self._seq, self._last
+
     # -- appending ---------------------------------------------------------------------
 
     async def append(self, record: Mapping[str, Any]) -> Receipt:

@@ -207,3 +207,43 @@ def flip_record(event: AuditEvent) -> dict[str, Any]:
         "forced": event.forced,
         "health": _health(event.health),
     }
+
+
+def checkpoint_record(
+    *,
+    chain_id: str,
+    replica_id: str,
+    checkpoint_seq: int,
+    checkpoint_hash: str,
+    checkpoint_time: str,
+    digest: str,
+    key_id: str,
+    witnesses: dict[str, str],
+) -> dict[str, Any]:
+    """A signed checkpoint of this chain was made and published: what it covers, and each
+    witness's outcome ("published" or "failed: why")."""
+    return {
+        "kind": "audit.checkpoint",
+        "chain_id": chain_id,
+        "replica_id": replica_id,
+        "checkpoint_seq": checkpoint_seq,
+        "checkpoint_hash": checkpoint_hash,
+        "checkpoint_time": checkpoint_time,
+        "checkpoint_digest": digest,
+        "key_id": key_id,
+        "witnesses": witnesses,
+    }
+
+
+def witness_record(
+    *, chain_id: str, witness: str, outcome: str, checkpoint_seq: int, failures: int
+) -> dict[str, Any]:
+    """A witness that had failed took the latest checkpoint (``outcome`` "recovered")."""
+    return {
+        "kind": "audit.witness",
+        "chain_id": chain_id,
+        "witness": witness,
+        "outcome": outcome,
+        "checkpoint_seq": checkpoint_seq,
+        "failures": failures,
+    }

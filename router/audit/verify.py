@@ -13,7 +13,7 @@ deleted, reordered, inserted, spliced, truncated, or a corrupted line. A torn fi
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,9 +40,17 @@ class VerifyResult:
     files: int = 0
     last_seq: int = 0
     last_hash: str = GENESIS
+    # Where the last record is: (file name, line).
+    last_at: tuple[str, int] = ("-", 0)
     algs: set[str] = field(default_factory=set)
     problem: Problem | None = None
     notes: list[str] = field(default_factory=list)
+    # The records asked for by seq (``verify(seqs=...)``): (hash, file, line) of each.
+    found: dict[int, tuple[str, str, int]] = field(default_factory=dict)
+    # The chain id the log's checkpoint records name ("" when none does), and what the
+    # witnesses say about it (``router.audit.proof``; None when not asked).
+    chain_id: str = ""
+    witness: Any = None
 
     @property
     def ok(self) -> bool:
@@ -97,8 +105,14 @@ def _lines(files: Sequence[Path]) -> list[_Line]:
 
 
 def verify(
-    paths: Iterable[Path], *, key: bytes | None = None, head: dict[str, Any] | None = None
+    paths: Iterable[Path],
+    *,
+    key: bytes | None = None,
+    head: dict[str, Any] | None = None,
+    seqs: Collection[int] = (),
 ) -> VerifyResult:
+    """``seqs``: records whose (hash, file, line) to keep in ``found`` (a checkpoint's,
+    a receipt's)."""
     files, found_head = expand(paths)
     head = head if head is not None else found_head
     result = VerifyResult(files=len(files))
@@ -157,13 +171,23 @@ def verify(
                 return fail(ln, "deleted", f"{where}records {missing} are missing")
             return fail(ln, "inserted", f"{where}seq {seq} appears again after seq {expected - 1} "
                                         "(a duplicated or replayed record)")  # fmt: skip
-        if rec.get("kind") == "log.recovered":
+        rkind = rec.get("kind")
+        if rkind == "audit.checkpoint" and isinstance(rec.get("chain_id"), str):
+            if not result.chain_id:
+                result.chain_id = rec["chain_id"]
+            elif rec["chain_id"] != result.chain_id:
+                return fail(ln, "spliced", f"it names chain {rec['chain_id']}, but the checkpoint "
+                                           f"records before it name {result.chain_id}")  # fmt: skip
+        if seq in seqs:
+            result.found[seq] = (rhash, ln.file.name, ln.number)
+        if rkind == "log.recovered":
             result.notes.append(f"{ln.file.name}:{ln.number} seq {seq}: {rec.get('note', '')}")
             if "head_seq" in rec:
                 return fail(ln, "truncated", rec.get("note", "records were missing at restart"))
         expected, last = seq + 1, rhash
         result.records += 1
         result.last_seq, result.last_hash = seq, rhash
+        result.last_at = (ln.file.name, ln.number)
     if head is not None and isinstance(head.get("seq"), int):
         if head["seq"] > result.last_seq:
             tail = lines[-1] if lines else None

@@ -226,34 +226,219 @@ def _chain_json(directory: Path, result: VerifyResult) -> dict[str, Any]:
         "problem": None if p is None else {
             "file": p.file, "line": p.line, "seq": p.seq, "kind": p.kind, "detail": p.detail,
         },
+        "chain_id": result.chain_id,
+        "witness": result.witness.to_json() if result.witness is not None else None,
     }  # fmt: skip
+
+
+def _public_keys(args: argparse.Namespace) -> tuple[Any, list[str]]:
+    """The public keys witnessed signatures are checked with: --public-key files, else
+    the local signing key's (a convenience on the router's own machine, said so)."""
+    from router.audit.signing import SIGNING_KEY, PublicKeys, load_signing_key
+    from router.paths import keys_dir
+
+    if args.public_key:
+        return PublicKeys.load(Path(p) for p in args.public_key), []
+    local = keys_dir(None) / SIGNING_KEY
+    if local.exists():
+        key = load_signing_key(local)
+        return PublicKeys([key.public]), [
+            f"public key: the local signing key's ({local}, key id {key.key_id}); an auditor "
+            "pins its own copy with --public-key"
+        ]
+    return PublicKeys(), []
+
+
+def _evidence(args: argparse.Namespace) -> Any:
+    """Every checkpoint the witnesses given hold (--witness DIR..., --consul), with the
+    public keys' verdict on each; None when no witness is given."""
+    import asyncio
+
+    from router.audit.proof import Evidence
+    from router.audit.witness import Witnessed, read_consul, read_directory
+    from router.errors import ConsulUnavailable
+
+    if not args.witness and not args.consul:
+        return None
+    keys, notes = _public_keys(args)
+    found: list[Witnessed] = []
+    sources: list[str] = []
+    for d in args.witness:
+        got, more = read_directory(Path(d))
+        found += got
+        notes += more
+        sources.append(f"dir:{d}")
+    if args.consul:
+        client = _consul(args)
+
+        async def fetch() -> tuple[list[Witnessed], list[str]]:
+            try:
+                return await read_consul(client)
+            finally:
+                await client.close()
+
+        try:
+            got, more = asyncio.run(fetch())
+        except ConsulUnavailable as exc:
+            raise MeridianError(f"--consul: reading the witness: {exc.message}") from None
+        found += got
+        notes += more
+        a = client.address
+        sources.append(f"consul:{a.host}:{a.port}/{a.key('witness/')}")
+    return Evidence.of(found, keys, sources, notes)
+
+
+def _witness_line(r: VerifyResult) -> str:
+    w = r.witness.latest if r.witness is not None else None
+    if w is None:
+        return ""
+    cp = w.checkpoint
+    return (
+        f"; chain {r.chain_id} witnessed up to seq {cp.seq} by checkpoint {cp.digest[:16]} "
+        f"of {cp.time} (key {cp.key_id}) at {w.source}"
+    )
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from router.audit import verify_chains
+    from router.audit.proof import unverified_chains, verify_witnessed
 
-    # Each directory is its own chain (a replica's, a codec server's), verified alone.
-    results = verify_chains(_audit_paths(args), key=_audit_key(args))
+    # Each directory is its own chain (a replica's, a codec server's), verified alone;
+    # with witnesses, also against the checkpoints witnessed off the box.
+    evidence = _evidence(args)
+    paths, key = _audit_paths(args), _audit_key(args)
+    if evidence is None:
+        results = verify_chains(paths, key=key)
+    else:
+        results = verify_witnessed(paths, key=key, evidence=evidence)
+    others = unverified_chains(results, evidence) if evidence is not None else []
     if args.json:
         print(json.dumps({
             "ok": all(r.ok for _, r in results),
             "chains": [_chain_json(directory, r) for directory, r in results],
+            "witness": None if evidence is None else {
+                "sources": evidence.sources, "notes": evidence.notes,
+                "unverified_chains": others,
+            },
         }, indent=2))  # fmt: skip
     else:
+        for note in evidence.notes if evidence is not None else []:
+            print(f"note: witness: {note}")
         for directory, r in results:
             for note in r.notes:
                 print(f"note: {directory}: {note}")
             if r.problem is None:
                 algs = ", ".join(sorted(r.algs)) or "no records"
                 print(f"{directory}: OK: {r.records} records in {r.files} file(s), chain intact "
-                      f"({algs}); last seq {r.last_seq} hash {r.last_hash}")  # fmt: skip
+                      f"({algs}); last seq {r.last_seq} hash {r.last_hash}"
+                      f"{_witness_line(r)}")  # fmt: skip
             else:
                 print(f"{directory}: FAILED: {r.problem}")
+        for o in others:
+            print(f"note: the witness holds chain {o['chain_id']} (replica {o['replica_id']}, "
+                  f"up to seq {o['witnessed_seq']} at {o['time']}), which no directory given "
+                  "is: an earlier chain, or one not given")  # fmt: skip
+        if evidence is None:
+            print("note: no witness given (--witness DIR, --consul): each chain was checked "
+                  "against itself only")  # fmt: skip
     kinds = {r.problem.kind for _, r in results if r.problem is not None}
     # A broken chain outweighs one that could not be checked without its key.
     if kinds - {"key-required"}:
         return 1
     return 2 if kinds else 0
+
+
+def cmd_audit_prove(args: argparse.Namespace) -> int:
+    import sys
+
+    from router.audit.proof import ProofRefused, prove
+    from router.paths import meridian_home
+
+    if args.receipt == "-":
+        text = sys.stdin.read()
+    elif args.receipt.lstrip().startswith("{"):
+        text = args.receipt
+    else:
+        try:
+            text = Path(args.receipt).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MeridianError(f"{args.receipt}: cannot read it: {exc}") from None
+    evidence = _evidence(args)
+    directories = [Path(d) for d in args.audit_dir] or [meridian_home() / "audit"]
+
+    def refused(kind: str, reason: str) -> int:
+        if args.json:
+            print(json.dumps({"proven": False, "kind": kind, "reason": reason}, indent=2))
+        else:
+            print(f"REFUSED ({kind}): {reason}")
+        return 2 if kind == "key-required" else 1
+
+    if evidence is None:
+        return refused("key-required", "no witness given (--witness DIR, --consul): a receipt "
+                                       "is proven against the witness")  # fmt: skip
+    try:
+        doc = json.loads(text)
+        proof = prove(doc, directories=directories, key=_audit_key(args), evidence=evidence,
+                      keys=evidence.keys)  # fmt: skip
+    except ValueError as exc:
+        return refused("malformed", f"not JSON: {exc}")
+    except ProofRefused as exc:
+        return refused(exc.kind, exc.reason)
+    rec, cp, d = proof.record, proof.checkpoint.checkpoint, proof.decision
+    if args.json:
+        print(json.dumps({
+            "proven": True, "chain_id": proof.claim.chain_id, "seq": proof.claim.seq,
+            "hash": proof.claim.hash, "key_id": proof.claim.key_id,
+            "directory": str(proof.directory), "record": rec, "decision": d,
+            "checkpoint": {"seq": cp.seq, "time": cp.time, "digest": cp.digest,
+                           "source": proof.checkpoint.source},
+            "notes": proof.notes,
+        }, indent=2))  # fmt: skip
+        return 0
+    what = rec.get("kind", "?")
+    if what == "start.outcome":
+        what += (
+            f" of workflow {rec.get('workflow_id')} run {rec.get('run_id')} "
+            f"on cluster {rec.get('cluster')}"
+        )
+    print(
+        f"PROVEN: record seq {proof.claim.seq} of chain {proof.claim.chain_id} in "
+        f"{proof.directory}: {what}"
+    )
+    if d is not None:
+        print(
+            f"  decision seq {d['seq']}: zone {d.get('zone')}, region {d.get('region')}, "
+            f"cluster {d.get('cluster')}, namespace {d.get('namespace')}, rule {d.get('rule')}"
+        )
+    print(
+        f"  signed by key {proof.claim.key_id}; the record's hash matches; the chain verifies "
+        f"({', '.join(proof.algorithms)})"
+    )
+    print(
+        f"  witnessed: checkpoint seq {cp.seq} of {cp.time} (digest {cp.digest[:16]}) at "
+        f"{proof.checkpoint.source}"
+    )
+    return 0
+
+
+def cmd_audit_public_key(args: argparse.Namespace) -> int:
+    import sys
+
+    from router.audit.signing import SIGNING_KEY, load_signing_key
+    from router.paths import keys_dir
+
+    path = (
+        Path(args.signing_key_file)
+        if args.signing_key_file
+        else keys_dir(args.keys_dir) / SIGNING_KEY
+    )
+    key = load_signing_key(path)
+    if args.json:
+        print(json.dumps({"key_id": key.key_id, "public_key": key.public_pem()}, indent=2))
+    else:
+        sys.stdout.write(key.public_pem())
+        print(f"key id {key.key_id}", file=sys.stderr)
+    return 0
 
 
 def _filter(args: argparse.Namespace) -> Any:
@@ -397,8 +582,33 @@ def add_parsers(sub: Any) -> None:
     )
     av.add_argument("paths", nargs="*", help=paths_help)
     av.add_argument("--key-file", help="the audit HMAC key (or $MERIDIAN_AUDIT_KEY)")
+    witness_args(av)
     av.add_argument("--json", action="store_true", help="print the result as JSON")
     av.set_defaults(func=cmd_audit_verify)
+    prove = audit_sub.add_parser(
+        "prove", help="prove a start's receipt: its signature, its record, the witness"
+    )
+    prove.add_argument(
+        "receipt", metavar="RECEIPT_JSON",
+        help="a file holding the receipt JSON (or `meridian start --json` output), '-' for "
+        "stdin, or the JSON itself",
+    )  # fmt: skip
+    prove.add_argument(
+        "--audit-dir", action="append", default=[],
+        help="audit directories to find the receipt's chain in (repeatable; default "
+        "$MERIDIAN_HOME/audit)",
+    )  # fmt: skip
+    prove.add_argument("--key-file", help="the audit HMAC key (or $MERIDIAN_AUDIT_KEY)")
+    witness_args(prove)
+    prove.add_argument("--json", action="store_true", help="print the result as JSON")
+    prove.set_defaults(func=cmd_audit_prove)
+    pk = audit_sub.add_parser(
+        "public-key", help="print the audit signing key's public key (PEM) for auditors"
+    )
+    pk.add_argument("--keys-dir", help="where audit-signing.key is (default: as keys init)")
+    pk.add_argument("--signing-key-file", help="the signing key file itself")
+    pk.add_argument("--json", action="store_true", help='print {"key_id", "public_key"}')
+    pk.set_defaults(func=cmd_audit_public_key)
     aq = audit_sub.add_parser("query", help="find records")
     aq.add_argument("paths", nargs="*", help=paths_help)
     aq.add_argument("--workflow-id", help="records of this workflow")
@@ -454,3 +664,20 @@ def add_parsers(sub: Any) -> None:
     )
     cdiff.add_argument("--json", action="store_true", help="print the changes as JSON")
     cdiff.set_defaults(func=cmd_config_diff)
+
+
+def witness_args(sp: argparse.ArgumentParser) -> None:
+    """Where witnessed checkpoints are read from, and the keys that vouch for them."""
+    sp.add_argument(
+        "--witness", action="append", default=[], metavar="DIR",
+        help="a witness directory of signed checkpoints (repeatable)",
+    )  # fmt: skip
+    sp.add_argument(
+        "--consul", help="host:port of a Consul agent whose <prefix>witness/ keys to read"
+    )
+    sp.add_argument("--consul-prefix", default="meridian/", help="KV prefix (default meridian/)")
+    sp.add_argument(
+        "--public-key", action="append", default=[], metavar="FILE",
+        help="trusted public key(s) of the audit signing key, PEM (repeatable; default: the "
+        "local signing key's, if there is one)",
+    )  # fmt: skip

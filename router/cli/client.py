@@ -78,7 +78,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     if topo["config_pending"]:
         print(f"config change waiting to be applied (retried): {topo['config_pending']}")
     print(render_table(STATUS_HEADERS, status_rows(topo)))
+    for line in checkpoint_lines(topo.get("audit_checkpoints")):
+        print(line)
     return 0
+
+
+def checkpoint_lines(c: dict[str, Any] | None) -> list[str]:
+    """The audit chain's signed checkpoints and each witness, from a Topology's JSON."""
+    if c is None:
+        return []
+    when = c["checkpoint_time"] or "never"
+    lines = [
+        f"audit chain {c['chain_id']} (signing key {c['key_id']}): last checkpoint seq "
+        f"{c['checkpoint_seq']} at {when}; log at seq {c['log_seq']}; every "
+        f"{c['interval_seconds']:g} s while records are written"
+    ]
+    for w in c["witnesses"]:
+        if w["last_error"]:
+            state = f"FAILING ({w['failures']} attempts; retried with backoff): {w['last_error']}"
+        elif w["last_published"] is None:
+            state = "nothing published yet"
+        else:
+            state = f"ok, holds seq {w['published_seq']} ({w['last_published']})"
+        lines.append(f"  witness {w['name']}: {state}")
+    return lines
 
 
 STATUS_HEADERS = ["zone", "region", "cluster", "role", "health", "active", "endpoint", "last flip"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Callable
@@ -27,10 +28,61 @@ def _open_audit(config: Any, directory: Path, key_file: Path | None) -> Any:
     return log_
 
 
+def _checkpointer(
+    config: Any,
+    audit: Any,
+    *,
+    replica_id: str,
+    key_file: Path,
+    witness_dir: Path,
+    create_key: bool,
+    consul: Any = None,
+    warn_same_disk: bool = True,
+) -> Any:
+    """The audit log's signed checkpoints: the Ed25519 key (made on first run when
+    ``create_key``), the witness directory, and Consul's witness key when ``consul`` (a
+    ConsulClient) is given. Started here; the caller closes it before the log."""
+    import logging
+
+    from router.audit.checkpoint import Checkpointer, Witness
+    from router.audit.signing import ensure_signing_key, load_signing_key
+    from router.audit.witness import ConsulWitness, DirectoryWitness
+
+    if create_key:
+        key, made = ensure_signing_key(key_file)
+    else:
+        key, made = load_signing_key(key_file), False
+    logger = logging.getLogger("meridian")
+    if made:
+        logger.warning("generated the audit signing key %s (key id %s); give auditors its "
+                       "public key: meridian audit public-key", key_file, key.key_id)  # fmt: skip
+    witnesses: list[Witness] = [DirectoryWitness(witness_dir)]
+    if consul is not None:
+        witnesses.append(ConsulWitness(consul, replica_id))
+    with contextlib.suppress(OSError):
+        witness_dir.mkdir(parents=True, exist_ok=True)
+        if warn_same_disk and witness_dir.stat().st_dev == audit.directory.stat().st_dev:
+            logger.warning("audit witness %s is on the same filesystem as the log %s: it "
+                           "guards nothing against whoever owns this disk; put it on another "
+                           "volume or host", witness_dir, audit.directory)  # fmt: skip
+    checkpointer = Checkpointer(
+        audit, key, replica_id=replica_id, witnesses=witnesses,
+        interval=float(config.document.audit.checkpoint_interval_s),
+    )  # fmt: skip
+    checkpointer.start()
+    return checkpointer
+
+
+def _witness_dir(config: Any, explicit: str | None, default: Path) -> Path:
+    configured = config.document.audit.witness_dir
+    return Path(explicit or configured or default).resolve()
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from router import metrics
     from router.api.server import RouterServer
     from router.app import Router
+    from router.audit.signing import SIGNING_KEY
     from router.codec import FileKeyProvider
     from router.config.load import resolve_path
     from router.config.sources import ConfigSources
@@ -53,12 +105,16 @@ def cmd_dev(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(line, flush=True)
 
+    witness = _witness_dir(config, None, home / "witness")
+
     async def main(stop: asyncio.Event) -> None:
         stack = DevStack(
-            config, path, home=home, keys_dir=keys, say=say, persist=args.persist, ui=ui
-        )
+            config, path, home=home, keys_dir=keys, say=say, persist=args.persist, ui=ui,
+            witness_dir=witness,
+        )  # fmt: skip
         server: RouterServer | None = None
         audit: Any = None
+        checkpointer: Any = None
         say(f"meridian dev: config {path} (version {config.version}); logs in {stack.logs}")
         try:
             stack.ensure_secrets()
@@ -67,12 +123,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
                     return
             say(f"[4/4] starting the router on {args.host}:{args.port}")
             audit = _open_audit(config, home / "audit", keys / "audit.key")
+            checkpointer = _checkpointer(
+                config, audit, replica_id="dev", key_file=keys / SIGNING_KEY,
+                witness_dir=witness, create_key=False, warn_same_disk=False,
+            )  # fmt: skip
             router = Router(
                 sources,
                 config,
                 FileKeyProvider(keys),
                 audit=audit,
                 store=LocalStore(home / "state" / "failover.json"),
+                checkpointer=checkpointer,
             )
             server = RouterServer(
                 router, host=args.host, port=args.port,
@@ -87,7 +148,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                     f"(/metrics, /healthz, /readyz)")  # fmt: skip
             say(
                 f"audit log: {home / 'audit'} (verify: meridian audit verify {home / 'audit'} "
-                f"--key-file {keys / 'audit.key'})"
+                f"--key-file {keys / 'audit.key'} --witness {witness})"
             )
             # A child that crashes is reported by its watcher; the rest keep serving
             # (a dead cluster is a failure mode worth trying out) until Ctrl-C/SIGTERM.
@@ -96,6 +157,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
             say("stopping: router, workers, clusters ...")
             if server is not None:
                 await server.stop(grace=2.0)
+            if checkpointer is not None:
+                await checkpointer.close()
             if audit is not None:
                 await audit.close()
             await stack.stop()
@@ -149,6 +212,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from router import homes, metrics
     from router.api.server import RouterServer
     from router.app import Router
+    from router.audit.signing import SIGNING_KEY
     from router.codec import default_provider
     from router.config.load import resolve_path
     from router.config.sources import ConfigSources
@@ -184,6 +248,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             Path(args.audit_dir) if args.audit_dir else home / "audit",
             Path(args.audit_key_file) if args.audit_key_file else None,
         )
+        witness_consul = ConsulClient(live.client.address) if live is not None else None
+        checkpointer = _checkpointer(
+            first, audit, replica_id=replica,
+            key_file=Path(args.audit_signing_key_file or keys_dir(args.keys_dir) / SIGNING_KEY),
+            witness_dir=_witness_dir(first, args.witness_dir, audit.directory.parent / "witness"),
+            create_key=not args.audit_signing_key_file, consul=witness_consul,
+        )  # fmt: skip
         local = LocalStore(state_dir / "failover.json")
         router = Router(
             start_sources,
@@ -195,6 +266,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             live_status=live.status if live else None,
             early_rejections=[*problems, *rejected],
             homes=homes.load(keys_dir(args.keys_dir)),
+            checkpointer=checkpointer,
         )
         server = RouterServer(
             router, host=args.host, port=args.port,
@@ -229,6 +301,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if live is not None:
                 await live.stop()
             await server.stop(grace=args.grace)
+            await checkpointer.close()
+            if witness_consul is not None:
+                await witness_consul.close()
             await audit.close()
 
     exposition = None if args.no_metrics else metrics.setup("meridian-router")
@@ -307,6 +382,7 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from router.audit import auth_failure_record
+    from router.audit.signing import SIGNING_KEY
     from router.auth.codec import NamespaceTokens
     from router.codec import KeyRingHolder, RegionCodec, default_provider
     from router.codec.server import CodecServer
@@ -325,6 +401,11 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
     audit = _open_audit(
         config, audit_dir, Path(args.audit_key_file) if args.audit_key_file else None
     )
+    # Its chain is checkpointed when it has a witness and a signing key (a codec server
+    # holds its region's secrets only: the key is given to it, never made here).
+    signing_key = Path(args.audit_signing_key_file or keys_dir(args.keys_dir) / SIGNING_KEY)
+    witness = args.witness_dir or config.document.audit.witness_dir
+    checkpoints = bool(witness) and (bool(args.audit_signing_key_file) or signing_key.exists())
 
     async def auth_failed(remote: str, path: str, why: str) -> None:
         await audit.append(auth_failure_record(
@@ -361,7 +442,13 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
     async def main(stop: asyncio.Event) -> None:
         runner = web.AppRunner(server.app, access_log=None)
         await runner.setup()
+        checkpointer: Any = None
         try:
+            if checkpoints:
+                checkpointer = _checkpointer(
+                    config, audit, replica_id=f"codec-{region.name}", key_file=signing_key,
+                    witness_dir=_witness_dir(config, witness, audit_dir), create_key=False,
+                )  # fmt: skip
             site = web.TCPSite(runner, host.strip("[]"), int(port))
             try:
                 await site.start()
@@ -382,6 +469,8 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
             refresher.cancel()
         finally:
             await runner.cleanup()
+            if checkpointer is not None:
+                await checkpointer.close()
             await audit.close()
 
     asyncio.run(until_signalled(main))
@@ -489,6 +578,10 @@ def add_parsers(sub: Any) -> None:
         help="base64 HMAC key (0600) that makes the audit chain unforgeable "
         "(or $MERIDIAN_AUDIT_KEY)",
     )
+    witness_args(
+        serve, "witness/ beside the audit directory: $MERIDIAN_HOME/witness",
+        "<keys-dir>/audit-signing.key, made on first run",
+    )  # fmt: skip
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="run the regional worker for one cluster")
@@ -529,4 +622,18 @@ def add_parsers(sub: Any) -> None:
         "http://127.0.0.1:8233 (repeatable; any local process can then decode this "
         "region's payloads)",
     )  # fmt: skip
+    witness_args(codec, "audit.witness_dir; none: no checkpoints", "<keys-dir>/audit-signing.key")
     codec.set_defaults(func=cmd_codec_server)
+
+
+def witness_args(sp: argparse.ArgumentParser, witness_default: str, key_default: str) -> None:
+    sp.add_argument(
+        "--witness-dir",
+        help="where signed audit checkpoints are published: another volume or host "
+        f"(default: the config's audit.witness_dir, else {witness_default})",
+    )
+    sp.add_argument(
+        "--audit-signing-key-file",
+        help="Ed25519 key (PEM, 0600) that signs checkpoints and receipts "
+        f"(default: {key_default})",
+    )

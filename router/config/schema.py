@@ -293,6 +293,11 @@ class AuditConfig(_Section):
     # A new log file when the current one reaches this size or age; the chain continues.
     max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=4096, le=1 << 40)
     max_file_age_s: int = Field(default=86_400, ge=1, le=365 * 86_400)
+    # Signed checkpoints of the chain, published to the witnesses, this often while
+    # records are written (and at a clean shutdown); 0: only at shutdown.
+    checkpoint_interval_s: float = Field(default=5.0, ge=0, le=3600)
+    # The witness directory (another volume or host); --witness-dir overrides it.
+    witness_dir: str | None = Field(default=None, min_length=1)
 
 
 class ServerTLSConfig(_Section):

@@ -232,20 +232,35 @@ class AuditReceipt(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     HASH_FIELD_NUMBER: _builtins.int
     FILE_FIELD_NUMBER: _builtins.int
+    CHAIN_ID_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     hash: _builtins.str
     file: _builtins.str
     """The log file holding it."""
+    chain_id: _builtins.str
+    """The audit chain (one per replica's audit directory), the id of the key that signed
+    this receipt, and its Ed25519 signature over (chain_id, sequence, hash, file): keep
+    the receipt, and `meridian audit prove` shows an auditor where the workflow was
+    placed. Set on StartWorkflowResponse.receipt and ExplainRoute's receipt; a
+    decision's receipt is proven through the start.outcome record that names it.
+    """
+    key_id: _builtins.str
+    signature: _builtins.bytes
     def __init__(
         self,
         *,
         sequence: _builtins.int = ...,
         hash: _builtins.str = ...,
         file: _builtins.str = ...,
+        chain_id: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "hash", b"hash", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_id", b"chain_id", "file", b"file", "hash", b"hash", "key_id", b"key_id", "sequence", b"sequence", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -780,6 +795,7 @@ class Topology(_message.Message):
     CONSUL_REACHABLE_FIELD_NUMBER: _builtins.int
     LAST_REJECTED_FIELD_NUMBER: _builtins.int
     CONFIG_PENDING_FIELD_NUMBER: _builtins.int
+    AUDIT_CHECKPOINTS_FIELD_NUMBER: _builtins.int
     config_version: _builtins.str
     default_region: _builtins.str
     config_source: _builtins.str
@@ -803,6 +819,10 @@ class Topology(_message.Message):
     def last_rejected(self) -> Global___ConfigRejection:
         """The last config change this replica rejected (file reload or Consul), if any."""
 
+    @_builtins.property
+    def audit_checkpoints(self) -> Global___AuditCheckpoints:
+        """This replica's signed audit checkpoints and their witnesses; unset when off."""
+
     def __init__(
         self,
         *,
@@ -818,14 +838,93 @@ class Topology(_message.Message):
         consul_reachable: _builtins.bool = ...,
         last_rejected: Global___ConfigRejection | None = ...,
         config_pending: _builtins.str = ...,
+        audit_checkpoints: Global___AuditCheckpoints | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_rejected", b"last_rejected"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit_checkpoints", b"audit_checkpoints", "last_rejected", b"last_rejected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_pending", b"config_pending", "config_source", b"config_source", "config_version", b"config_version", "consul", b"consul", "consul_reachable", b"consul_reachable", "default_region", b"default_region", "is_leader", b"is_leader", "last_rejected", b"last_rejected", "leader", b"leader", "regions", b"regions", "replica_id", b"replica_id", "zones", b"zones"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_checkpoints", b"audit_checkpoints", "config_pending", b"config_pending", "config_source", b"config_source", "config_version", b"config_version", "consul", b"consul", "consul_reachable", b"consul_reachable", "default_region", b"default_region", "is_leader", b"is_leader", "last_rejected", b"last_rejected", "leader", b"leader", "regions", b"regions", "replica_id", b"replica_id", "zones", b"zones"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Topology: _TypeAlias = Topology  # noqa: Y015
+
+@_typing.final
+class AuditCheckpoints(_message.Message):
+    """Signed checkpoints of a replica's audit chain, published to witnesses off the box."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHAIN_ID_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    LOG_SEQ_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_SEQ_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_TIME_FIELD_NUMBER: _builtins.int
+    INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    WITNESSES_FIELD_NUMBER: _builtins.int
+    chain_id: _builtins.str
+    key_id: _builtins.str
+    """Short hash of the signing key's public key (`meridian audit public-key`)."""
+    log_seq: _builtins.int
+    """The last record in the log, and the last one a checkpoint covers."""
+    checkpoint_seq: _builtins.int
+    interval_seconds: _builtins.float
+    @_builtins.property
+    def checkpoint_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def witnesses(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditWitness]: ...
+    def __init__(
+        self,
+        *,
+        chain_id: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        log_seq: _builtins.int = ...,
+        checkpoint_seq: _builtins.int = ...,
+        checkpoint_time: _timestamp_pb2.Timestamp | None = ...,
+        interval_seconds: _builtins.float = ...,
+        witnesses: _abc.Iterable[Global___AuditWitness] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint_time", b"checkpoint_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_id", b"chain_id", "checkpoint_seq", b"checkpoint_seq", "checkpoint_time", b"checkpoint_time", "interval_seconds", b"interval_seconds", "key_id", b"key_id", "log_seq", b"log_seq", "witnesses", b"witnesses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditCheckpoints: _TypeAlias = AuditCheckpoints  # noqa: Y015
+
+@_typing.final
+class AuditWitness(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PUBLISHED_SEQ_FIELD_NUMBER: _builtins.int
+    LAST_PUBLISHED_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"dir:<path>" or "consul:<host:port>/<key>"."""
+    published_seq: _builtins.int
+    """The last checkpoint it took (0: none yet) and when."""
+    last_error: _builtins.str
+    """Why the last attempt failed ("" when it succeeded); retried with backoff."""
+    failures: _builtins.int
+    @_builtins.property
+    def last_published(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        published_seq: _builtins.int = ...,
+        last_published: _timestamp_pb2.Timestamp | None = ...,
+        last_error: _builtins.str = ...,
+        failures: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_published", b"last_published"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failures", b"failures", "last_error", b"last_error", "last_published", b"last_published", "name", b"name", "published_seq", b"published_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditWitness: _TypeAlias = AuditWitness  # noqa: Y015
 
 @_typing.final
 class ConfigRejection(_message.Message):

@@ -152,6 +152,49 @@ async def test_one_leader_both_agree(setup: Setup) -> None:
         assert topo.consul.startswith(setup.consul.address) and topo.consul_reachable
 
 
+async def test_a_home_reference_from_one_replica_opens_on_the_other(setup: Setup) -> None:
+    """Behind a load balancer the replica that answers a follow-up rarely started the
+    workflow: the home reference from the start sends it to one cluster, not a search."""
+    a, b = setup.sides
+    started = await a.router.StartWorkflow(req(), timeout=15)
+    wid, where = started.workflow_id, started.decision
+    assert started.home
+    assert await workflow_exists(setup.fleet.cluster(where.cluster).endpoint, where.namespace, wid)
+    before = await b.followup_calls("describe", "home")
+    ref = pb.WorkflowRef(workflow_id=wid, tenant_id="acme", home=started.home)
+    described = await b.router.DescribeWorkflow(ref, timeout=10)
+    assert (described.run_id, described.location.cluster) == (started.run_id, where.cluster)
+    after = await b.followup_calls("describe", "home")
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1), "one follow-up, one call"
+    assert described.location.home, "a follow-up hands out the reference too"
+
+    # Refused like an unknown id: another tenant's reference, another workflow's, forged.
+    other = await a.router.StartWorkflow(req(), timeout=15)
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await b.router.DescribeWorkflow(
+            pb.WorkflowRef(workflow_id=f"nope-{uuid.uuid4()}", tenant_id="globex"), timeout=10
+        )
+    for bad in (
+        pb.WorkflowRef(workflow_id=wid, tenant_id="globex", home=started.home),
+        pb.WorkflowRef(workflow_id=wid, tenant_id="acme", home=other.home),
+        pb.WorkflowRef(workflow_id=wid, tenant_id="acme", home=started.home[:-4] + "AAAA"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await b.router.DescribeWorkflow(bad, timeout=10)
+        assert refused.value.code() == unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        assert refused.value.details() == f"workflow {wid} not found for tenant {bad.tenant_id}"
+    # Another tenant cannot take the id over either (nor learn its run).
+    with pytest.raises(grpc.aio.AioRpcError) as taken:
+        await b.router.StartWorkflow(
+            pb.StartWorkflowRequest(
+                workflow_type="EchoWorkflow", workflow_id=wid, tenant_id="globex",
+                user_country="DE", data_class=pb.PII,
+            ), timeout=15,
+        )  # fmt: skip
+    assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert started.run_id not in (taken.value.details() or "")
+
+
 async def test_config_change_reaches_both(setup: Setup, tmp_path: Path) -> None:
     doc = yaml.safe_load(setup.fleet.config_path.read_text())
     doc["tenants"] = {"initech": {"residency_zone": "eu"}}
@@ -368,46 +411,3 @@ async def test_consul_lost_and_back(setup: Setup) -> None:
         return all([(await s.topology()).consul_reachable for s in alive])
 
     await eventually(reachable, "replicas to reconnect", timeout=30)
-
-
-async def test_a_home_reference_from_one_replica_opens_on_the_other(setup: Setup) -> None:
-    """Behind a load balancer the replica that answers a follow-up rarely started the
-    workflow: the home reference from the start sends it to one cluster, not a search."""
-    a, b = setup.sides
-    started = await a.router.StartWorkflow(req(), timeout=15)
-    wid, where = started.workflow_id, started.decision
-    assert started.home
-    assert await workflow_exists(setup.fleet.cluster(where.cluster).endpoint, where.namespace, wid)
-    before = await b.followup_calls("describe", "home")
-    ref = pb.WorkflowRef(workflow_id=wid, tenant_id="acme", home=started.home)
-    described = await b.router.DescribeWorkflow(ref, timeout=10)
-    assert (described.run_id, described.location.cluster) == (started.run_id, where.cluster)
-    after = await b.followup_calls("describe", "home")
-    assert (after[0] - before[0], after[1] - before[1]) == (1, 1), "one follow-up, one call"
-    assert described.location.home, "a follow-up hands out the reference too"
-
-    # Refused like an unknown id: another tenant's reference, another workflow's, forged.
-    other = await a.router.StartWorkflow(req(), timeout=15)
-    with pytest.raises(grpc.aio.AioRpcError) as unknown:
-        await b.router.DescribeWorkflow(
-            pb.WorkflowRef(workflow_id=f"nope-{uuid.uuid4()}", tenant_id="globex"), timeout=10
-        )
-    for bad in (
-        pb.WorkflowRef(workflow_id=wid, tenant_id="globex", home=started.home),
-        pb.WorkflowRef(workflow_id=wid, tenant_id="acme", home=other.home),
-        pb.WorkflowRef(workflow_id=wid, tenant_id="acme", home=started.home[:-4] + "AAAA"),
-    ):
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await b.router.DescribeWorkflow(bad, timeout=10)
-        assert refused.value.code() == unknown.value.code() == grpc.StatusCode.NOT_FOUND
-        assert refused.value.details() == f"workflow {wid} not found for tenant {bad.tenant_id}"
-    # Another tenant cannot take the id over either (nor learn its run).
-    with pytest.raises(grpc.aio.AioRpcError) as taken:
-        await b.router.StartWorkflow(
-            pb.StartWorkflowRequest(
-                workflow_type="EchoWorkflow", workflow_id=wid, tenant_id="globex",
-                user_country="DE", data_class=pb.PII,
-            ), timeout=15,
-        )  # fmt: skip
-    assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert started.run_id not in (taken.value.details() or "")

@@ -18,7 +18,7 @@ from tests.integration.conftest import ROOT, Clusters, DevProcess
 pytestmark = pytest.mark.integration
 
 
-def meridian(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def meridian(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """The CLI as a user of the dev stack at ``home`` runs it: it finds the stack's
     credentials under $MERIDIAN_HOME/tls by itself."""
     return subprocess.run(
@@ -29,6 +29,7 @@ def meridian(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
         cwd=ROOT,
         check=False,
         env={**os.environ, "MERIDIAN_HOME": str(home)},
+        input=stdin,
     )
 
 

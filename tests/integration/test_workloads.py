@@ -65,6 +65,7 @@ async def test_contact_sync_runs_in_eu_west_only_and_a_rerun_changes_nothing(
     )  # fmt: skip
     assert handle.decision is not None and handle.decision.region == "eu-west"
     assert handle.receipt is not None and handle.receipt.sequence > 0
+    assert handle.receipt.signature and handle.receipt.key_id, "a start's receipt is signed"
 
     # Progress is answered across continue-as-new: a later run knows what earlier ones did.
     async def later_run() -> dict[str, Any] | None:

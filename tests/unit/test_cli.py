@@ -108,7 +108,8 @@ def test_start_json_shows_a_duplicate_start(
     assert out["started"] is False
     assert out["decision"]["failed_over"] is False
     assert out["decision"]["receipt"] == {
-        "sequence": 12, "hash": "h12", "file": "audit-000001.jsonl"
+        "sequence": 12, "hash": "h12", "file": "audit-000001.jsonl",
+        "chain_id": "", "key_id": "", "signature": "",
     }  # fmt: skip
     assert out["receipt"]["sequence"] == 13
     assert out["decision"]["reasons"] == ["DE is in zone eu"]
@@ -375,7 +376,7 @@ def test_keys_init_json_lists_created_files(
     tls_files = ["ca.pem", "server.pem", "service.pem", "acme.pem", "sre.pem"]
     assert {row["secret"] for row in made} == {
         *(f"key ring {r}" for r in REGIONS), *(f"codec token {r}" for r in REGIONS),
-        "home-reference key", "audit key",
+        "home-reference key", "audit key", "audit signing key",
         *(f"dev TLS {name}" for name in tls_files),
         *(f"dev TLS {name.replace('.pem', '-key.pem')}" for name in tls_files),
     }  # fmt: skip
