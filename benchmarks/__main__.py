@@ -7,6 +7,7 @@ import sys
 BENCHMARKS = {
     "audit": "benchmarks.audit",
     "codec": "benchmarks.codec",
+    "contact_sync": "benchmarks.contact_sync",
     "core": "benchmarks.core",
     "failover": "benchmarks.failover",
     "followups": "benchmarks.followups",

@@ -342,3 +342,74 @@ async def start_stream(
         await asyncio.sleep(every)
     await asyncio.gather(*tasks)
     return t_fault, sorted(outcomes, key=lambda o: o.sent)
+
+
+@dataclass
+class RegionWorker:
+    """A regional worker process (``meridian worker``) for one cluster of a fleet, with
+    its own store directory; killed, restarted and measured by PID."""
+
+    region: str
+    cluster: str
+    config: Path
+    keys: Path
+    data_dir: Path
+    source_roots: tuple[Path, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / f"worker-{self.cluster}.log"
+
+    def start(self) -> None:
+        argv = [
+            sys.executable, "-m", "router.cli", "worker", "--config", str(self.config),
+            "--keys-dir", str(self.keys), "--region", self.region, "--cluster", self.cluster,
+            "--data-dir", str(self.data_dir),
+        ]  # fmt: skip
+        for root in self.source_roots:
+            argv += ["--source-root", str(root)]
+        self.proc = _popen(argv, self.log_path)
+
+    async def wait_polling(self, endpoint: str, namespace: str, task_queue: str) -> None:
+        """Until the cluster reports a poller on ``task_queue`` (asked of the cluster)."""
+        from temporalio.api.enums.v1 import TaskQueueType
+        from temporalio.api.taskqueue.v1 import TaskQueue
+        from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+        service = await ServiceClient.connect(ConnectConfig(target_host=endpoint, lazy=True))
+        req = DescribeTaskQueueRequest(
+            namespace=namespace,
+            task_queue=TaskQueue(name=task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log_path.read_text(errors='replace')}")
+            with contextlib.suppress(Exception):
+                resp = await service.workflow_service.describe_task_queue(
+                    req, retry=False, timeout=timedelta(seconds=1)
+                )
+                if resp.pollers:
+                    return
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"worker for {self.cluster} not polling {task_queue} after 60 s")
+
+    def peak_rss_bytes(self) -> int:
+        """The process's peak resident set (VmHWM), read while it still runs."""
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM in /proc/<pid>/status")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        _stop(self.proc)

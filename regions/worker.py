@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.contrib.opentelemetry import TracingInterceptor
@@ -21,6 +24,8 @@ from temporalio.runtime import OpenTelemetryConfig, PrometheusConfig, Runtime, T
 from temporalio.service import TLSConfig
 from temporalio.worker import Worker
 
+from regions.activities import BookingActivities, ContactActivities
+from regions.store import BookingStore, ContactStore, StoreLocation
 from regions.workflows import WORKFLOWS, RegionalActivities, WorkerIdentity
 from router.codec import KeyRingHolder, RegionCodec, data_converter
 
@@ -46,9 +51,19 @@ class WorkerPlan:
     # Not in repr: temporalio's TLSConfig prints the private key.
     tls: TLSConfig | None = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
+    # The region's own database (contacts, bookings): SQLite files in a directory
+    # (``$MERIDIAN_HOME/regions/<region>``, given by ``meridian worker``), or PostgreSQL.
+    # None: a directory ``regions/<region>`` under the working directory.
+    store: StoreLocation | None = field(default=None, repr=False)
+    # Directories a contact sync may read source files from (relative names resolve
+    # below them); empty: none, only inline records.
+    source_roots: tuple[Path, ...] = ()
     # The SDK's own metrics (the standard Temporal dashboards): "host:port" to serve
     # them for Prometheus, an http(s) URL to push them over OTLP, None for neither.
     metrics: str | None = None
+
+    def store_location(self) -> StoreLocation:
+        return self.store or StoreLocation(directory=Path("regions", self.region).resolve())
 
 
 def sdk_runtime(metrics: str | None) -> Runtime | None:
@@ -138,6 +153,18 @@ async def _poll(
     identity = WorkerIdentity(region=plan.region, cluster=plan.cluster)
     activities = RegionalActivities(identity)
     runtime = sdk_runtime(plan.metrics)
+    location = plan.store_location()
+    contacts = ContactActivities(ContactStore(location), plan.source_roots)
+    bookings = BookingActivities(BookingStore(location))
+    # Database activities block: they run here, a few at a time per process.
+    executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="activity")
+    registered: list[Callable[..., Any]] = [
+        activities.process_record,
+        contacts.describe_source,
+        contacts.sync_chunk,
+        contacts.sync_chunk_v2,
+        *bookings.all(),
+    ]
     workers: list[Worker] = []
     clients: dict[str, Client] = {}
     for ns, queue in plan.queues:
@@ -157,20 +184,23 @@ async def _poll(
                 clients[ns],
                 task_queue=queue,
                 workflows=list(WORKFLOWS),
-                activities=[activities.process_record],
+                activities=registered,
+                activity_executor=executor,
                 identity=f"meridian-worker/{plan.cluster}/{ns}",
                 # Many queues per process: a couple of pollers each is plenty.
                 max_concurrent_workflow_task_polls=2,
                 max_concurrent_activity_task_polls=2,
+                max_concurrent_activities=8,
             )
         )
     log.info(
-        "worker for %s (%s%s) polling %d queue(s) in namespace(s) %s",
+        "worker for %s (%s%s) polling %d queue(s) in namespace(s) %s; store %s",
         plan.cluster,
         plan.endpoint,
         ", TLS" if plan.tls is not None else "",
         len(workers),
         ", ".join(clients),
+        location,
     )
     tasks = [asyncio.create_task(w.run()) for w in workers]
     waiter = asyncio.create_task(stop.wait())
@@ -178,6 +208,7 @@ async def _poll(
     waiter.cancel()
     await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
     results = await asyncio.gather(*tasks, return_exceptions=True)
+    executor.shutdown(wait=False, cancel_futures=True)
     if waiter not in done:
         # A worker stopped on its own: that is a failure, report the first error.
         errors = [r for r in results if isinstance(r, BaseException)]

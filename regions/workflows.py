@@ -5,6 +5,10 @@
 ``getStatus`` and ``getProgress`` queries, and can be paused and resumed by signal.
 ``EchoWorkflow`` returns its argument at once; it is the cheapest possible workflow,
 for smoke tests and benchmarks.
+
+The reference workloads (``ContactSyncWorkflow``, ``PropertyBookingWorkflow``) live in
+``regions.contact_sync`` and ``regions.booking``; their activities, which alone touch the
+region's database, in ``regions.activities``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import activity, workflow
+
+from regions.booking import PropertyBookingWorkflow
+from regions.contact_sync import ContactSyncWorkflow
 
 
 @dataclass(frozen=True)
@@ -97,5 +104,15 @@ class EchoWorkflow:
         return value
 
 
-WORKFLOWS: tuple[type, ...] = (DataProcessingWorkflow, EchoWorkflow)
-WORKFLOW_TYPES: tuple[str, ...] = ("DataProcessingWorkflow", "EchoWorkflow")
+WORKFLOWS: tuple[type, ...] = (
+    DataProcessingWorkflow,
+    EchoWorkflow,
+    ContactSyncWorkflow,
+    PropertyBookingWorkflow,
+)
+WORKFLOW_TYPES: tuple[str, ...] = (
+    "DataProcessingWorkflow",
+    "EchoWorkflow",
+    "ContactSyncWorkflow",
+    "PropertyBookingWorkflow",
+)

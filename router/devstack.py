@@ -356,7 +356,11 @@ class DevStack:
         clusters = list(self.config.table.clusters.values())
         self.say(f"[2/4] starting {len(clusters)} regional workers")
         for c in clusters:
-            argv = [*self._meridian("worker"), "--region", c.region, "--cluster", c.name]
+            argv = [
+                *self._meridian("worker"), "--region", c.region, "--cluster", c.name,
+                # The region's own database (contacts, bookings), shared by its workers.
+                "--data-dir", str(self.home / "regions" / c.region),
+            ]  # fmt: skip
             await self._spawn(f"worker-{c.name}", argv)
         await asyncio.gather(
             *(

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from router.cli import admin, client, run
+from router.cli import admin, client, regional, run
 from router.cli.common import render_table, setup_logging, version
 from router.errors import ConfigError, MeridianError, StackError
 
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_parsers(sub)
     client.add_parsers(sub)
     admin.add_parsers(sub)
+    regional.add_parsers(sub)
     return p
 
 

@@ -1,9 +1,11 @@
-"""Talking to a running router: status, failover, explain, start, query, result."""
+"""Talking to a running router: status, failover, explain, start, and the follow-ups
+describe, signal, query, cancel, result; all through ``meridian.client``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +14,6 @@ from router.cli.common import (
     client_credentials,
     credential_args,
     log,
-    open_channel,
     positive_seconds,
     render_table,
 )
@@ -23,27 +24,29 @@ DATA_CLASSES = ("public", "internal", "pii", "financial")
 PRIORITIES = ("low", "normal", "high")
 
 
-def _stub(args: argparse.Namespace) -> tuple[Any, Any]:
-    """Both stubs on one channel to ``--router``, with the command's credentials (kept in
-    ``args.credentials`` for ``_rpc``'s messages)."""
-    from router.v1 import router_pb2_grpc as pb_grpc
+def _connect(args: argparse.Namespace) -> Any:
+    """A ``meridian.client.SyncMeridianClient`` of ``--router`` with the command's
+    credentials (kept in ``args.credentials`` for ``_rpc``'s messages)."""
+    from meridian.client import SyncMeridianClient, TLSConfig
 
-    args.credentials = client_credentials(args)
-    log.debug("router %s: %s", args.router, args.credentials.source)
-    channel = open_channel(args.router, args.credentials)
-    return pb_grpc.WorkflowRouterStub(channel), pb_grpc.RoutingAdminStub(channel)
+    creds = args.credentials = client_credentials(args)
+    log.debug("router %s: %s", args.router, creds.source)
+    tls = None if creds.plaintext else TLSConfig(creds.ca, creds.cert, creds.key)
+    return SyncMeridianClient.connect(
+        args.router, tls=tls, token=creds.token, default_timeout=args.timeout
+    )
 
 
 def _rpc(call: Callable[[], Any], args: argparse.Namespace) -> Any:
-    import grpc
+    """``call()``, with a client error told as ``router ADDRESS: CODE: message``."""
+    from meridian.errors import MeridianError as CallError
 
     try:
         return call()
-    except grpc.RpcError as exc:
-        code, details = exc.code(), exc.details()
-        message = f"router {args.router}: {code.name}: {details}"
+    except CallError as exc:
+        message = f"router {args.router}: {exc}"
         creds = getattr(args, "credentials", None)
-        if details.startswith("failed to connect") and creds is not None:
+        if "failed to connect" in str(exc) and creds is not None:
             # A TLS client at a plaintext port (or the reverse), or a certificate the
             # router refused, fails with an opaque handshake error: say what we tried.
             message += f" [client: {creds.source}]"
@@ -55,12 +58,8 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from router.v1 import router_pb2 as pb
-
-    _, admin = _stub(args)
-    topo = message_to_json(
-        _rpc(lambda: admin.GetTopology(pb.GetTopologyRequest(), timeout=args.timeout), args)
-    )
+    cli = _connect(args)
+    topo = message_to_json(_rpc(cli.get_topology, args))
     if args.json:
         _print_json(topo)
         return 0
@@ -141,14 +140,16 @@ def status_rows(topo: dict[str, Any]) -> list[tuple[str, ...]]:
 
 
 def cmd_failover(args: argparse.Namespace) -> int:
-    from router.v1 import router_pb2 as pb
-
-    _, admin = _stub(args)
-    req = pb.SetActiveClusterRequest(
-        region=args.region, cluster=args.to, reason=args.reason, force=args.force,
-        dry_run=args.dry_run, actor=args.actor or _default_actor(),
+    cli = _connect(args)
+    resp = message_to_json(
+        _rpc(
+            lambda: cli.set_active_cluster(
+                args.region, args.to, reason=args.reason, force=args.force,
+                dry_run=args.dry_run, actor=args.actor or _default_actor(),
+            ),
+            args,
+        )
     )  # fmt: skip
-    resp = message_to_json(_rpc(lambda: admin.SetActiveCluster(req, timeout=args.timeout), args))
     refused = 1 if resp["refused_rule"] else 0
     if args.json:
         _print_json(resp)
@@ -193,25 +194,20 @@ def _default_actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _routing_request(cli: argparse.Namespace, **extra: Any) -> Any:
-    """The StartWorkflowRequest that explain and start send (``extra``: start's fields)."""
-    from router.v1 import router_pb2 as pb
-
-    return pb.StartWorkflowRequest(
-        workflow_type=cli.type,
-        tenant_id=cli.tenant,
-        user_country=cli.country,
-        user_subdivision=cli.subdivision or "",
-        data_class=pb.DataClass.Value(cli.data_class.upper()),
-        priority=pb.Priority.Value(cli.priority.upper()),
-        **extra,
-    )
+def _routing(cli: argparse.Namespace) -> dict[str, Any]:
+    """The routing inputs explain and start send."""
+    return {
+        "tenant": cli.tenant,
+        "user_country": cli.country,
+        "user_subdivision": cli.subdivision or "",
+        "data_class": cli.data_class,
+        "priority": cli.priority,
+    }
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    workflows, _ = _stub(args)
-    req = _routing_request(args)
-    d = _rpc(lambda: workflows.ExplainRoute(req, timeout=args.timeout), args)
+    cli = _connect(args)
+    d = _rpc(lambda: cli.explain(args.type, **_routing(args)), args).raw
     if args.json:
         _print_json(message_to_json(d))
         return 0
@@ -231,58 +227,82 @@ def _print_message(msg: Any, as_json: bool) -> None:
 
 
 def _json_args(raw: list[str]) -> list[Any]:
-    from google.protobuf import json_format, struct_pb2
-
     out = []
     for i, text in enumerate(raw):
         try:
-            out.append(json_format.ParseDict(json.loads(text), struct_pb2.Value()))
+            out.append(json.loads(text))
         except ValueError as exc:
             raise MeridianError(f"--arg #{i + 1}: not JSON: {exc}") from None
     return out
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    workflows, _ = _stub(args)
-    req = _routing_request(args, workflow_id=args.id or "", args=_json_args(args.arg))
-    _print_message(
-        _rpc(lambda: workflows.StartWorkflow(req, timeout=args.timeout), args), args.json
+    cli = _connect(args)
+    values = _json_args(args.arg)
+    handle = _rpc(
+        lambda: cli.start_workflow(args.type, *values, id=args.id or None, **_routing(args)),
+        args,
     )
+    _print_message(handle.start_response, args.json)
     return 0
 
 
-def cmd_query(args: argparse.Namespace) -> int:
-    from router.v1 import router_pb2 as pb
+def _handle(args: argparse.Namespace) -> Any:
+    """The workflow a follow-up command names (``--id``, ``--tenant``, ``--run-id``)."""
+    return _connect(args).get_workflow_handle(args.id, tenant=args.tenant, run_id=args.run_id or "")
 
-    workflows, _ = _stub(args)
-    req = pb.QueryWorkflowRequest(
-        ref=pb.WorkflowRef(workflow_id=args.id, tenant_id=args.tenant),
-        query_name=args.name,
-        args=_json_args(args.arg),
-    )
-    _print_message(
-        _rpc(lambda: workflows.QueryWorkflow(req, timeout=args.timeout), args), args.json
-    )
+
+def cmd_query(args: argparse.Namespace) -> int:
+    handle, values = _handle(args), _json_args(args.arg)
+    _print_message(_rpc(lambda: handle.query_response(args.name, *values), args), args.json)
     return 0
 
 
 def cmd_result(args: argparse.Namespace) -> int:
+    handle = _handle(args)
+    _print_message(_rpc(handle.outcome, args).raw, args.json)
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    handle = _handle(args)
+    _print_message(_rpc(handle.describe, args).raw, args.json)
+    return 0
+
+
+def cmd_signal(args: argparse.Namespace) -> int:
     from router.v1 import router_pb2 as pb
 
-    workflows, _ = _stub(args)
-    ref = pb.WorkflowRef(workflow_id=args.id, tenant_id=args.tenant)
-    _print_message(
-        _rpc(lambda: workflows.GetWorkflowResult(ref, timeout=args.timeout), args), args.json
-    )
+    handle, values = _handle(args), _json_args(args.arg)
+    where = _rpc(lambda: handle.signal(args.name, *values), args)
+    _print_message(pb.SignalWorkflowResponse(location=_location(where)), args.json)
     return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from router.v1 import router_pb2 as pb
+
+    handle = _handle(args)
+    where = _rpc(handle.cancel, args)
+    _print_message(pb.CancelWorkflowResponse(location=_location(where)), args.json)
+    return 0
+
+
+def _location(where: Any) -> Any:
+    from router.v1 import router_pb2 as pb
+
+    return pb.WorkflowLocation(
+        zone=where.zone, region=where.region, cluster=where.cluster, namespace=where.namespace
+    )
 
 
 def add_parsers(sub: Any) -> None:
     def client_args(sp: argparse.ArgumentParser, default_identity: str = "service") -> None:
         """``default_identity``: the dev identity the command uses when none is named."""
         sp.add_argument(
-            "--router", default=DEFAULT_ROUTER, help=f"router address (default {DEFAULT_ROUTER})"
-        )
+            "--router", default=os.environ.get("MERIDIAN_ROUTER", DEFAULT_ROUTER),
+            help=f"router address (default: $MERIDIAN_ROUTER, else {DEFAULT_ROUTER})",
+        )  # fmt: skip
         sp.add_argument(
             "--timeout", type=positive_seconds, default=5.0,
             help="seconds to wait for the router's answer (default 5)",
@@ -339,16 +359,24 @@ def add_parsers(sub: Any) -> None:
     start.add_argument("--arg", action="append", default=[], help="a JSON argument (repeatable)")
     start.set_defaults(func=cmd_start)
 
-    query = sub.add_parser("query", help="query a workflow started through the router")
-    client_args(query)
-    query.add_argument("--id", required=True, help="workflow id")
-    query.add_argument("--tenant", required=True, help="the tenant that started it")
+    def followup(name: str, help_: str, func: Callable[[argparse.Namespace], int]) -> Any:
+        sp = sub.add_parser(name, help=help_)
+        client_args(sp)
+        sp.add_argument("--id", required=True, help="workflow id")
+        sp.add_argument("--tenant", required=True, help="the tenant that started it")
+        sp.add_argument("--run-id", help="a run of the workflow (default: its latest run)")
+        sp.set_defaults(func=func)
+        return sp
+
+    query = followup("query", "query a workflow started through the router", cmd_query)
     query.add_argument("--name", required=True, help="query name, e.g. getProgress")
     query.add_argument("--arg", action="append", default=[], help="a JSON argument (repeatable)")
-    query.set_defaults(func=cmd_query)
 
-    result = sub.add_parser("result", help="wait for a workflow's result (bounded by --timeout)")
-    client_args(result)
-    result.add_argument("--id", required=True, help="workflow id")
-    result.add_argument("--tenant", required=True, help="the tenant that started it")
-    result.set_defaults(func=cmd_result)
+    followup("result", "wait for a workflow's result (bounded by --timeout)", cmd_result)
+    followup("describe", "status, type, times, history length and where it runs", cmd_describe)
+
+    signal = followup("signal", "send a signal to a workflow", cmd_signal)
+    signal.add_argument("--name", required=True, help="signal name, e.g. pause")
+    signal.add_argument("--arg", action="append", default=[], help="a JSON argument (repeatable)")
+
+    followup("cancel", "request cancellation of a workflow", cmd_cancel)

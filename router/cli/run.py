@@ -351,10 +351,11 @@ def _supervise(args: argparse.Namespace, count: int) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from regions.worker import WorkerPlan, run
     from regions.workflows import WORKFLOW_TYPES
+    from router.cli.regional import region_store
     from router.codec import KeyRingHolder, default_provider
     from router.config.compile import worker_queues
     from router.config.load import load
-    from router.paths import keys_dir
+    from router.paths import keys_dir, meridian_home
     from router.temporal import tls
     from router.temporal.errors import connect_failure
 
@@ -381,6 +382,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         queues=worker_queues(table, region.name, WORKFLOW_TYPES),
         tls=credentials.tls_config() if credentials is not None else None,
         api_key=credentials.api_key if credentials is not None else None,
+        store=region_store(config, region.name, args.data_dir, meridian_home()),
+        source_roots=tuple(Path(r).resolve() for r in (args.source_root or ["."])),
         metrics=args.sdk_metrics or None,
     )
     holder = KeyRingHolder(default_provider(keys_dir(args.keys_dir)), region.name)
@@ -630,6 +633,16 @@ def add_parsers(sub: Any) -> None:
     )
     worker.add_argument("--region", required=True, help="the region the cluster belongs to")
     worker.add_argument("--cluster", required=True, help="the cluster whose queues it polls")
+    worker.add_argument(
+        "--data-dir",
+        help="the region's SQLite store (default: $MERIDIAN_HOME/regions/<region>; "
+        "ignored when regions.<region>.store names PostgreSQL)",
+    )
+    worker.add_argument(
+        "--source-root", action="append",
+        help="a directory contact syncs may read source files from (repeatable; "
+        "default: the working directory)",
+    )  # fmt: skip
     worker.set_defaults(func=cmd_worker)
 
     codec = sub.add_parser(

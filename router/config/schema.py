@@ -176,6 +176,9 @@ class RegionConfig(_Section):
     # refused before anything is sent (it would wait on a queue nobody polls).
     # Not given: the region accepts every type.
     workflow_types: list[WorkflowTypeName] | None = Field(default=None, min_length=1)
+    # The region's own database for its workloads' data (contacts, bookings): a
+    # postgresql:// URL. Not given: SQLite under $MERIDIAN_HOME/regions/<region>/.
+    store: str | None = Field(default=None, pattern=r"^postgres(ql)?://", repr=False)
 
 
 class TenantConfig(_Section):

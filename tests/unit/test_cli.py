@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from google.protobuf import timestamp_pb2
 
+from meridian.client import MeridianClient, SyncMeridianClient
 from router.api.values import from_python
 from router.cli import admin, build_parser, client, main
 from router.codec import FileKeyProvider
@@ -36,7 +37,7 @@ class FakeRouter:
         self.calls: dict[str, tuple[Any, float]] = {}
 
     def __getattr__(self, rpc: str) -> Callable[..., Any]:
-        def call(request: Any, timeout: float) -> Any:
+        async def call(request: Any, timeout: float) -> Any:
             self.calls[rpc] = (request, timeout)
             return self.responses[rpc]
 
@@ -45,8 +46,16 @@ class FakeRouter:
 
 @pytest.fixture
 def router(monkeypatch: pytest.MonkeyPatch) -> FakeRouter:
+    """The CLI's client library on the fake stubs (its transport seam)."""
     fake = FakeRouter()
-    monkeypatch.setattr(client, "_stub", lambda address: (fake, fake))
+
+    def connect(args: argparse.Namespace) -> SyncMeridianClient:
+        async def make() -> MeridianClient:
+            return MeridianClient(fake, fake, address=args.router, default_timeout=args.timeout)
+
+        return SyncMeridianClient(make)
+
+    monkeypatch.setattr(client, "_connect", connect)
     return fake
 
 
@@ -424,7 +433,8 @@ def test_timeout_must_be_a_positive_number(
 def test_timeout_reaches_the_call(router: FakeRouter) -> None:
     router.responses["GetTopology"] = topology()
     assert main(["status", "--timeout", "2.5", "--json"]) == 0
-    assert router.calls["GetTopology"][1] == 2.5
+    # The whole call is bounded by --timeout: what is left of it when the RPC is sent.
+    assert 2.4 < router.calls["GetTopology"][1] <= 2.5
 
 
 @pytest.mark.parametrize("action", ["push", "diff"])
@@ -494,3 +504,37 @@ def test_the_help_walker_finds_an_undocumented_option() -> None:
     parser = build_parser()
     parser.add_argument("--quiet", action="store_true")
     assert undocumented(parser) == ["meridian: --quiet"]
+
+
+# --- the follow-ups the library brought to the CLI: describe, signal, cancel ------------
+
+
+def test_describe_json_keeps_zero_and_unset(
+    router: FakeRouter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    router.responses["DescribeWorkflow"] = pb.DescribeWorkflowResponse(
+        workflow_id="w1", run_id="r1", workflow_type="ContactSyncWorkflow", status=pb.RUNNING,
+        history_length=0, tenant_id="acme", data_class=pb.PII,
+        location=pb.WorkflowLocation(zone="eu", region="eu-west", cluster="eu-west-a"),
+    )  # fmt: skip
+    assert main(["describe", "--tenant", "acme", "--id", "w1", "--run-id", "r1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["history_length"] == 0 and out["close_time"] is None
+    assert out["status"] == "RUNNING" and out["location"]["cluster"] == "eu-west-a"
+    ref = router.calls["DescribeWorkflow"][0]
+    assert (ref.workflow_id, ref.tenant_id, ref.run_id) == ("w1", "acme", "r1")
+
+
+def test_signal_sends_json_args_and_cancel_prints_the_location(
+    router: FakeRouter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = pb.WorkflowLocation(zone="eu", region="eu-west", cluster="eu-west-b")
+    router.responses["SignalWorkflow"] = pb.SignalWorkflowResponse(location=where)
+    router.responses["CancelWorkflow"] = pb.CancelWorkflowResponse(location=where)
+    ref = ["--tenant", "acme", "--id", "w1"]
+    assert main(["signal", *ref, "--name", "pause", "--arg", '{"n": 2}', "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["location"]["cluster"] == "eu-west-b"
+    sent = router.calls["SignalWorkflow"][0]
+    assert sent.signal_name == "pause" and sent.args[0].struct_value.fields["n"].number_value == 2
+    assert main(["cancel", *ref]) == 0
+    assert table(capsys.readouterr().out)["location.cluster"] == "eu-west-b"
