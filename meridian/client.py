@@ -150,10 +150,16 @@ class WorkflowLocation:
     region: str
     cluster: str
     namespace: str
+    # The workflow's home reference (opaque): handles keep it, so follow-ups ask one
+    # cluster instead of searching.
+    home: str = field(default="", repr=False)
 
     @classmethod
     def of(cls, msg: pb.WorkflowLocation) -> WorkflowLocation:
-        return cls(zone=msg.zone, region=msg.region, cluster=msg.cluster, namespace=msg.namespace)
+        return cls(
+            zone=msg.zone, region=msg.region, cluster=msg.cluster, namespace=msg.namespace,
+            home=msg.home,
+        )  # fmt: skip
 
 
 def _time(has: bool, ts: Any) -> datetime | None:
@@ -392,10 +398,13 @@ class MeridianClient:
         )
 
     def get_workflow_handle(
-        self, workflow_id: str, *, tenant: str, run_id: str = ""
+        self, workflow_id: str, *, tenant: str, run_id: str = "", home: str = ""
     ) -> WorkflowHandle:
-        """A handle on an existing workflow (its latest run unless ``run_id``)."""
-        return WorkflowHandle(self, workflow_id, tenant=tenant, run_id=run_id)
+        """A handle on an existing workflow (its latest run unless ``run_id``). ``home``:
+        the reference its start returned (``handle.home``), if kept: follow-ups then ask
+        its cluster alone; without it the router searches where the tenant's workflows
+        can live (and the handle learns the reference from the first answer)."""
+        return WorkflowHandle(self, workflow_id, tenant=tenant, run_id=run_id, home=home)
 
     async def get_topology(self, *, timeout: float | None = None) -> pb.Topology:
         """RoutingAdmin: zones, regions, clusters, health (role ``sre`` or ``viewer``)."""
@@ -447,12 +456,17 @@ class WorkflowHandle:
         *,
         tenant: str,
         run_id: str = "",
+        home: str = "",
         start: pb.StartWorkflowResponse | None = None,
     ) -> None:
         self._client = client
         self.id = workflow_id
         self.tenant = tenant
         self.run_id = run_id
+        # The home reference (opaque; valid on every router replica): from the start, or
+        # learned from the first follow-up's answer. Store it with the workflow id to
+        # make later handles as cheap.
+        self.home = start.home if start else home
         # From the start, when this handle came from start_workflow:
         self.start_response = start
         self.first_execution_run_id = start.run_id if start else ""
@@ -468,19 +482,26 @@ class WorkflowHandle:
 
     @property
     def _ref(self) -> pb.WorkflowRef:
-        return pb.WorkflowRef(workflow_id=self.id, tenant_id=self.tenant, run_id=self.run_id)
+        return pb.WorkflowRef(
+            workflow_id=self.id, tenant_id=self.tenant, run_id=self.run_id, home=self.home
+        )
+
+    def _learn(self, location: pb.WorkflowLocation) -> WorkflowLocation:
+        if location.home:
+            self.home = location.home
+        return WorkflowLocation.of(location)
 
     async def describe(self, *, timeout: float | None = None) -> WorkflowDescription:
         c = self._client
-        return WorkflowDescription.of(
-            await c._call(c._router.DescribeWorkflow, self._ref, timeout, "read")
-        )
+        resp = await c._call(c._router.DescribeWorkflow, self._ref, timeout, "read")
+        self._learn(resp.location)
+        return WorkflowDescription.of(resp)
 
     async def signal(self, name: str, *args: Any, timeout: float | None = None) -> WorkflowLocation:
         c = self._client
         req = pb.SignalWorkflowRequest(ref=self._ref, signal_name=name, args=_values(args))
         resp = await c._call(c._router.SignalWorkflow, req, timeout, "connect")
-        return WorkflowLocation.of(resp.location)
+        return self._learn(resp.location)
 
     async def query(self, name: str, *args: Any, timeout: float | None = None) -> Any:
         return to_python((await self.query_response(name, *args, timeout=timeout)).result)
@@ -494,19 +515,20 @@ class WorkflowHandle:
         resp: pb.QueryWorkflowResponse = await c._call(
             c._router.QueryWorkflow, req, timeout, "read"
         )
+        self._learn(resp.location)
         return resp
 
     async def cancel(self, *, timeout: float | None = None) -> WorkflowLocation:
         c = self._client
         resp = await c._call(c._router.CancelWorkflow, self._ref, timeout, "connect")
-        return WorkflowLocation.of(resp.location)
+        return self._learn(resp.location)
 
     async def outcome(self, *, timeout: float | None = None) -> WorkflowOutcome:
         """Wait (up to ``timeout``) for the run to close; how it closed."""
         c = self._client
-        return WorkflowOutcome.of(
-            await c._call(c._router.GetWorkflowResult, self._ref, timeout, "read")
-        )
+        resp = await c._call(c._router.GetWorkflowResult, self._ref, timeout, "read")
+        self._learn(resp.location)
+        return WorkflowOutcome.of(resp)
 
     async def result(self, *, timeout: float | None = None) -> Any:
         """The run's result; ``WorkflowFailed`` when it closed without completing,
@@ -582,10 +604,11 @@ class SyncMeridianClient:
         return self._run(self._client.explain(workflow, **kwargs))
 
     def get_workflow_handle(
-        self, workflow_id: str, *, tenant: str, run_id: str = ""
+        self, workflow_id: str, *, tenant: str, run_id: str = "", home: str = ""
     ) -> SyncWorkflowHandle:
         return SyncWorkflowHandle(
-            self, self._client.get_workflow_handle(workflow_id, tenant=tenant, run_id=run_id)
+            self,
+            self._client.get_workflow_handle(workflow_id, tenant=tenant, run_id=run_id, home=home),
         )
 
     def get_topology(self, *, timeout: float | None = None) -> pb.Topology:

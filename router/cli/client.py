@@ -248,8 +248,11 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def _handle(args: argparse.Namespace) -> Any:
-    """The workflow a follow-up command names (``--id``, ``--tenant``, ``--run-id``)."""
-    return _connect(args).get_workflow_handle(args.id, tenant=args.tenant, run_id=args.run_id or "")
+    """The workflow a follow-up command names (``--id``, ``--tenant``, ``--run-id``,
+    ``--home``)."""
+    return _connect(args).get_workflow_handle(
+        args.id, tenant=args.tenant, run_id=args.run_id or "", home=args.home or ""
+    )
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -292,8 +295,9 @@ def _location(where: Any) -> Any:
     from router.v1 import router_pb2 as pb
 
     return pb.WorkflowLocation(
-        zone=where.zone, region=where.region, cluster=where.cluster, namespace=where.namespace
-    )
+        zone=where.zone, region=where.region, cluster=where.cluster, namespace=where.namespace,
+        home=where.home,
+    )  # fmt: skip
 
 
 def add_parsers(sub: Any) -> None:
@@ -365,6 +369,11 @@ def add_parsers(sub: Any) -> None:
         sp.add_argument("--id", required=True, help="workflow id")
         sp.add_argument("--tenant", required=True, help="the tenant that started it")
         sp.add_argument("--run-id", help="a run of the workflow (default: its latest run)")
+        sp.add_argument(
+            "--home",
+            help="the home reference `meridian start` printed for it: the router then asks "
+            "its cluster alone instead of searching every cluster the tenant may use",
+        )
         sp.set_defaults(func=func)
         return sp
 

@@ -205,3 +205,51 @@ async def test_token_needs_tls() -> None:
         await MeridianClient.connect("127.0.0.1:1", token="abc")
     tls = TLSConfig.dev_identity("acme", home="/tmp/h")
     assert str(tls.cert_file) == "/tmp/h/tls/acme.pem"
+
+
+class Homes(pb_grpc.WorkflowRouterServicer):
+    """Answers with home references and records the ones it is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def StartWorkflow(self, request: Any, context: Any) -> Any:
+        return pb.StartWorkflowResponse(
+            workflow_id=request.workflow_id, run_id="r1", started=True, home="from-start"
+        )
+
+    async def DescribeWorkflow(self, request: Any, context: Any) -> Any:
+        self.sent.append(request.home)
+        return pb.DescribeWorkflowResponse(
+            workflow_id=request.workflow_id, location=pb.WorkflowLocation(home="from-describe")
+        )
+
+    async def SignalWorkflow(self, request: Any, context: Any) -> Any:
+        self.sent.append(request.ref.home)
+        return pb.SignalWorkflowResponse(location=pb.WorkflowLocation(home="from-signal"))
+
+
+async def test_handles_keep_the_home_reference_and_send_it_back() -> None:
+    homes = Homes()
+    server = grpc.aio.server()
+    pb_grpc.add_WorkflowRouterServicer_to_server(homes, server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    try:
+        async with await MeridianClient.connect(f"127.0.0.1:{port}") as client:
+            started = await client.start_workflow(
+                "EchoWorkflow", tenant="acme", user_country="DE", data_class="pii"
+            )
+            assert started.home == "from-start"
+            await started.describe(timeout=5)
+            await started.signal("pause", timeout=5)
+            # A handle made from a kept reference sends it; one without learns it.
+            kept = client.get_workflow_handle(started.id, tenant="acme", home="kept")
+            await kept.describe(timeout=5)
+            bare = client.get_workflow_handle(started.id, tenant="acme")
+            await bare.describe(timeout=5)
+            await bare.describe(timeout=5)
+        assert homes.sent == ["from-start", "from-describe", "kept", "", "from-describe"]
+    finally:
+        await server.stop(None)
