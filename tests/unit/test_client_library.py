@@ -230,7 +230,7 @@ class Homes(pb_grpc.WorkflowRouterServicer):
 
 
 async def test_handles_keep_the_home_reference_and_send_it_back() -> None:
-    homes = Homes()
+    homes = Homes()  # type: ignore[abstract]
     server = grpc.aio.server()
     pb_grpc.add_WorkflowRouterServicer_to_server(homes, server)
     port = free_port()
