@@ -14,6 +14,7 @@ BENCHMARKS = {
     "profile": "benchmarks.profile",
     "propagation": "benchmarks.propagation",
     "router_vs_direct": "benchmarks.router_vs_direct",
+    "workers": "benchmarks.workers",
 }
 
 
