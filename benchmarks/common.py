@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -39,6 +40,11 @@ def ab_rounds(
         ra.append(rate(a, n))
         rb.append(rate(b, n))
     return statistics.median(ra), statistics.median(rb)
+
+
+def progress(message: str) -> None:
+    """A long run's progress, on stderr: stdout holds only the result (--json parses)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def render(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from benchmarks.common import emit, machine, render
+from benchmarks.common import emit, machine, progress, render
 from benchmarks.fleet import Fleet, start_stream
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
@@ -118,10 +118,10 @@ async def run(drills: int) -> dict[str, Any]:
                 for fault in ("kill", "stop"):
                     for i in range(drills):
                         r = await drill(fleet, router, admin, fault)
-                        print(f"  drill {fault} #{i + 1}: flip {r['flip_after_s']:.2f} s, first "
-                              f"start on standby {r['first_start_on_standby_s']:.2f} s, "
-                              f"{r['failed_calls']}/{r['calls']} failed "
-                              f"({r['failed_unsent']} never sent)", flush=True)  # fmt: skip
+                        progress(f"  drill {fault} #{i + 1}: flip {r['flip_after_s']:.2f} s, "
+                                 f"first start on standby {r['first_start_on_standby_s']:.2f} s, "
+                                 f"{r['failed_calls']}/{r['calls']} failed "
+                                 f"({r['failed_unsent']} never sent)")  # fmt: skip
                         results.append(r)
         finally:
             fleet.stop()

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import emit, machine, render
+from benchmarks.common import emit, machine, progress, render
 from benchmarks.fleet import Fleet
 from router.app import Router
 from router.audit import MemoryAuditSink
@@ -205,15 +205,15 @@ async def run(n: int, rounds: int, per_zone: int) -> dict[str, Any]:
                 (f"large ({3 * per_zone} regions, {6 * per_zone} clusters)", big, dial),
             ]
             for label, doc, dial_map in topologies:
-                print(f"== {label}: starting routers", flush=True)
+                progress(f"== {label}: starting routers")
                 pair = await routers(home / label.split()[0], doc, fleet.keys_dir, dial_map)
                 try:
                     warm = max(1, n // 10)
-                    print(f"== {label}: starting {4 * (n + warm)} workflows", flush=True)
+                    progress(f"== {label}: starting {4 * (n + warm)} workflows")
                     made = await start_some(pair[0][0], 4 * (n + warm))
                     sets = {p: made[i::4] for i, p in enumerate(PATHS)}
                     await measure(pair, {p: w[:warm] for p, w in sets.items()}, 1)
-                    print(f"== {label}: {n} follow-ups per path", flush=True)
+                    progress(f"== {label}: {n} follow-ups per path")
                     paths = await measure(pair, {p: w[warm:] for p, w in sets.items()}, rounds)
                 finally:
                     for router, _ in pair:

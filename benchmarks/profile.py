@@ -34,7 +34,7 @@ from typing import Any
 
 import grpc
 
-from benchmarks.common import emit, machine, render
+from benchmarks.common import emit, machine, progress, render
 from benchmarks.fleet import Fleet
 from benchmarks.router_vs_direct import chunk, cpu_seconds
 from router.v1 import router_pb2 as pb
@@ -147,8 +147,7 @@ async def run(seconds: float, concurrency: int, keep: Path | None) -> dict[str, 
             await chunk(start, 300, 8)  # warm up
             raw, data = home / "py-spy.txt", home / "perf.data"
             window = int(seconds)
-            print(f"== sampling the router for {window} s at concurrency {concurrency}",
-                  flush=True)  # fmt: skip
+            progress(f"== sampling the router for {window} s at concurrency {concurrency}")
             samplers = [
                 await asyncio.create_subprocess_exec(
                     spy, "record", "--pid", str(router.pid), "--gil", "--nonblocking",

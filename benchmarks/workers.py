@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from benchmarks.common import emit, machine, render
+from benchmarks.common import emit, machine, progress, render
 from benchmarks.fleet import Fleet
 from benchmarks.router_vs_direct import chunk
 from router.v1 import router_pb2 as pb
@@ -94,7 +94,7 @@ async def run(n: int, chunks: int, concurrency: int) -> dict[str, Any]:
     results = []
     with tempfile.TemporaryDirectory(prefix="meridian-workers-") as tmp:
         for servers in (1, 2):
-            print(f"== {servers} dev server(s): {n} starts per router", flush=True)
+            progress(f"== {servers} dev server(s): {n} starts per router")
             results.append(await measure(servers, n, chunks, concurrency, Path(tmp) / str(servers)))
     return {"benchmark": "workers", "machine": machine(), "concurrency": concurrency,
             "results": results}  # fmt: skip
