@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import shutil
 import subprocess
@@ -35,7 +36,7 @@ from typing import Any
 import grpc
 
 from benchmarks.common import emit, machine, progress, render
-from benchmarks.fleet import Fleet
+from benchmarks.fleet import ROOT, Fleet, free_port
 from benchmarks.router_vs_direct import chunk, cpu_seconds
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
@@ -121,7 +122,50 @@ def combine(dsos: dict[str, float], frames: Counter[str]) -> list[tuple[str, flo
     return sorted(shares.items(), key=lambda kv: -kv[1])
 
 
-async def run(seconds: float, concurrency: int, keep: Path | None) -> dict[str, Any]:
+async def bare_grpc_server(concurrency: int, n: int = 4000) -> float:
+    """CPU µs per call of a grpc.aio server answering StartWorkflow with a canned
+    response, in its own process (benchmarks.floors)."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.floors", "server", "--port", str(port),
+        stdout=subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        await asyncio.wait_for(proc.stdout.readline(), 30)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.WorkflowRouterStub(channel)
+
+            async def call() -> None:
+                await stub.StartWorkflow(pb.StartWorkflowRequest(
+                    workflow_type="EchoWorkflow", workflow_id=f"g-{uuid.uuid4()}",
+                    tenant_id="bench", user_country="DE", data_class=pb.PII,
+                ), timeout=30)  # fmt: skip
+
+            await chunk(call, 500, 16)
+            before = cpu_seconds(proc.pid)
+            xs, _ = await chunk(call, n, concurrency)
+            return (cpu_seconds(proc.pid) - before) / len(xs) * 1e6
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def plain_temporal_client(endpoint: str, concurrency: int) -> float:
+    """CPU µs per start of a plain temporalio client, measured by itself."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.floors", "client", "--endpoint", endpoint,
+        "--namespace", "eu-west", "--concurrency", str(concurrency),
+        stdout=subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    cpu: float = json.loads(out)["cpu_us_per_start"]
+    return cpu
+
+
+async def run(
+    seconds: float, concurrency: int, keep: Path | None, *, native: bool = False
+) -> dict[str, Any]:
     spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if spy is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
@@ -150,7 +194,10 @@ async def run(seconds: float, concurrency: int, keep: Path | None) -> dict[str, 
             progress(f"== sampling the router for {window} s at concurrency {concurrency}")
             samplers = [
                 await asyncio.create_subprocess_exec(
-                    spy, "record", "--pid", str(router.pid), "--gil", "--nonblocking",
+                    spy, "record", "--pid", str(router.pid), "--gil",
+                    # --native pauses the router for each sample (slower, same shares);
+                    # without it, time in C/Cython/Rust counts for its Python caller.
+                    *(["--native"] if native else ["--nonblocking"]),
                     "--rate", "250", "--duration", str(window), "--format", "raw",
                     "--output", str(raw),
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -172,6 +219,11 @@ async def run(seconds: float, concurrency: int, keep: Path | None) -> dict[str, 
                 if proc.returncode != 0:
                     raise SystemExit(f"sampler failed: {err.decode(errors='replace')[-2000:]}")
             frames, dsos = py_spy_buckets(raw), perf_buckets(data)
+            progress("== the floors: a bare gRPC server, a plain temporalio client")
+            grpc_floor = await bare_grpc_server(concurrency)
+            temporal_floor = await plain_temporal_client(
+                fleet.cluster("eu-west-a").endpoint, concurrency
+            )
             if keep is not None:
                 shutil.copy(raw, keep / "py-spy.txt")
                 shutil.copy(data, keep / "perf.data")
@@ -186,7 +238,9 @@ async def run(seconds: float, concurrency: int, keep: Path | None) -> dict[str, 
         "starts": starts,
         "starts_per_s": starts / wall,
         "router_cpu_us_per_start": per_start_us,
-        "perf_dso_percent": dict(dsos),
+        "perf_dso_percent": dsos,
+        "grpc_server_alone_cpu_us_per_call": grpc_floor,
+        "temporal_client_alone_cpu_us_per_start": temporal_floor,
         "py_spy_samples": dict(frames),
         "buckets": [
             {"bucket": name, "share": share, "cpu_us_per_start": share * per_start_us}
@@ -200,11 +254,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--raw", type=Path, help="keep the samplers' output in this directory")
+    parser.add_argument(
+        "--native", action="store_true",
+        help="py-spy --native: C, Cython and Rust frames too (pauses the router per sample)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.raw is not None:
         args.raw.mkdir(parents=True, exist_ok=True)
-    result = asyncio.run(run(args.seconds, args.concurrency, args.raw))
+    result = asyncio.run(run(args.seconds, args.concurrency, args.raw, native=args.native))
     table = render(
         ["where the router's CPU goes", "share", "µs per start"],
         [(r["bucket"], f"{r['share']:.0%}", f"{r['cpu_us_per_start']:.0f}")
@@ -213,6 +271,16 @@ def main(argv: list[str] | None = None) -> None:
     head = (
         f"{result['starts']} starts at concurrency {result['concurrency']} "
         f"({result['starts_per_s']:.0f}/s); router CPU {result['router_cpu_us_per_start']:.0f} "
-        f"µs per start; {result['samples']} samples\n"
+        f"µs per start\n"
     )
-    emit(result, args.json, head + table)
+    floor = (
+        result["grpc_server_alone_cpu_us_per_call"]
+        + result["temporal_client_alone_cpu_us_per_start"]
+    )
+    tail = (
+        f"\nthe floor: a bare gRPC server {result['grpc_server_alone_cpu_us_per_call']:.0f} "
+        f"µs per call + a plain temporalio client "
+        f"{result['temporal_client_alone_cpu_us_per_start']:.0f} µs per start = {floor:.0f} µs; "
+        f"the router's own work above it: {result['router_cpu_us_per_start'] - floor:.0f} µs"
+    )
+    emit(result, args.json, head + table + tail)

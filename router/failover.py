@@ -337,8 +337,7 @@ def _count(event: AuditEvent) -> None:
     if isinstance(event, FlipDone):
         f = event.flip
         kind = "adopted" if event.adopted else "automatic" if f.automatic else "manual"
-        labels = {"region": event.region, "kind": kind, "result": "done", "rule": f.rule}
+        metrics.flips.add(1, event.region, kind, "done", f.rule)
     else:
         kind = "automatic" if event.automatic else "manual"
-        labels = {"region": event.region, "kind": kind, "result": "refused", "rule": event.rule}
-    metrics.flips.add(1, labels)
+        metrics.flips.add(1, event.region, kind, "refused", event.rule)

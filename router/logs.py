@@ -51,6 +51,11 @@ def setup(*, verbose: bool, fmt: str = "text") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    # Neither format shows the caller's file and line, thread or process: skip finding
+    # them for every record (the logging HOWTO's "Optimization"; a decision line is
+    # logged per start).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -26,6 +26,8 @@ from typing import Any
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from router.codec.tally import Tally
+
 log = logging.getLogger(__name__)
 
 _meter = metrics.get_meter("meridian")
@@ -68,9 +70,11 @@ SECONDS_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
-decisions = _meter.create_counter(
-    "meridian.decisions", description=NAMES["meridian_decisions_total"]
-)
+decisions = Tally(
+    _meter, "meridian.decisions",
+    labels=("outcome", "zone", "region", "cluster", "rule", "data_class"),
+    description=NAMES["meridian_decisions_total"],
+)  # fmt: skip
 start_duration = _meter.create_histogram(
     "meridian.start.duration", unit="s", description=NAMES["meridian_start_duration_seconds"]
 )
@@ -92,10 +96,14 @@ probe_duration = _meter.create_histogram(
     unit="s",
     description=NAMES["meridian_cluster_probe_duration_seconds"],
 )
-flips = _meter.create_counter("meridian.flips", description=NAMES["meridian_flips_total"])
-config_reloads = _meter.create_counter(
-    "meridian.config.reloads", description=NAMES["meridian_config_reloads_total"]
-)
+flips = Tally(
+    _meter, "meridian.flips", labels=("region", "kind", "result", "rule"),
+    description=NAMES["meridian_flips_total"],
+)  # fmt: skip
+config_reloads = Tally(
+    _meter, "meridian.config.reloads", labels=("source", "result"),
+    description=NAMES["meridian_config_reloads_total"],
+)  # fmt: skip
 audit_commit = _meter.create_histogram(
     "meridian.audit.commit.duration",
     unit="s",
@@ -104,9 +112,10 @@ audit_commit = _meter.create_histogram(
 audit_batch = _meter.create_histogram(
     "meridian.audit.batch.records", description=NAMES["meridian_audit_batch_records"]
 )
-audit_failures = _meter.create_counter(
-    "meridian.audit.write.failures", description=NAMES["meridian_audit_write_failures_total"]
-)
+audit_failures = Tally(
+    _meter, "meridian.audit.write.failures", labels=(),
+    description=NAMES["meridian_audit_write_failures_total"],
+)  # fmt: skip
 # meridian_codec_* are counted in router/codec (aead.py, server.py) through the same
 # OpenTelemetry meter: the codec package does not import the rest of the router.
 
@@ -255,11 +264,7 @@ def record_start(
     temporal_seconds: float | None = None,
     message: str = "",
 ) -> None:
-    decisions.add(
-        1,
-        {"outcome": outcome, "zone": zone, "region": region, "cluster": cluster, "rule": rule,
-         "data_class": data_class},
-    )  # fmt: skip
+    decisions.add(1, outcome, zone, region, cluster, rule, data_class)
     start_duration.record(seconds, {"outcome": outcome})
     if temporal_seconds is not None:
         router_added.record(max(0.0, seconds - temporal_seconds))

@@ -27,6 +27,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
 from router.codec.keys import Key, KeyRing, KeyRingHolder
+from router.codec.tally import Tally
 from router.errors import CodecError
 
 ENCODING = b"binary/encrypted"
@@ -58,12 +59,14 @@ class _Sealer:
 # Counted through the OpenTelemetry API (router.metrics pins the Prometheus names; the
 # codec package does not reach into the rest of the router).
 _meter = metrics.get_meter("meridian")
-_payloads = _meter.create_counter(
-    "meridian.codec.payloads", description="payloads encoded or decoded, by region and op"
-)
-_failures = _meter.create_counter(
-    "meridian.codec.failures", description="payloads that failed to decode, by region and reason"
-)
+_payloads = Tally(
+    _meter, "meridian.codec.payloads", labels=("region", "op"),
+    description="payloads encoded or decoded, by region and op",
+)  # fmt: skip
+_failures = Tally(
+    _meter, "meridian.codec.failures", labels=("region", "reason"),
+    description="payloads that failed to decode, by region and reason",
+)  # fmt: skip
 
 
 class RegionCodec(PayloadCodec):
@@ -195,14 +198,14 @@ class RegionCodec(PayloadCodec):
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         out = [self.encode_one(p) for p in payloads]
-        _payloads.add(len(out), {"region": self.region, "op": "encode"})
+        _payloads.add(len(out), self.region, "encode")
         return out
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
         try:
             out = [self.decode_one(p) for p in payloads]
         except CodecError as exc:
-            _failures.add(1, {"region": self.region, "reason": exc.reason})
+            _failures.add(1, self.region, exc.reason)
             raise
-        _payloads.add(len(out), {"region": self.region, "op": "decode"})
+        _payloads.add(len(out), self.region, "decode")
         return out

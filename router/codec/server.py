@@ -33,6 +33,7 @@ from opentelemetry import metrics
 from temporalio.api.common.v1 import Payloads
 
 from router.codec.aead import RegionCodec
+from router.codec.tally import Tally
 from router.codec.tokens import token_ok
 from router.errors import CodecError
 
@@ -83,16 +84,17 @@ class Refused(Exception):
         self.message = message
 
 
-_requests = metrics.get_meter("meridian").create_counter(
-    "meridian.codec_server.requests", description="codec server requests by region and status"
-)
+_requests = Tally(
+    metrics.get_meter("meridian"), "meridian.codec_server.requests", labels=("region", "status"),
+    description="codec server requests by region and status",
+)  # fmt: skip
 
 
 @web.middleware
 async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     """meridian_codec_server_requests_total, by region and HTTP status."""
     response = await handler(request)
-    _requests.add(1, {"region": request.app[REGION], "status": str(response.status)})
+    _requests.add(1, request.app[REGION], str(response.status))
     return response
 
 

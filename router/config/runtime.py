@@ -181,7 +181,7 @@ class ConfigController:
         raise ``ConfigError`` (e.g. a document that is not YAML): a rejection.
         ``source`` names what brought the change (file, consul), for the metrics."""
         outcome = await self._submit(build)
-        metrics.config_reloads.add(1, {"source": source, "result": outcome.value})
+        metrics.config_reloads.add(1, source, outcome.value)
         return outcome
 
     async def _submit(self, build: Build) -> Outcome:

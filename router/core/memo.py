@@ -9,7 +9,7 @@ the caller's tenant is treated as if it did not exist.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from router.core.model import DataClass, Decision, RouteRequest
@@ -48,7 +48,8 @@ class WorkflowMemo:
         )
 
     def to_json(self) -> dict[str, str]:
-        doc = asdict(self)
+        # Not dataclasses.asdict: it deep-copies every field, once per start.
+        doc = {f.name: getattr(self, f.name) for f in _FIELDS}
         doc["data_class"] = self.data_class.value
         return doc
 
@@ -76,3 +77,6 @@ class WorkflowMemo:
         except ValueError:
             return None
         return cls(**values)
+
+
+_FIELDS = fields(WorkflowMemo)
