@@ -598,7 +598,11 @@ def add_parsers(sub: Any) -> None:
         "its own audit chain (<audit-dir>/worker-<i>) and HTTP port (--http-port + i); "
         "default: the number of cores",
     )  # fmt: skip
-    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument(
+        "--worker-index", type=int,
+        help="which worker this process is (set by the supervisor --workers starts; not "
+        "for use by hand)",
+    )  # fmt: skip
     serve.add_argument(
         "--state-dir",
         help="where active-cluster choices persist (default: $MERIDIAN_HOME/state)",
