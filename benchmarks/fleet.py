@@ -47,12 +47,12 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in {_PORTS}")
 
 
-def _popen(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _popen(argv: list[str], log: Path, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         return subprocess.Popen(
             die_with_parent(argv), stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT,
+            stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd,
         )  # fmt: skip
 
 
@@ -129,6 +129,7 @@ class Replica:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     argv: list[str] = field(default_factory=list)
+    source: Path = ROOT
 
     @property
     def address(self) -> str:
@@ -147,7 +148,10 @@ class Replica:
         path = self.home / "router.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def start(self, config: Path, keys: Path, extra: list[str]) -> None:
+    def start(self, config: Path, keys: Path, extra: list[str], *, source: Path = ROOT) -> None:
+        """``source``: the tree whose ``router`` runs (``python -m`` finds the working
+        directory's first): another checkout runs that version, for before/after."""
+        self.source = source
         self.argv = [
             sys.executable, "-m", "router.cli", "serve", "--config", str(config),
             "--keys-dir", str(keys), "--state-dir", str(self.home / "state"),
@@ -155,14 +159,15 @@ class Replica:
             "--replica-id", self.name,
             # One process unless the caller asks for workers: drills signal and measure
             # the router by its PID, and read its one audit directory.
-            *([] if "--workers" in extra else ["--workers", "1"]), *extra,
+            # (Older versions have no --workers: one process is all they run.)
+            *([] if "--workers" in extra or source != ROOT else ["--workers", "1"]), *extra,
         ]  # fmt: skip
-        self.proc = _popen(self.argv, self.home / "router.log")
+        self.proc = _popen(self.argv, self.home / "router.log", source)
 
     async def restart(self) -> None:
         """Stop, then start again with the same arguments (same state and audit dirs)."""
         self.stop()
-        self.proc = _popen(self.argv, self.home / "router.log")
+        self.proc = _popen(self.argv, self.home / "router.log", self.source)
         await self.wait_serving()
 
     async def wait_serving(

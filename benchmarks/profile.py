@@ -61,7 +61,9 @@ DSOS: list[tuple[str, re.Pattern[str]]] = [
 FRAMES: list[tuple[str, re.Pattern[str]]] = [
     ("audit (records, hashing, fsync, checkpoints)", re.compile(r"router/audit/|audit/")),
     ("codec (encryption)", re.compile(r"router/codec/|codec/|cryptography")),
-    ("Temporal client (Python layer)", re.compile(r"temporalio/")),
+    ("Temporal client (Python layer, request building)", re.compile(
+        r"temporalio/|router/temporal/|temporal/gateway"
+    )),
     ("metrics and tracing", re.compile(r"opentelemetry|router/metrics|router/telemetry")),
     ("logging", re.compile(r"logging/|router/logs")),
     ("conversions (proto, JSON, memo)", re.compile(

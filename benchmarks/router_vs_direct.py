@@ -84,9 +84,12 @@ def _secure_overlay(home: Path) -> Path:
     return overlay
 
 
-async def run(n: int, chunks: int, concurrencies: list[int]) -> dict[str, Any]:
-    """Three sides in alternated chunks: the router in plaintext with auth off, the
-    router with mTLS and authorization on, and a plain temporalio client."""
+async def run(
+    n: int, chunks: int, concurrencies: list[int], baseline: Path | None = None
+) -> dict[str, Any]:
+    """Sides in alternated chunks: the router in plaintext with auth off, the router
+    with mTLS and authorization on, the router without metrics, a plain temporalio
+    client, and (``baseline``: another checkout) an older router like the first."""
     with tempfile.TemporaryDirectory(prefix="meridian-rvd-") as tmp:
         home = Path(tmp)
         fleet = Fleet.create(home, {"eu-west": ("eu", 1)}, {"eu": ["DE"]})
@@ -96,6 +99,9 @@ async def run(n: int, chunks: int, concurrencies: list[int]) -> dict[str, Any]:
         plain.start(fleet.config_path, fleet.keys_dir, [])
         secure.start(fleet.config_path, fleet.keys_dir, ["--overlay", str(_secure_overlay(home))])
         bare.start(fleet.config_path, fleet.keys_dir, ["--no-metrics"])
+        old = fleet.replica("router-baseline") if baseline is not None else None
+        if old is not None and baseline is not None:
+            old.start(fleet.config_path, fleet.keys_dir, [], source=baseline)
         tls = home / "tls"
         credentials = channel_credentials(
             tls / "ca.pem", tls / "service.pem", tls / "service-key.pem"
@@ -104,6 +110,8 @@ async def run(n: int, chunks: int, concurrencies: list[int]) -> dict[str, Any]:
             await plain.wait_serving()
             await bare.wait_serving()
             await secure.wait_serving(credentials=credentials)
+            if old is not None:
+                await old.wait_serving()
             cluster = fleet.cluster("eu-west-a")
             direct = await Client.connect(cluster.endpoint, namespace="eu-west")
             channels = {
@@ -112,6 +120,9 @@ async def run(n: int, chunks: int, concurrencies: list[int]) -> dict[str, Any]:
                 "router_no_metrics": grpc.aio.insecure_channel(bare.address),
             }
             pids = {"router": plain.pid, "router_mtls": secure.pid, "router_no_metrics": bare.pid}
+            if old is not None:
+                channels["router_baseline"] = grpc.aio.insecure_channel(old.address)
+                pids["router_baseline"] = old.pid
 
             def via(stub: Any) -> Callable[[], Awaitable[None]]:
                 async def start() -> None:
@@ -176,8 +187,9 @@ async def run(n: int, chunks: int, concurrencies: list[int]) -> dict[str, Any]:
         "machine": machine(),
         "results": results,
         "audit_checkpoints": checkpoints,
+        "baseline": str(baseline) if baseline is not None else None,
         "goals": {"added_p50_ms_at_1": 1.0, "throughput_ratio_at_32": 0.9,
-                  "router_cpu_us_per_start": 250},
+                  "router_cpu_us_per_start_at_32": 800},
     }  # fmt: skip
 
 
@@ -188,9 +200,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--starts", type=int, default=2000, help="per side and concurrency")
     parser.add_argument("--chunks", type=int, default=10, help="A/B alternations")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument(
+        "--baseline", type=Path,
+        help="a checkout of an older version (git worktree add DIR COMMIT): its router "
+        "runs beside this one, plaintext like 'router', for a before/after in one run",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    result = asyncio.run(run(args.starts, args.chunks, args.concurrency))
+    result = asyncio.run(run(args.starts, args.chunks, args.concurrency, args.baseline))
+    shown = ["router", "router_mtls", "router_no_metrics", "direct"]
+    if args.baseline is not None:
+        shown.insert(0, "router_baseline")
     table = render(
         ["conc.", "side", "p50/p99 ms", "added p50 ms", "starts/s", "ratio to direct",
          "router CPU µs/start"],
@@ -201,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{r[f'{side}_ratio']:.2f}" if side != "direct" else "",
           f"{r[f'{side}_cpu_us_per_start']:.0f}" if side != "direct" else "")
          for r in result["results"]
-         for side in ("router", "router_mtls", "router_no_metrics", "direct")],
+         for side in shown],
     )  # fmt: skip
     extra = "\n".join(
         f"mTLS + authorization add {r['mtls_added_cpu_us_per_start']:.0f} µs of router CPU per "

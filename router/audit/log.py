@@ -335,7 +335,9 @@ class AuditLog:
         if self._head_fd is None:
             self._head_fd = os.open(self.directory / HEAD_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         name = self._path.name if self._path else ""
-        text = json.dumps({"seq": seq, "hash": last, "file": name}).encode()
+        # Formatted, not json.dumps'd (once per commit): an int, a hex digest and a log
+        # file name (audit-<16 digits>.jsonl) need no escaping; the same JSON.
+        text = f'{{"seq": {seq}, "hash": "{last}", "file": "{name}"}}'.encode()
         os.pwrite(self._head_fd, text.ljust(_HEAD_BYTES - 1) + b"\n", 0)
 
     def _fail(self, batch: list[_Pending], exc: Exception) -> None:
