@@ -159,8 +159,9 @@ class Replica:
             "--replica-id", self.name,
             # One process unless the caller asks for workers: drills signal and measure
             # the router by its PID, and read its one audit directory.
-            # (Older versions have no --workers: one process is all they run.)
-            *([] if "--workers" in extra or source != ROOT else ["--workers", "1"]), *extra,
+            # (Versions before router/workers.py run one process and know no --workers.)
+            *([] if "--workers" in extra or not (source / "router" / "workers.py").exists()
+              else ["--workers", "1"]), *extra,
         ]  # fmt: skip
         self.proc = _popen(self.argv, self.home / "router.log", source)
 
