@@ -7,6 +7,7 @@ rule and fallback considered afterwards must lie in that zone (DESIGN invariant 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 from router.core.model import (
@@ -168,20 +169,21 @@ def possible_regions(req: RouteRequest, table: RoutingTable) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _rules_for(req: RouteRequest, table: RoutingTable, zone: str | None) -> Iterator[Rule]:
-    """The rules a request can match, most specific location first (``RuleIndex``)."""
-    keys: list[tuple[Level, str | None]] = []
-    if req.user_subdivision is not None:
-        keys.append((Level.SUBDIVISION, req.user_subdivision))
-    keys.append((Level.COUNTRY, req.user_country))
-    if zone is not None:
-        keys.append((Level.ZONE, zone))
-    keys.append((Level.DEFAULT, None))
+def _rules_for(req: RouteRequest, table: RoutingTable, zone: str | None) -> list[Rule]:
+    """The rules a request can match, most specific location first (``RuleIndex``): a
+    list, usually empty or short; most locations have no rules at all."""
     index = table.rule_index
-    for key in keys:
-        at = index.get(key)
+    out: list[Rule] = []
+    for key in (
+        (Level.SUBDIVISION, req.user_subdivision),
+        (Level.COUNTRY, req.user_country),
+        (Level.ZONE, zone),
+        (Level.DEFAULT, None),
+    ):
+        at = index.get(key)  # (SUBDIVISION, None) and (ZONE, None) are never keys
         if at is not None:
-            yield from at.for_tenant(req.tenant_id)
+            out.extend(at.for_tenant(req.tenant_id))
+    return out
 
 
 def _candidates(
@@ -276,8 +278,21 @@ def names(
     naming = table.naming
     ns_template = rule.namespace if rule is not None and rule.namespace else naming.namespace
     tq_template = rule.task_queue if rule is not None and rule.task_queue else naming.task_queue
-    namespace = ns_template.format(region=region.name, zone=region.zone)
+    return _render(
+        (ns_template, tq_template), region.name, region.zone, workflow_type,
+        naming.priority_suffix[priority],
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=8192)
+def _render(
+    templates: tuple[str, str], region: str, zone: str, workflow_type: str, suffix: str
+) -> tuple[str, str]:
+    """The names, rendered once per distinct input (a pure function, so memoised: the
+    same few regions and workflow types come back on every decision)."""
+    ns_template, tq_template = templates
+    namespace = ns_template.format(region=region, zone=zone)
     task_queue = tq_template.format(
-        region=region.name, zone=region.zone, namespace=namespace, workflow_type=workflow_type
+        region=region, zone=zone, namespace=namespace, workflow_type=workflow_type
     )
-    return namespace, task_queue + naming.priority_suffix[priority]
+    return namespace, task_queue + suffix
