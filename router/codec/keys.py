@@ -28,7 +28,7 @@ import re
 import secrets
 import stat
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -222,7 +222,10 @@ def check_private(path: Path, *, what: str) -> None:
         )
 
 
-def write_private(path: Path, text: str) -> None:
+@contextlib.contextmanager
+def _private_temp(path: Path, text: str) -> Iterator[Path]:
+    """``text`` written and fsynced to a new 0600 file beside ``path``; removed on exit
+    unless it was renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -231,11 +234,15 @@ def write_private(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException:
+        yield tmp
+    finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        raise
+
+
+def write_private(path: Path, text: str) -> None:
+    with _private_temp(path, text) as tmp:
+        tmp.replace(path)
 
 
 def create_private(path: Path, text: str) -> bool:
@@ -244,22 +251,12 @@ def create_private(path: Path, text: str) -> bool:
     call wrote it."""
     if path.exists():
         return False
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+    with _private_temp(path, text) as tmp:
         try:
             os.link(tmp, path)  # fails if another process made one first: keep theirs
         except FileExistsError:
             return False
         return True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 class KeyRingHolder:
