@@ -8,6 +8,7 @@ import platform
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +41,17 @@ def ab_rounds(
         ra.append(rate(a, n))
         rb.append(rate(b, n))
     return statistics.median(ra), statistics.median(rb)
+
+
+def start_request(prefix: str, *, country: str = "DE", tenant: str = "bench") -> Any:
+    """A StartWorkflowRequest of the benchmarks' workload: EchoWorkflow, PII data, a
+    fresh workflow id."""
+    from router.v1 import router_pb2 as pb
+
+    return pb.StartWorkflowRequest(
+        workflow_type="EchoWorkflow", workflow_id=f"{prefix}-{uuid.uuid4()}", tenant_id=tenant,
+        user_country=country, data_class=pb.PII,
+    )  # fmt: skip
 
 
 def progress(message: str) -> None:

@@ -11,23 +11,20 @@ import asyncio
 import statistics
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from benchmarks.common import emit, machine, progress, render
+from benchmarks.common import emit, machine, progress, render, start_request
 from benchmarks.fleet import Fleet, start_stream
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 
 
-def start_request() -> pb.StartWorkflowRequest:
-    return pb.StartWorkflowRequest(
-        workflow_type="EchoWorkflow", workflow_id=f"drill-{uuid.uuid4()}", tenant_id="drill",
-        user_country="DE", data_class=pb.PII,
-    )  # fmt: skip
+def drill_request() -> pb.StartWorkflowRequest:
+    request: pb.StartWorkflowRequest = start_request("drill", tenant="drill")
+    return request
 
 
 async def _region(admin: Any) -> pb.Region:
@@ -72,7 +69,7 @@ async def drill(fleet: Fleet, router: Any, admin: Any, fault: str) -> dict[str, 
         action()
 
     try:
-        t_fault, outcomes = await start_stream(router, start_request, 6.0, 1.0, inject)
+        t_fault, outcomes = await start_stream(router, drill_request, 6.0, 1.0, inject)
     finally:
         if fault == "stop":
             primary.resume()

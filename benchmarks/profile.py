@@ -28,17 +28,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from benchmarks.common import emit, machine, progress, render
+from benchmarks.common import emit, machine, progress, render, start_request
 from benchmarks.fleet import ROOT, Fleet, free_port
 from benchmarks.router_vs_direct import chunk, cpu_seconds
-from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 
 PYTHON = "Python interpreter"
@@ -139,10 +137,7 @@ async def bare_grpc_server(concurrency: int, n: int = 4000) -> float:
             stub = pb_grpc.WorkflowRouterStub(channel)
 
             async def call() -> None:
-                await stub.StartWorkflow(pb.StartWorkflowRequest(
-                    workflow_type="EchoWorkflow", workflow_id=f"g-{uuid.uuid4()}",
-                    tenant_id="bench", user_country="DE", data_class=pb.PII,
-                ), timeout=30)  # fmt: skip
+                await stub.StartWorkflow(start_request("g"), timeout=30)
 
             await chunk(call, 500, 16)
             before = cpu_seconds(proc.pid)
@@ -185,10 +180,7 @@ async def run(
             stub = pb_grpc.WorkflowRouterStub(channel)
 
             async def start() -> None:
-                await stub.StartWorkflow(pb.StartWorkflowRequest(
-                    workflow_type="EchoWorkflow", workflow_id=f"p-{uuid.uuid4()}",
-                    tenant_id="bench", user_country="DE", data_class=pb.PII,
-                ), timeout=30)  # fmt: skip
+                await stub.StartWorkflow(start_request("p"), timeout=30)
 
             await chunk(start, 300, 8)  # warm up
             raw, data = home / "py-spy.txt", home / "perf.data"

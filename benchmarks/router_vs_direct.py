@@ -29,7 +29,7 @@ import grpc
 import yaml
 from temporalio.client import Client
 
-from benchmarks.common import emit, machine, render
+from benchmarks.common import emit, machine, render, start_request
 from benchmarks.fleet import Fleet
 from router.cli.render import message_to_json
 from router.tls import channel_credentials, ensure_dev_pki
@@ -126,10 +126,7 @@ async def run(
 
             def via(stub: Any) -> Callable[[], Awaitable[None]]:
                 async def start() -> None:
-                    await stub.StartWorkflow(pb.StartWorkflowRequest(
-                        workflow_type="EchoWorkflow", workflow_id=f"r-{uuid.uuid4()}",
-                        tenant_id="bench", user_country="DE", data_class=pb.PII,
-                    ), timeout=30)  # fmt: skip
+                    await stub.StartWorkflow(start_request("r"), timeout=30)
 
                 return start
 

@@ -15,17 +15,15 @@ import argparse
 import asyncio
 import itertools
 import tempfile
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from benchmarks.common import emit, machine, progress, render
+from benchmarks.common import emit, machine, progress, render, start_request
 from benchmarks.fleet import Fleet
 from benchmarks.router_vs_direct import chunk
-from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 
 LAYOUTS = {
@@ -61,10 +59,7 @@ async def measure(
 
             async def start(picks: Any = picks) -> None:
                 stub, country = next(picks)
-                await stub.StartWorkflow(pb.StartWorkflowRequest(
-                    workflow_type="EchoWorkflow", workflow_id=f"w-{uuid.uuid4()}",
-                    tenant_id="bench", user_country=country, data_class=pb.PII,
-                ), timeout=30)  # fmt: skip
+                await stub.StartWorkflow(start_request("w", country=country), timeout=30)
 
             sides[w] = start
         for fn in sides.values():
