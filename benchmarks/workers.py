@@ -6,7 +6,9 @@ checkpoints, payloads encrypted, metrics on) and take alternated chunks (1, 2, 1
 of StartWorkflow calls at concurrency 64 over 16 connections (the kernel spreads
 connections, not calls, over a port's workers). Everything shares this machine's cores:
 the dev servers, the routers and this load generator, which is itself a Python process;
-the scaling reported is what a second worker buys on that box.
+the scaling reported is what a second worker buys on that box, and beside it where the
+cores went (CPU seconds per wall second of the router's processes, the dev servers and
+the load generator), which says whether the router was the bottleneck at all.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import resource
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,7 +26,7 @@ import grpc
 
 from benchmarks.common import emit, machine, progress, render, start_request
 from benchmarks.fleet import Fleet
-from benchmarks.router_vs_direct import chunk
+from benchmarks.router_vs_direct import chunk, cpu_seconds
 from router.v1 import router_pb2_grpc as pb_grpc
 
 LAYOUTS = {
@@ -66,9 +69,18 @@ async def measure(
             await chunk(fn, 200, 16)  # warm up every worker's connections
         done = dict.fromkeys(sides, 0)
         wall = dict.fromkeys(sides, 0.0)
+        # Where the cores went while each router took its chunks: the router's processes,
+        # the dev servers, and this load generator (cores busy = CPU seconds / wall).
+        busy = {w: dict.fromkeys(("router", "dev_servers", "load_generator"), 0.0) for w in sides}
+        servers_pids = [c.proc.pid for c in fleet.clusters() if c.proc is not None]
         for _ in range(chunks):
             for w, fn in sides.items():
+                pids = router_pids(routers[w].pid)
+                before = _cpu(pids), _cpu(servers_pids), own_cpu()
                 xs, seconds = await chunk(fn, max(1, n // chunks), concurrency)
+                after = _cpu(pids), _cpu(servers_pids), own_cpu()
+                for key, b, a in zip(busy[w], before, after, strict=True):
+                    busy[w][key] += a - b
                 done[w] += len(xs)
                 wall[w] += seconds
         rates = {w: done[w] / wall[w] for w in sides}
@@ -78,11 +90,30 @@ async def measure(
             "workers_1_per_s": rates[1],
             "workers_2_per_s": rates[2],
             "scaling": rates[2] / rates[1],
+            "cores_busy": {
+                f"workers_{w}": {k: v / wall[w] for k, v in busy[w].items()} for w in sides
+            },
         }
     finally:
         for channel in channels:
             await channel.close()
         fleet.stop()
+
+
+def router_pids(pid: int) -> list[int]:
+    """The processes doing a router's work: its workers (children of the supervisor),
+    else the process itself."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children] or [pid]
+
+
+def _cpu(pids: list[int]) -> float:
+    return sum(cpu_seconds(p) for p in pids)
+
+
+def own_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 async def run(n: int, chunks: int, concurrency: int) -> dict[str, Any]:
@@ -103,9 +134,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args.starts, args.chunks, args.concurrency))
+
+    def cores(r: dict[str, Any], w: int) -> str:
+        b = r["cores_busy"][f"workers_{w}"]
+        return f"{b['router']:.2f} / {b['dev_servers']:.2f} / {b['load_generator']:.2f}"
+
     table = render(
-        ["dev servers", "1 worker starts/s", "2 workers starts/s", "scaling"],
+        ["dev servers", "1 worker starts/s", "2 workers starts/s", "scaling",
+         "cores busy, 1 worker (router / dev servers / load)", "cores busy, 2 workers"],
         [(r["dev_servers"], f"{r['workers_1_per_s']:.0f}", f"{r['workers_2_per_s']:.0f}",
-          f"{r['scaling']:.2f}x") for r in result["results"]],
+          f"{r['scaling']:.2f}x", cores(r, 1), cores(r, 2)) for r in result["results"]],
     )  # fmt: skip
     emit(result, args.json, table)
