@@ -90,7 +90,8 @@ def large_doc(
     doc["default_region"] = "us-r000"
     doc["naming"] = {"namespace": "{zone}"}
     # Six servers answering for 600 clusters: probe rarely, or probes are the load.
-    doc["health"] = {"interval_ms": 600_000}
+    # and wait long for the first ones (600 at once).
+    doc["health"] = {"interval_ms": 60_000, "timeout_ms": 10_000, "failure_interval_ms": 500}
     return doc, dial
 
 
