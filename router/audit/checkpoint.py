@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from router import metrics
 from router.audit.chain import log_files
 from router.audit.log import AuditLog, Receipt
 from router.audit.records import checkpoint_record, utc, witness_record
@@ -284,6 +285,14 @@ class _WitnessState:
         )  # fmt: skip
 
 
+def _age(c: Checkpointer) -> metrics.Reading:
+    """Seconds since a witness last took one of this chain's checkpoints (since the
+    checkpointer started, while none has)."""
+    published = [w.last_published for w in c._witnesses if w.last_published is not None]
+    since = max(published) if published else c._started
+    return [(max(0.0, c._clock() - since), {"chain": c.chain_id})]
+
+
 class Checkpointer:
     def __init__(
         self,
@@ -314,6 +323,9 @@ class Checkpointer:
         self._witnesses = [_WitnessState(w) for w in witnesses]
         self._task: asyncio.Task[None] | None = None
         self.receipts = ReceiptSigner(key, self.chain_id)
+        self._started = clock()
+        if self._witnesses:  # no witness, nothing is ever witnessed: no series at all
+            metrics.watch("meridian_audit_last_checkpoint_age_seconds", self, _age)
 
     @property
     def key_id(self) -> str:

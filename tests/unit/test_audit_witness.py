@@ -187,6 +187,26 @@ async def test_checkpoints_are_signed_recorded_and_chained(tmp_path: Path) -> No
     assert (c.witness_dir / f"{c.cp.chain_id}.jsonl").exists()
 
 
+async def test_checkpoint_age_gauge_counts_from_the_last_witnessed_one(tmp_path: Path) -> None:
+    """meridian_audit_last_checkpoint_age_seconds: what AuditCheckpointStale alerts on."""
+    from router import metrics
+    from router.audit.checkpoint import _age
+
+    now = [1000.0]
+    c = Chain(tmp_path, clock=lambda: now[0])
+    assert c.cp in metrics._sources["meridian_audit_last_checkpoint_age_seconds"]
+    now[0] = 1030.0
+    assert _age(c.cp) == [(30.0, {"chain": c.cp.chain_id})], "none yet: since it started"
+    await c.write(2)
+    assert await c.cp.checkpoint() is not None
+    now[0] = 1042.5
+    assert _age(c.cp) == [(12.5, {"chain": c.cp.chain_id})]
+    unwitnessed = Chain(tmp_path / "none", witnesses=[])
+    assert unwitnessed.cp not in metrics._sources["meridian_audit_last_checkpoint_age_seconds"]
+    await c.close()
+    await unwitnessed.close()
+
+
 async def test_chain_id_is_stable_and_recovered_from_the_log(tmp_path: Path) -> None:
     c = Chain(tmp_path)
     await c.write(2)
