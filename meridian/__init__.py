@@ -19,6 +19,7 @@ from meridian.client import (
 )
 from meridian.errors import (
     Aborted,
+    AlreadyExists,
     DataLoss,
     DeadlineExceeded,
     FailedPrecondition,
@@ -35,6 +36,7 @@ from meridian.errors import (
 
 __all__ = [
     "Aborted",
+    "AlreadyExists",
     "AuditReceipt",
     "DataLoss",
     "DeadlineExceeded",

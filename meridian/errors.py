@@ -9,6 +9,8 @@
     ├── NotFound                       NOT_FOUND            no such workflow for this tenant
     ├── FailedPrecondition             FAILED_PRECONDITION  residency unsatisfiable, type not
     │                                                       served, closed run, Temporal refused
+    ├── AlreadyExists                  ALREADY_EXISTS       the workflow id is another tenant's:
+    │                                                       choose another
     ├── Aborted                        ABORTED              lost a race (a concurrent flip)
     ├── Unavailable                    UNAVAILABLE          safe_to_retry / connect_failed say
     │                                                       whether a retry can double an effect
@@ -61,6 +63,11 @@ class NotFound(MeridianError):
 
 class FailedPrecondition(MeridianError):
     pass
+
+
+class AlreadyExists(MeridianError):
+    """A start named a workflow id that another tenant's run holds (ids are unique per
+    namespace): choose another id. Retrying the same id cannot succeed."""
 
 
 class Aborted(MeridianError):
@@ -130,7 +137,7 @@ _BY_CODE: dict[grpc.StatusCode, type[MeridianError]] = {
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.ALREADY_EXISTS: FailedPrecondition,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
     grpc.StatusCode.ABORTED: Aborted,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.DATA_LOSS: DataLoss,

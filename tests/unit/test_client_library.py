@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from meridian import (
+    AlreadyExists,
     DeadlineExceeded,
     FailedPrecondition,
     MeridianClient,
@@ -62,8 +63,9 @@ async def address() -> AsyncIterator[str]:
         (server_errors.ResidencyUnsatisfiable("BR is in no zone"), FailedPrecondition),
         (server_errors.NoHealthyTarget("eu-west down"), Unavailable),
         (server_errors.DeadlineExceeded("still running"), DeadlineExceeded),
+        (server_errors.WorkflowIdTaken("id in use", workflow_id="w"), AlreadyExists),
     ],
-    ids=["not-found", "denied", "residency", "no-healthy", "deadline"],
+    ids=["not-found", "denied", "residency", "no-healthy", "deadline", "id-taken"],
 )
 async def test_status_maps_to_one_hierarchy(
     address: str, raised: server_errors.MeridianError, expected: type[MeridianError]
