@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from router.audit.ship import ShipStatus
 from router.clusters import ClusterState
 from router.config.runtime import ConfigController
 from router.config.settings import ResolvedConfig
@@ -48,6 +49,8 @@ class Admin:
         self._clusters = clusters
         self._gateway = gateway
         self._live_status = live_status
+        # The audit chain's shipping off the box, when it is on (set by `serve`).
+        self.shipping: Callable[[], ShipStatus] | None = None
 
     # -- what the status view shows -------------------------------------------------
 

@@ -19,7 +19,8 @@ maps to::
     │   ├── ClusterUnavailable           a Temporal cluster (may_have_reached says if sent)
     │   ├── AuditUnavailable             the audit log cannot be written: nothing acts
     │   ├── FlipStoreUnavailable         the failover state file cannot be written
-    │   └── ConsulUnavailable            Consul did not answer; the router keeps serving
+    │   ├── ConsulUnavailable            Consul did not answer; the router keeps serving
+    │   └── AuditShippingError           the audit sink did not take a batch (retried)
     ├── DeadlineExceeded                 DEADLINE_EXCEEDED
     ├── WorkflowNotFound                 NOT_FOUND
     ├── WorkflowOperationFailed          FAILED_PRECONDITION  Temporal refused the operation
@@ -125,6 +126,12 @@ class FlipStoreUnavailable(Unavailable):
 
 class ConsulUnavailable(Unavailable):
     """Consul did not answer (or answered with an error); the router keeps serving."""
+
+
+class AuditShippingError(Unavailable):
+    """Audit records could not be shipped off the box now (the sink did not acknowledge
+    a batch, or the chain does not continue where shipping stopped). Shipping retries;
+    requests never wait for it."""
 
 
 class DeadlineExceeded(MeridianError):

@@ -27,6 +27,19 @@ def _open_audit(config: Any, directory: Path, key_file: Path | None) -> Any:
     return log_
 
 
+def _shipper(args: argparse.Namespace, audit: Any, chain: str, service: str) -> Any:
+    """Shipping of ``audit``'s chain off the box, when a sink is named (``--audit-ship``,
+    else the standard $OTEL_EXPORTER_OTLP_LOGS_ENDPOINT); None otherwise."""
+    from router.audit.ship import ENDPOINT_ENV, OtlpSink, Shipper
+
+    endpoint = getattr(args, "audit_ship", None) or os.environ.get(ENDPOINT_ENV)
+    if not endpoint:
+        return None
+    sink = OtlpSink(endpoint, service_name=os.environ.get("OTEL_SERVICE_NAME", service))
+    # Bounded by the running log's own durable sequence: only committed records leave.
+    return Shipper(audit.directory, sink, chain=chain, committed=lambda: audit.sequence)
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from router.api.server import RouterServer
     from router.app import Router
@@ -55,6 +68,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         stack = DevStack(config, path, home=home, keys_dir=keys, say=say, persist=args.persist)
         server: RouterServer | None = None
         audit: Any = None
+        shipper: Any = None
         say(f"meridian dev: config {path} (version {config.version}); logs in {stack.logs}")
         try:
             stack.ensure_secrets()
@@ -63,6 +77,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                     return
             say(f"[4/4] starting the router on {args.host}:{args.port}")
             audit = _open_audit(config, home / "audit", keys / "audit.key")
+            shipper = _shipper(args, audit, "dev-router", "meridian-router")
             router = Router(
                 sources,
                 config,
@@ -71,6 +86,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 store=LocalStore(home / "state" / "failover.json"),
             )
             server = RouterServer(router, host=args.host, port=args.port)
+            if shipper is not None:
+                router.admin.shipping = shipper.status
+                shipper.start()
             if not await race(server.start(), stop):
                 return
             _print_summary(say, config, args.host, server.port)
@@ -85,6 +103,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
             say("stopping: router, workers, clusters ...")
             if server is not None:
                 await server.stop(grace=2.0)
+            if shipper is not None:
+                await shipper.stop()
             if audit is not None:
                 await audit.close()
             await stack.stop()
@@ -159,6 +179,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             Path(args.audit_dir) if args.audit_dir else home / "audit",
             Path(args.audit_key_file) if args.audit_key_file else None,
         )
+        shipper = _shipper(args, audit, replica, "meridian-router")
         local = LocalStore(state_dir / "failover.json")
         router = Router(
             start_sources,
@@ -171,6 +192,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             early_rejections=[*problems, *rejected],
         )
         server = RouterServer(router, host=args.host, port=args.port)
+        if shipper is not None:
+            router.admin.shipping = shipper.status
+            shipper.start()
         reloads: set[asyncio.Task[Any]] = set()
 
         def sighup() -> None:
@@ -199,6 +223,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if live is not None:
                 await live.stop()
             await server.stop(grace=args.grace)
+            if shipper is not None:
+                await shipper.stop()  # after one last attempt to ship what is left
             await audit.close()
 
     stop_tracing = tracing("meridian-router")
@@ -271,9 +297,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_codec_server(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from router.audit import auth_failure_record
+    from router.audit import auth_failure_record, key_rotation_record
     from router.auth.codec import NamespaceTokens
-    from router.codec import KeyRingHolder, RegionCodec, default_provider
+    from router.codec import KeyRingHolder, RegionCodec, RingChange, default_provider
     from router.codec.server import CodecServer
     from router.codec.tokens import load_tokens
     from router.config.load import load
@@ -295,6 +321,10 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
         await audit.append(auth_failure_record(
             component="codec-server", region=region.name, remote=remote, path=path, why=why
         ))  # fmt: skip
+
+    async def ring_changed(change: RingChange) -> None:
+        # Audited before the server decodes with the new ring.
+        await audit.append(key_rotation_record(change, component="codec-server"))
 
     listen = args.listen or region.codec_server
     if not listen:
@@ -321,6 +351,8 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
         ),
     )
 
+    shipper = _shipper(args, audit, f"codec-server-{region.name}", "meridian-codec-server")
+
     async def main(stop: asyncio.Event) -> None:
         runner = web.AppRunner(server.app, access_log=None)
         await runner.setup()
@@ -332,16 +364,29 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
                 raise StackError(
                     f"codec server {region.name}: cannot listen on {listen}: {exc.strerror}"
                 ) from exc
-            refresher = asyncio.create_task(holder.refresh_forever())
+            refresher = asyncio.create_task(holder.refresh_forever(on_change=ring_changed))
+            if shipper is not None:
+                shipper.start()
             print(f"codec server of {region.name} on http://{listen}", flush=True)
             await stop.wait()
             refresher.cancel()
         finally:
             await runner.cleanup()
+            if shipper is not None:
+                await shipper.stop()
             await audit.close()
 
     asyncio.run(until_signalled(main))
     return 0
+
+
+def _audit_ship_arg(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--audit-ship",
+        metavar="ENDPOINT",
+        help="ship the audit chain to this OTLP/gRPC collector (http://host:4317; "
+        "default: $OTEL_EXPORTER_OTLP_LOGS_ENDPOINT; neither: not shipped)",
+    )
 
 
 def add_parsers(sub: Any) -> None:
@@ -396,6 +441,7 @@ def add_parsers(sub: Any) -> None:
         help="base64 HMAC key (0600) that makes the audit chain unforgeable "
         "(or $MERIDIAN_AUDIT_KEY)",
     )
+    _audit_ship_arg(serve)
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="run the regional worker for one cluster")
@@ -414,4 +460,5 @@ def add_parsers(sub: Any) -> None:
         "--audit-dir", help="its audit log (default: $MERIDIAN_HOME/audit-codec-<region>)"
     )
     codec.add_argument("--audit-key-file", help="audit HMAC key (or $MERIDIAN_AUDIT_KEY)")
+    _audit_ship_arg(codec)
     codec.set_defaults(func=cmd_codec_server)

@@ -340,7 +340,7 @@ def test_keys_list_json_shape(keys_dir: Path, capsys: pytest.CaptureFixture[str]
     eu = provider.load("eu-west")
     assert rotated == [{
         "region": "eu-west", "active_key": eu.active, "key_ids": list(eu.keys),
-        "file": str(keys_dir / "eu-west.json"), "error": "",
+        "file": str(keys_dir / "eu-west.json"), "error": "", "audit_seq": 1,
     }]  # fmt: skip
     assert len(rotated[0]["key_ids"]) == 2
 
