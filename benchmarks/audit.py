@@ -1,6 +1,12 @@
 """Audit log cost: durable records per second (fsync on, group commit) at several
 concurrencies, and the latency of a start with and without the audit log (same
 in-process router, same fresh dev server, alternated A/B rounds).
+
+With ``--ship``, each is measured again with the chain shipped off the box as it is
+written (``router.audit.ship``: the SDK's OTLP log exporter to the in-test collector,
+run as a process of its own): records/s and process CPU per record with shipping on
+and off, how long after the last append the sink has everything, and a third start
+mode whose log is shipped.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import emit, machine, render
-from benchmarks.fleet import Fleet
+from benchmarks.fleet import Fleet, _stop, free_port, otlp_collector
 from router.app import Router
 from router.audit import AuditLog, AuditSink, MemoryAuditSink
+from router.audit.ship import OtlpSink, Shipper
 from router.codec import FileKeyProvider
 from router.config.sources import ConfigSources
 from router.core.model import DataClass, Priority
@@ -33,9 +40,30 @@ RECORD = {
 }  # fmt: skip
 
 
-async def records_per_second(directory: Path, concurrency: int, n: int) -> tuple[float, float]:
+def shipped(log: AuditLog, sink: str | None) -> Shipper | None:
+    """A shipper of ``log``'s chain to ``sink`` (started), as `meridian serve` runs one."""
+    if sink is None:
+        return None
+    shipper = Shipper(log.directory, OtlpSink(sink, service_name="meridian-bench"),
+                      chain=log.directory.name, committed=lambda: log.sequence)  # fmt: skip
+    shipper.start()
+    return shipper
+
+
+async def drained(shipper: Shipper, log: AuditLog) -> float:
+    """Seconds until the sink has acknowledged everything the log committed."""
+    t = time.perf_counter()
+    while shipper.cursor.seq < log.sequence:  # noqa: ASYNC110 - polling a count we do not own
+        await asyncio.sleep(0.005)
+    return time.perf_counter() - t
+
+
+async def records_per_second(
+    directory: Path, concurrency: int, n: int, sink: str | None = None
+) -> dict[str, Any]:
     log = AuditLog(directory)
     log.open()
+    shipper = shipped(log, sink)
     latencies: list[float] = []
 
     async def worker(count: int) -> None:
@@ -44,11 +72,21 @@ async def records_per_second(directory: Path, concurrency: int, n: int) -> tuple
             await log.append({**RECORD, "workflow_id": f"wf-{i}"})
             latencies.append(time.perf_counter() - t)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
     elapsed = time.perf_counter() - start
+    drain = await drained(shipper, log) if shipper is not None else 0.0
+    cpu = time.process_time() - cpu
+    if shipper is not None:
+        await shipper.stop()
     await log.close()
-    return len(latencies) / elapsed, statistics.median(latencies)
+    return {
+        "concurrency": concurrency, "shipping": sink is not None,
+        "records_per_s": len(latencies) / elapsed,
+        "append_p50_ms": statistics.median(latencies) * 1e3,
+        "cpu_us_per_record": cpu / len(latencies) * 1e6,
+        "drain_ms": drain * 1e3,
+    }  # fmt: skip
 
 
 def start_input() -> StartInput:
@@ -68,51 +106,81 @@ async def start_latencies(m: Router, n: int) -> list[float]:
     return out
 
 
-async def run(records: int, starts: int, rounds: int) -> dict[str, Any]:
-    result: dict[str, Any] = {"benchmark": "audit", "machine": machine()}
+async def run(records: int, starts: int, rounds: int, ship: bool) -> dict[str, Any]:
+    result: dict[str, Any] = {"benchmark": "audit", "machine": machine(), "shipping": ship}
     with tempfile.TemporaryDirectory(prefix="meridian-audit-bench-") as tmp:
         home = Path(tmp)
-        rates = []
-        for c in (1, 32, 256):
-            rate, p50 = await records_per_second(home / f"log-{c}", c, records)
-            rates.append({"concurrency": c, "records_per_s": rate, "append_p50_ms": p50 * 1e3})
-        result["records"] = rates
-
-        fleet = Fleet.create(home / "fleet", {"eu-west": ("eu", 1)}, {"eu": ["DE"]})
-        fleet.write_config()
-        cluster = next(fleet.clusters())
-        cluster.start()
+        port = free_port()
+        collector = otlp_collector(port, home / "collector.log") if ship else None
+        sink = f"http://127.0.0.1:{port}" if ship else None
         try:
-            await cluster.wait_ready()
-            sources = ConfigSources.read([fleet.config_path], use_env=False)
-            config = sources.resolve()
-            keys = FileKeyProvider(fleet.keys_dir)
-            durable = AuditLog(home / "router-audit")
-            durable.open()
-            sinks: dict[str, AuditSink] = {
-                "with audit": durable,
-                "without audit": MemoryAuditSink(),
-            }
-            routers = {
-                name: Router(sources, config, keys, audit=sink) for name, sink in sinks.items()
-            }
-            for m in routers.values():
-                await m.start(first_probe_timeout=5)
-                await start_latencies(m, 50)  # warm up connections and caches
-            samples: dict[str, list[float]] = {name: [] for name in routers}
-            for _ in range(rounds):
-                for name, m in routers.items():
-                    samples[name] += await start_latencies(m, starts // rounds)
-            for m in routers.values():
-                await m.close()
-            await durable.close()
+            result.update(await _run(home, records, starts, rounds, sink))
         finally:
-            cluster.terminate()
-        result["starts"] = [
-            {"mode": name, "n": len(xs), "p50_ms": statistics.median(xs) * 1e3,
-             "p99_ms": sorted(xs)[int(len(xs) * 0.99) - 1] * 1e3}
-            for name, xs in samples.items()
-        ]  # fmt: skip
+            _stop(collector)
+    return result
+
+
+async def _run(
+    home: Path, records: int, starts: int, rounds: int, sink: str | None
+) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    rates = []
+    for c in (1, 32, 256):
+        for to in (None, sink) if sink else (None,):
+            mode = "shipped" if to else "local"
+            rates.append(await records_per_second(home / f"log-{c}-{mode}", c, records, to))
+    result["records"] = rates
+    result.update(await _starts(home, starts, rounds, sink))
+    return result
+
+
+async def _starts(home: Path, starts: int, rounds: int, sink: str | None) -> dict[str, Any]:
+    """Starts through an in-process router, one at a time: with the audit log, with it
+    shipped (when ``sink``), and without it, in alternated rounds on one dev server."""
+    result: dict[str, Any] = {}
+    fleet = Fleet.create(home / "fleet", {"eu-west": ("eu", 1)}, {"eu": ["DE"]})
+    fleet.write_config()
+    cluster = next(fleet.clusters())
+    cluster.start()
+    try:
+        await cluster.wait_ready()
+        sources = ConfigSources.read([fleet.config_path], use_env=False)
+        config = sources.resolve()
+        keys = FileKeyProvider(fleet.keys_dir)
+        durable = AuditLog(home / "router-audit")
+        durable.open()
+        sinks: dict[str, AuditSink] = {"with audit": durable}
+        shippers = []
+        if sink is not None:
+            shipped_log = AuditLog(home / "router-audit-shipped")
+            shipped_log.open()
+            sinks["with audit, shipped"] = shipped_log
+            shippers.append((shipped(shipped_log, sink), shipped_log))
+        sinks["without audit"] = MemoryAuditSink()
+        routers = {name: Router(sources, config, keys, audit=a) for name, a in sinks.items()}
+        for m in routers.values():
+            await m.start(first_probe_timeout=5)
+            await start_latencies(m, 50)  # warm up connections and caches
+        samples: dict[str, list[float]] = {name: [] for name in routers}
+        for _ in range(rounds):
+            for name, m in routers.items():
+                samples[name] += await start_latencies(m, starts // rounds)
+        for m in routers.values():
+            await m.close()
+        for shipper, log in shippers:
+            assert shipper is not None
+            await drained(shipper, log)
+            result["shipped_starts_lag_after_drain"] = log.sequence - shipper.cursor.seq
+            await shipper.stop()
+            await log.close()
+        await durable.close()
+    finally:
+        cluster.terminate()
+    result["starts"] = [
+        {"mode": name, "n": len(xs), "p50_ms": statistics.median(xs) * 1e3,
+         "p99_ms": sorted(xs)[int(len(xs) * 0.99) - 1] * 1e3}
+        for name, xs in samples.items()
+    ]  # fmt: skip
     return result
 
 
@@ -121,11 +189,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--records", type=int, default=20_480)
     parser.add_argument("--starts", type=int, default=1000, help="per mode")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--ship", action="store_true", help="also measure with the chain shipped over OTLP"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    result = asyncio.run(run(args.records, args.starts, args.rounds))
-    t1 = render(["concurrency", "durable records/s", "append p50 ms"], [
-        (r["concurrency"], f"{r['records_per_s']:,.0f}", f"{r['append_p50_ms']:.3f}")
+    result = asyncio.run(run(args.records, args.starts, args.rounds, args.ship))
+    t1 = render(["concurrency", "chain", "durable records/s", "append p50 ms", "CPU µs/record",
+                 "sink has all after ms"], [
+        (r["concurrency"], "shipped" if r["shipping"] else "local",
+         f"{r['records_per_s']:,.0f}", f"{r['append_p50_ms']:.3f}",
+         f"{r['cpu_us_per_record']:.0f}", f"{r['drain_ms']:.0f}" if r["shipping"] else "")
         for r in result["records"]
     ])  # fmt: skip
     t2 = render(["start (in-process router)", "n", "p50 ms", "p99 ms"], [

@@ -339,3 +339,15 @@ async def start_stream(
         await asyncio.sleep(every)
     await asyncio.gather(*tasks)
     return t_fault, sorted(outcomes, key=lambda o: o.sent)
+
+
+def otlp_collector(port: int, logs: Path) -> subprocess.Popen[bytes]:
+    """The in-test OTLP collector (``tests/otlp_collector.py``) in a process of its own,
+    on ``port``: the sink benchmarks ship audit records to. Stop it with ``_stop``."""
+    proc = _popen([sys.executable, "-m", "tests.otlp_collector", "--port", str(port)], logs)
+    deadline = time.monotonic() + 10
+    while port_free("127.0.0.1", port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the OTLP collector did not start on {port}: see {logs}")
+        time.sleep(0.02)
+    return proc

@@ -7,6 +7,10 @@ temporalio client, at concurrency 1 and 32, in alternated chunks (A, B, C, A, B,
 so drift hits all. Reported: p50/p99 latency and throughput of each, the ratio to direct,
 and each router's CPU time per start (the kernel's accounting of that router process,
 over its own chunks only): their difference is what mTLS and authorization cost.
+
+With ``--ship``, a fourth side: the plaintext router again, its audit chain shipped off
+the box as it is written (``--audit-ship`` to the in-test OTLP collector, in a process of
+its own); its difference to the plain router is what shipping costs.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import yaml
 from temporalio.client import Client
 
 from benchmarks.common import emit, machine, render
-from benchmarks.fleet import Fleet
+from benchmarks.fleet import Fleet, _stop, free_port, otlp_collector
 from router.tls import channel_credentials, ensure_dev_pki
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
@@ -80,9 +84,10 @@ def _secure_overlay(home: Path) -> Path:
     return overlay
 
 
-async def run(n: int, chunks: int, concurrencies: list[int]) -> dict[str, Any]:
+async def run(n: int, chunks: int, concurrencies: list[int], ship: bool = False) -> dict[str, Any]:
     """Three sides in alternated chunks: the router in plaintext with auth off, the
-    router with mTLS and authorization on, and a plain temporalio client."""
+    router with mTLS and authorization on, and a plain temporalio client (and with
+    ``ship``, the plaintext router shipping its audit chain)."""
     with tempfile.TemporaryDirectory(prefix="meridian-rvd-") as tmp:
         home = Path(tmp)
         fleet = Fleet.create(home, {"eu-west": ("eu", 1)}, {"eu": ["DE"]})
@@ -90,6 +95,13 @@ async def run(n: int, chunks: int, concurrencies: list[int]) -> dict[str, Any]:
         plain, secure = fleet.replica("router"), fleet.replica("router-mtls")
         plain.start(fleet.config_path, fleet.keys_dir, [])
         secure.start(fleet.config_path, fleet.keys_dir, ["--overlay", str(_secure_overlay(home))])
+        shipping = fleet.replica("router-shipped") if ship else None
+        collector = None
+        if shipping is not None:
+            port = free_port()
+            collector = otlp_collector(port, home / "collector.log")
+            shipping.start(fleet.config_path, fleet.keys_dir,
+                           ["--audit-ship", f"http://127.0.0.1:{port}"])  # fmt: skip
         tls = home / "tls"
         credentials = channel_credentials(
             tls / "ca.pem", tls / "service.pem", tls / "service-key.pem"
@@ -97,6 +109,8 @@ async def run(n: int, chunks: int, concurrencies: list[int]) -> dict[str, Any]:
         try:
             await plain.wait_serving()
             await secure.wait_serving(credentials=credentials)
+            if shipping is not None:
+                await shipping.wait_serving()
             cluster = fleet.cluster("eu-west-a")
             direct = await Client.connect(cluster.endpoint, namespace="eu-west")
             channels = {
@@ -104,6 +118,9 @@ async def run(n: int, chunks: int, concurrencies: list[int]) -> dict[str, Any]:
                 "router_mtls": grpc.aio.secure_channel(secure.address, credentials),
             }
             pids = {"router": plain.pid, "router_mtls": secure.pid}
+            if shipping is not None:
+                channels["router_shipped"] = grpc.aio.insecure_channel(shipping.address)
+                pids["router_shipped"] = shipping.pid
 
             def via(stub: Any) -> Callable[[], Awaitable[None]]:
                 async def start() -> None:
@@ -151,11 +168,17 @@ async def run(n: int, chunks: int, concurrencies: list[int]) -> dict[str, Any]:
                 row["mtls_added_cpu_us_per_start"] = (
                     row["router_mtls_cpu_us_per_start"] - row["router_cpu_us_per_start"]
                 )
+                if shipping is not None:
+                    row["shipping_added_cpu_us_per_start"] = (
+                        row["router_shipped_cpu_us_per_start"] - row["router_cpu_us_per_start"]
+                    )
+                    row["shipping_lag_after_chunks"] = await _lag(channels["router_shipped"])
                 results.append(row)
             for ch in channels.values():
                 await ch.close()
         finally:
             fleet.stop()
+            _stop(collector)
     return {
         "benchmark": "router_vs_direct",
         "machine": machine(),
@@ -165,6 +188,13 @@ async def run(n: int, chunks: int, concurrencies: list[int]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+async def _lag(channel: grpc.aio.Channel) -> int:
+    """The shipping router's lag (records written, not yet acknowledged by the sink)."""
+    admin = pb_grpc.RoutingAdminStub(channel)
+    topo = await admin.GetTopology(pb.GetTopologyRequest(), timeout=5)
+    return int(topo.audit_shipping.lag)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks router_vs_direct", description=__doc__
@@ -172,9 +202,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--starts", type=int, default=2000, help="per side and concurrency")
     parser.add_argument("--chunks", type=int, default=10, help="A/B alternations")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument(
+        "--ship", action="store_true", help="add a router whose audit chain is shipped (OTLP)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    result = asyncio.run(run(args.starts, args.chunks, args.concurrency))
+    result = asyncio.run(run(args.starts, args.chunks, args.concurrency, args.ship))
+    sides = ("router", "router_mtls", *(("router_shipped",) if args.ship else ()), "direct")
     table = render(
         ["conc.", "side", "p50/p99 ms", "added p50 ms", "starts/s", "ratio to direct",
          "router CPU µs/start"],
@@ -184,11 +218,17 @@ def main(argv: list[str] | None = None) -> None:
           f"{r[f'{side}_per_s']:.0f}",
           f"{r[f'{side}_ratio']:.2f}" if side != "direct" else "",
           f"{r[f'{side}_cpu_us_per_start']:.0f}" if side != "direct" else "")
-         for r in result["results"] for side in ("router", "router_mtls", "direct")],
+         for r in result["results"] for side in sides],
     )  # fmt: skip
     extra = "\n".join(
         f"mTLS + authorization add {r['mtls_added_cpu_us_per_start']:.0f} µs of router CPU per "
         f"start at concurrency {r['concurrency']}"
+        + (
+            f"; shipping adds {r['shipping_added_cpu_us_per_start']:.0f} µs (lag after its "
+            f"chunks: {r['shipping_lag_after_chunks']} records)"
+            if args.ship
+            else ""
+        )
         for r in result["results"]
     )
     table = f"{table}\n{extra}"

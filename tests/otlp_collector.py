@@ -105,3 +105,26 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
     def of_trace(self, trace_id: str) -> list[Span]:
         with self._lock:
             return [s for s in self.spans if s.trace_id == trace_id]
+
+
+def main() -> None:
+    """``python -m tests.otlp_collector --port P``: serve until SIGTERM (the sink the
+    benchmarks ship audit records to, in a process of its own)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # before the server's threads start
+    collector = Collector()
+    collector.start(args.port)
+    print(f"collector on 127.0.0.1:{collector.port}", flush=True)
+    signal.sigwait(stop)
+    print(f"received {len(collector.logs)} log records, {len(collector.spans)} spans", flush=True)
+    collector.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -92,15 +92,16 @@ def read_cursor(directory: Path) -> Cursor:
 
 
 def write_cursor(directory: Path, cursor: Cursor) -> None:
-    """Replace the cursor atomically (write, fsync, rename): it is never torn, and it may
-    lag the sink after a crash, never lead it."""
+    """Replace the cursor atomically (write a new file, rename it over the old one): a
+    reader sees the old cursor or the new one, never a torn one. Not fsynced, on purpose:
+    after a power loss it may lag the sink (or read as unusable: shipping starts again
+    from seq 1), which only duplicates records; it can never lead the sink."""
     path = directory / CURSOR_NAME
     tmp = directory / f".{CURSOR_NAME}.{secrets.token_hex(4)}.tmp"
     text = json.dumps({"seq": cursor.seq, "hash": cursor.hash, "sink": cursor.sink})
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, text.encode() + b"\n")
-        os.fsync(fd)
     finally:
         os.close(fd)
     tmp.replace(path)
@@ -196,6 +197,12 @@ class _Reader:
                     )
                 if rec["seq"] > bound:
                     return out, file, offset + pos
+                if rec["seq"] == cursor.seq and rec["hash"] != cursor.hash:
+                    raise AuditShippingError(
+                        f"{file.name}: seq {cursor.seq} is not the record that was shipped as "
+                        f"seq {cursor.seq} (another hash): the chain was replaced or rewritten; "
+                        "shipping stops here (run `meridian audit verify`)"
+                    )
                 if rec["seq"] > seq:
                     if rec["seq"] != seq + 1 or rec["prev"] != last:
                         raise AuditShippingError(
@@ -248,7 +255,7 @@ class Shipper:
         *,
         chain: str,
         committed: Callable[[], int | None] | None = None,
-        interval: float = 0.2,
+        interval: float = 1.0,
         batch_records: int = 512,
         batch_bytes: int = 1 << 20,
         backoff_initial: float = 0.5,
@@ -277,6 +284,7 @@ class Shipper:
         self.last_shipped_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
 
     def status(self) -> ShipStatus:
         committed = self._committed()
@@ -298,27 +306,35 @@ class Shipper:
         """Ship everything committed now, batch by batch; the number of records shipped.
         Raises ``AuditShippingError`` (the cursor stays at the last acknowledged batch)."""
         shipped = 0
-        while True:
-            bound = self._bound()
-            if bound <= self.cursor.seq:
-                return shipped
-            batch, file, offset = await asyncio.to_thread(
-                self._reader.read, self.cursor, bound, self._batch_records, self._batch_bytes
-            )
-            if not batch:
-                return shipped
-            try:
-                await asyncio.to_thread(self.sink.send, batch, self.chain)
-            except AuditShippingError:
-                raise
-            except Exception as exc:  # a sink is foreign code: translate at the boundary
-                raise AuditShippingError(f"sink {self.sink.name}: {exc}") from exc
-            last = batch[-1]
-            self.cursor = Cursor(last.seq, last.hash, self.sink.name)
-            self._reader.file, self._reader.offset = file, offset
-            await asyncio.to_thread(write_cursor, self.directory, self.cursor)
+        while self._bound() > self.cursor.seq:
+            # Read, send and move the cursor in one trip to a worker thread: the event
+            # loop only waits.
+            n = await asyncio.to_thread(self._ship_batch)
+            if n == 0:
+                break
+            shipped += n
             self.last_shipped_at = time.time()
-            shipped += len(batch)
+        return shipped
+
+    def _ship_batch(self) -> int:
+        """One batch: read, send, and once acknowledged, the cursor (on a worker thread;
+        never two at once)."""
+        batch, file, offset = self._reader.read(
+            self.cursor, self._bound(), self._batch_records, self._batch_bytes
+        )
+        if not batch:
+            return 0
+        try:
+            self.sink.send(batch, self.chain)
+        except AuditShippingError:
+            raise
+        except Exception as exc:  # a sink is foreign code: translate at the boundary
+            raise AuditShippingError(f"sink {self.sink.name}: {exc}") from exc
+        last = batch[-1]
+        self.cursor = Cursor(last.seq, last.hash, self.sink.name)
+        self._reader.file, self._reader.offset = file, offset
+        write_cursor(self.directory, self.cursor)
+        return len(batch)
 
     def start(self) -> None:
         if self._task is None:
@@ -333,35 +349,42 @@ class Shipper:
         while True:
             try:
                 await self.ship_available()
-            except AuditShippingError as exc:
-                if exc.message != self.last_error:
-                    log.error("audit shipping of %s: %s", self.directory, exc.message)
-                self.last_error = exc.message
-                await asyncio.sleep(delay)
-                delay = min(self._backoff_max, delay * 2)
-                continue
             except Exception as exc:
-                self.last_error = f"unexpected {type(exc).__name__}: {exc}"
-                log.exception("audit shipping of %s failed; retrying", self.directory)
-                await asyncio.sleep(delay)
+                if isinstance(exc, AuditShippingError):
+                    why = exc.message
+                else:  # a bug: logged with its trace, retried like an outage
+                    why = f"unexpected {type(exc).__name__}: {exc}"
+                    log.exception("audit shipping of %s failed; retrying", self.directory)
+                if why != self.last_error:
+                    log.error("audit shipping of %s: %s", self.directory, why)
+                self.last_error = why
+                if self._stopping:
+                    return
+                await self._pause(delay)
                 delay = min(self._backoff_max, delay * 2)
                 continue
+            if self._stopping:
+                return
             if self.last_error:
                 log.info("audit shipping of %s resumed at seq %d", self.directory, self.cursor.seq)
             self.last_error, delay = "", self._backoff_initial
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
-            self._wake.clear()
+            await self._pause(self._interval)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when woken (``wake``, ``stop``)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
 
     async def stop(self, drain: float = 2.0) -> None:
-        """Stop, after one last attempt (at most ``drain`` seconds) to ship what is left."""
+        """Ship what is left (at most ``drain`` seconds more), then stop. A batch in
+        flight is finished, never abandoned halfway and sent again beside itself."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping = True
+            self._wake.set()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._task, drain)  # cancelled when it times out
             self._task = None
-            with contextlib.suppress(AuditShippingError, TimeoutError):
-                await asyncio.wait_for(self.ship_available(), drain)
         await asyncio.to_thread(self.sink.close)
 
 

@@ -284,3 +284,26 @@ def test_audit_ship_cli_ships_a_tools_chain_once(
     assert [(r.attributes[ATTR_SEQ], r.attributes[ATTR_CHAIN]) for r in got] == [
         (1, "audit-keys"), (2, "audit-keys"), (3, "audit-keys"), (4, "audit-keys"),
     ]  # fmt: skip
+
+
+async def test_a_replaced_chain_is_not_shipped_and_stop_drains(tmp_path: Path) -> None:
+    await written(tmp_path, 5)
+    sink = FakeSink()
+    assert await Shipper(tmp_path, sink, chain="r1").ship_available() == 5
+    for f in log_files(tmp_path):
+        f.unlink()
+    (tmp_path / "HEAD").unlink()
+    await written(tmp_path, 7)  # a new chain in the same directory: seq 5 is another record
+    with pytest.raises(AuditShippingError, match="seq 5 is not the record that was shipped"):
+        await Shipper(tmp_path, sink, chain="r1").ship_available()
+
+    other = tmp_path / "other"
+    log = AuditLog(other)
+    log.open()
+    sink = FakeSink()
+    shipper = Shipper(other, sink, chain="r2", committed=lambda: log.sequence, interval=60)
+    shipper.start()
+    await append(log, 9)
+    await shipper.stop()  # the poll is a minute away: stop ships what is left first
+    assert sink.seqs() == list(range(1, 10)) and sink.closed
+    await log.close()
