@@ -3,10 +3,10 @@ concurrencies, and the latency of a start with and without the audit log (same
 in-process router, same fresh dev server, alternated A/B rounds).
 
 With ``--ship``, each is measured again with the chain shipped off the box as it is
-written (``router.audit.ship``: the SDK's OTLP log exporter to the in-test collector,
-run as a process of its own): records/s and process CPU per record with shipping on
-and off, how long after the last append the sink has everything, and a third start
-mode whose log is shipped.
+written, as `meridian serve` ships it (``router.cli.sidecar``: a child process running
+the SDK's OTLP log exporter, to the in-test collector in a process of its own):
+records/s, the writer's CPU and the shipper's CPU per record, how long after the last
+append the sink has everything, and a third start mode whose log is shipped.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import emit, machine, render
-from benchmarks.fleet import Fleet, _stop, free_port, otlp_collector
+from benchmarks.fleet import Fleet, _stop, cpu_seconds, free_port, otlp_collector
 from router.app import Router
 from router.audit import AuditLog, AuditSink, MemoryAuditSink
-from router.audit.ship import OtlpSink, Shipper
+from router.audit.ship import read_state
+from router.cli.sidecar import ShipSidecar
 from router.codec import FileKeyProvider
 from router.config.sources import ConfigSources
 from router.core.model import DataClass, Priority
@@ -40,22 +41,32 @@ RECORD = {
 }  # fmt: skip
 
 
-def shipped(log: AuditLog, sink: str | None) -> Shipper | None:
-    """A shipper of ``log``'s chain to ``sink`` (started), as `meridian serve` runs one."""
+async def shipped(log: AuditLog, sink: str | None) -> ShipSidecar | None:
+    """A shipper of ``log``'s chain to ``sink`` (started), as `meridian serve` runs one:
+    a child process."""
     if sink is None:
         return None
-    shipper = Shipper(log.directory, OtlpSink(sink, service_name="meridian-bench"),
-                      chain=log.directory.name, committed=lambda: log.sequence)  # fmt: skip
-    shipper.start()
+    shipper = ShipSidecar(
+        log.directory, endpoint=sink, chain=log.directory.name,
+        service_name="meridian-bench", committed=lambda: log.sequence,
+    )  # fmt: skip
+    await shipper.start()
+    # Up (imports done, lock taken) before anything is timed or its CPU counted.
+    while read_state(log.directory).get("pid") != shipper.pid:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
     return shipper
 
 
-async def drained(shipper: Shipper, log: AuditLog) -> float:
+async def drained(shipper: ShipSidecar, log: AuditLog) -> float:
     """Seconds until the sink has acknowledged everything the log committed."""
     t = time.perf_counter()
-    while shipper.cursor.seq < log.sequence:  # noqa: ASYNC110 - polling a count we do not own
+    while shipper.status().lag:  # noqa: ASYNC110 - polling a count we do not own
         await asyncio.sleep(0.005)
     return time.perf_counter() - t
+
+
+def shipper_cpu(shipper: ShipSidecar | None) -> float:
+    return cpu_seconds(shipper.pid) if shipper is not None and shipper.pid else 0.0
 
 
 async def records_per_second(
@@ -63,7 +74,7 @@ async def records_per_second(
 ) -> dict[str, Any]:
     log = AuditLog(directory)
     log.open()
-    shipper = shipped(log, sink)
+    shipper = await shipped(log, sink)
     latencies: list[float] = []
 
     async def worker(count: int) -> None:
@@ -72,11 +83,12 @@ async def records_per_second(
             await log.append({**RECORD, "workflow_id": f"wf-{i}"})
             latencies.append(time.perf_counter() - t)
 
-    start, cpu = time.perf_counter(), time.process_time()
+    start, cpu, ship_cpu = time.perf_counter(), time.process_time(), shipper_cpu(shipper)
     await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
     elapsed = time.perf_counter() - start
     drain = await drained(shipper, log) if shipper is not None else 0.0
     cpu = time.process_time() - cpu
+    ship_cpu = shipper_cpu(shipper) - ship_cpu
     if shipper is not None:
         await shipper.stop()
     await log.close()
@@ -85,6 +97,7 @@ async def records_per_second(
         "records_per_s": len(latencies) / elapsed,
         "append_p50_ms": statistics.median(latencies) * 1e3,
         "cpu_us_per_record": cpu / len(latencies) * 1e6,
+        "shipper_cpu_us_per_record": ship_cpu / len(latencies) * 1e6,
         "drain_ms": drain * 1e3,
     }  # fmt: skip
 
@@ -155,7 +168,7 @@ async def _starts(home: Path, starts: int, rounds: int, sink: str | None) -> dic
             shipped_log = AuditLog(home / "router-audit-shipped")
             shipped_log.open()
             sinks["with audit, shipped"] = shipped_log
-            shippers.append((shipped(shipped_log, sink), shipped_log))
+            shippers.append((await shipped(shipped_log, sink), shipped_log))
         sinks["without audit"] = MemoryAuditSink()
         routers = {name: Router(sources, config, keys, audit=a) for name, a in sinks.items()}
         for m in routers.values():
@@ -170,7 +183,7 @@ async def _starts(home: Path, starts: int, rounds: int, sink: str | None) -> dic
         for shipper, log in shippers:
             assert shipper is not None
             await drained(shipper, log)
-            result["shipped_starts_lag_after_drain"] = log.sequence - shipper.cursor.seq
+            result["shipped_starts_lag_after_drain"] = shipper.status().lag
             await shipper.stop()
             await log.close()
         await durable.close()
@@ -196,10 +209,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     result = asyncio.run(run(args.records, args.starts, args.rounds, args.ship))
     t1 = render(["concurrency", "chain", "durable records/s", "append p50 ms", "CPU µs/record",
-                 "sink has all after ms"], [
+                 "shipper CPU µs/record", "sink has all after ms"], [
         (r["concurrency"], "shipped" if r["shipping"] else "local",
          f"{r['records_per_s']:,.0f}", f"{r['append_p50_ms']:.3f}",
-         f"{r['cpu_us_per_record']:.0f}", f"{r['drain_ms']:.0f}" if r["shipping"] else "")
+         f"{r['cpu_us_per_record']:.0f}",
+         f"{r['shipper_cpu_us_per_record']:.0f}" if r["shipping"] else "",
+         f"{r['drain_ms']:.0f}" if r["shipping"] else "")
         for r in result["records"]
     ])  # fmt: skip
     t2 = render(["start (in-process router)", "n", "p50 ms", "p99 ms"], [

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import tempfile
 import time
@@ -31,18 +30,15 @@ import yaml
 from temporalio.client import Client
 
 from benchmarks.common import emit, machine, render
-from benchmarks.fleet import Fleet, _stop, free_port, otlp_collector
+from benchmarks.fleet import Fleet, _stop, children, cpu_seconds, free_port, otlp_collector
 from router.tls import channel_credentials, ensure_dev_pki
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 
-TICKS = os.sysconf("SC_CLK_TCK")
 
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (the kernel's accounting)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+def cpu_with_children(pid: int) -> float:
+    """A router's CPU seconds and its children's (the audit shipper, when shipping)."""
+    return cpu_seconds(pid) + sum(cpu_seconds(c) for c in children(pid))
 
 
 async def chunk(
@@ -150,10 +146,10 @@ async def run(n: int, chunks: int, concurrencies: list[int], ship: bool = False)
                 per = max(1, n // chunks)
                 for _ in range(chunks):
                     for side, fn in sides.items():
-                        before = cpu_seconds(pids[side]) if side in pids else 0.0
+                        before = cpu_with_children(pids[side]) if side in pids else 0.0
                         xs, w = await chunk(fn, per, c)
                         if side in pids:
-                            cpu[side] += cpu_seconds(pids[side]) - before
+                            cpu[side] += cpu_with_children(pids[side]) - before
                         lat[side] += xs
                         wall[side] += w
                 row: dict[str, Any] = {"concurrency": c, "starts_each": len(lat["router"])}

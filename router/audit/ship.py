@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,6 +50,8 @@ from router.errors import AuditShippingError
 log = logging.getLogger(__name__)
 
 CURSOR_NAME = "SHIPPED"
+STATE_NAME = "SHIPPING"
+LOCK_NAME = "SHIPPING.lock"
 ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"
 ATTR_SEQ = "meridian.audit.seq"
 ATTR_HASH = "meridian.audit.hash"
@@ -72,17 +75,20 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Cursor:
-    """The last record ``sink`` acknowledged (seq 0: none yet)."""
+    """The last record ``sink`` acknowledged (seq 0: none yet), and when."""
 
     seq: int = 0
     hash: str = GENESIS
     sink: str = ""
+    at: float = field(default=0.0, compare=False)
 
 
 def read_cursor(directory: Path) -> Cursor:
     try:
         doc = json.loads((directory / CURSOR_NAME).read_text())
-        return Cursor(int(doc["seq"]), str(doc["hash"]), str(doc.get("sink", "")))
+        return Cursor(
+            int(doc["seq"]), str(doc["hash"]), str(doc.get("sink", "")), float(doc.get("at", 0))
+        )
     except FileNotFoundError:
         return Cursor()
     except (OSError, ValueError, KeyError, TypeError):
@@ -98,13 +104,49 @@ def write_cursor(directory: Path, cursor: Cursor) -> None:
     from seq 1), which only duplicates records; it can never lead the sink."""
     path = directory / CURSOR_NAME
     tmp = directory / f".{CURSOR_NAME}.{secrets.token_hex(4)}.tmp"
-    text = json.dumps({"seq": cursor.seq, "hash": cursor.hash, "sink": cursor.sink})
+    doc: dict[str, Any] = {
+        "seq": cursor.seq,
+        "hash": cursor.hash,
+        "sink": cursor.sink,
+        "at": cursor.at,
+    }
+    _replace(path, tmp, json.dumps(doc))
+
+
+def _replace(path: Path, tmp: Path, text: str) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, text.encode() + b"\n")
     finally:
         os.close(fd)
     tmp.replace(path)
+
+
+def write_state(directory: Path, state: dict[str, Any]) -> None:
+    """``<dir>/SHIPPING``: who ships this chain where, and why it is behind (if it is),
+    for the process that writes the chain to show in its status."""
+    _replace(directory / STATE_NAME, directory / f".{STATE_NAME}.{secrets.token_hex(4)}.tmp",
+             json.dumps(state))  # fmt: skip
+
+
+def read_state(directory: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((directory / STATE_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def lock_chain(directory: Path) -> int | None:
+    """An exclusive lock: one shipper per chain (a restarted writer's new shipper waits
+    for the old one to finish its last batch). The fd holding it, or None if taken."""
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def head_seq(directory: Path) -> int | None:
@@ -260,8 +302,12 @@ class Shipper:
         batch_bytes: int = 1 << 20,
         backoff_initial: float = 0.5,
         backoff_max: float = 10.0,
+        publish: bool = False,
     ) -> None:
+        """``publish``: keep ``<dir>/SHIPPING`` current (a shipper in a process of its
+        own, whose writer shows its status)."""
         self.directory = directory
+        self._publish = publish
         self.sink = sink
         self.chain = chain
         self._committed = committed or (lambda: head_seq(directory))
@@ -331,12 +377,22 @@ class Shipper:
         except Exception as exc:  # a sink is foreign code: translate at the boundary
             raise AuditShippingError(f"sink {self.sink.name}: {exc}") from exc
         last = batch[-1]
-        self.cursor = Cursor(last.seq, last.hash, self.sink.name)
+        self.cursor = Cursor(last.seq, last.hash, self.sink.name, time.time())
         self._reader.file, self._reader.offset = file, offset
         write_cursor(self.directory, self.cursor)
         return len(batch)
 
+    def _set_error(self, why: str) -> None:
+        self.last_error = why
+        if self._publish:
+            state = {"pid": os.getpid(), "sink": self.sink.name, "chain": self.chain,
+                     "last_error": why}  # fmt: skip
+            with contextlib.suppress(OSError):
+                write_state(self.directory, state)
+
     def start(self) -> None:
+        if self._publish:
+            self._set_error(self.last_error)
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"audit-ship-{self.chain}")
 
@@ -357,7 +413,7 @@ class Shipper:
                     log.exception("audit shipping of %s failed; retrying", self.directory)
                 if why != self.last_error:
                     log.error("audit shipping of %s: %s", self.directory, why)
-                self.last_error = why
+                    self._set_error(why)
                 if self._stopping:
                     return
                 await self._pause(delay)
@@ -367,7 +423,8 @@ class Shipper:
                 return
             if self.last_error:
                 log.info("audit shipping of %s resumed at seq %d", self.directory, self.cursor.seq)
-            self.last_error, delay = "", self._backoff_initial
+                self._set_error("")
+            delay = self._backoff_initial
             await self._pause(self._interval)
 
     async def _pause(self, seconds: float) -> None:

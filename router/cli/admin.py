@@ -354,15 +354,24 @@ def cmd_audit_report(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_ship(args: argparse.Namespace) -> int:
-    """Ship what a chain has not shipped yet, once (for chains of tools that run and
-    exit, like `keys rotate`'s; running processes ship their own chain as they go)."""
+    """Ship what a chain has not shipped yet: once (a tool's chain, like `keys rotate`'s),
+    or with --follow until SIGTERM (how `serve` ships its own chain, as a child)."""
     import asyncio
 
-    from router.audit.ship import OtlpSink, Shipper
+    from router.audit.ship import OtlpSink, Shipper, lock_chain
 
+    paths = _audit_paths(args)
+    service = os.environ.get("OTEL_SERVICE_NAME", "meridian-audit-ship")
+    if args.follow:
+        if len(paths) != 1:
+            raise MeridianError("--follow ships one chain: give one directory")
+        return _ship_follow(paths[0], OtlpSink(args.endpoint, service_name=service), args.chain)
     failed = False
-    for directory in _audit_paths(args):
-        sink = OtlpSink(args.endpoint, service_name="meridian-audit-ship")
+    for directory in paths:
+        lock = lock_chain(directory)
+        if lock is None:
+            raise MeridianError(f"{directory}: another shipper ships this chain now")
+        sink = OtlpSink(args.endpoint, service_name=service)
         shipper = Shipper(directory, sink, chain=args.chain or directory.name)
         before = shipper.cursor.seq
         try:
@@ -376,7 +385,35 @@ def cmd_audit_ship(args: argparse.Namespace) -> int:
                   f"{shipper.cursor.seq}")  # fmt: skip
         finally:
             sink.close()
+            os.close(lock)
     return 1 if failed else 0
+
+
+def _ship_follow(directory: Path, sink: Any, chain: str | None) -> int:
+    import asyncio
+    import contextlib
+
+    from router.audit.ship import Shipper, lock_chain
+    from router.cli.common import until_signalled
+
+    async def follow(stop: asyncio.Event) -> None:
+        lock = lock_chain(directory)
+        while lock is None:  # the previous shipper of this chain finishes its last batch
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
+            if stop.is_set():
+                return
+            lock = lock_chain(directory)
+        try:
+            shipper = Shipper(directory, sink, chain=chain or directory.name, publish=True)
+            shipper.start()
+            await stop.wait()
+            await shipper.stop()
+        finally:
+            os.close(lock)
+
+    asyncio.run(until_signalled(follow))
+    return 0
 
 
 def add_parsers(sub: Any) -> None:
@@ -459,6 +496,9 @@ def add_parsers(sub: Any) -> None:
         "--endpoint", help="OTLP/gRPC collector (default: $OTEL_EXPORTER_OTLP_LOGS_ENDPOINT)"
     )
     ash.add_argument("--chain", help="the chain's name for receivers (default: the directory's)")
+    ash.add_argument(
+        "--follow", action="store_true", help="keep shipping as the chain grows, until SIGTERM"
+    )
     ash.set_defaults(func=cmd_audit_ship)
 
     config = sub.add_parser("config", help="routing config tools")

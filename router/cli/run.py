@@ -29,15 +29,16 @@ def _open_audit(config: Any, directory: Path, key_file: Path | None) -> Any:
 
 def _shipper(args: argparse.Namespace, audit: Any, chain: str, service: str) -> Any:
     """Shipping of ``audit``'s chain off the box, when a sink is named (``--audit-ship``,
-    else the standard $OTEL_EXPORTER_OTLP_LOGS_ENDPOINT); None otherwise."""
-    from router.audit.ship import ENDPOINT_ENV, OtlpSink, Shipper
+    else the standard $OTEL_EXPORTER_OTLP_LOGS_ENDPOINT): a child process (not started
+    yet; router.cli.sidecar says why); None otherwise."""
+    from router.audit.ship import ENDPOINT_ENV
+    from router.cli.sidecar import ShipSidecar
 
     endpoint = getattr(args, "audit_ship", None) or os.environ.get(ENDPOINT_ENV)
     if not endpoint:
         return None
-    sink = OtlpSink(endpoint, service_name=os.environ.get("OTEL_SERVICE_NAME", service))
-    # Bounded by the running log's own durable sequence: only committed records leave.
-    return Shipper(audit.directory, sink, chain=chain, committed=lambda: audit.sequence)
+    return ShipSidecar(audit.directory, endpoint=endpoint, chain=chain, service_name=service,
+                       committed=lambda: audit.sequence)  # fmt: skip
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -88,7 +89,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             server = RouterServer(router, host=args.host, port=args.port)
             if shipper is not None:
                 router.admin.shipping = shipper.status
-                shipper.start()
+                await shipper.start()
             if not await race(server.start(), stop):
                 return
             _print_summary(say, config, args.host, server.port)
@@ -194,7 +195,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server = RouterServer(router, host=args.host, port=args.port)
         if shipper is not None:
             router.admin.shipping = shipper.status
-            shipper.start()
+            await shipper.start()
         reloads: set[asyncio.Task[Any]] = set()
 
         def sighup() -> None:
@@ -366,7 +367,7 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
                 ) from exc
             refresher = asyncio.create_task(holder.refresh_forever(on_change=ring_changed))
             if shipper is not None:
-                shipper.start()
+                await shipper.start()
             print(f"codec server of {region.name} on http://{listen}", flush=True)
             await stop.wait()
             refresher.cancel()

@@ -307,3 +307,62 @@ async def test_a_replaced_chain_is_not_shipped_and_stop_drains(tmp_path: Path) -
     await shipper.stop()  # the poll is a minute away: stop ships what is left first
     assert sink.seqs() == list(range(1, 10)) and sink.closed
     await log.close()
+
+
+async def test_the_sidecar_ships_beside_the_writer_and_is_restarted(tmp_path: Path) -> None:
+    """How `serve` ships: `meridian audit ship --follow` as a child process; its status
+    comes from the files beside the chain; killed, it is restarted and loses nothing."""
+    import os
+    import signal
+
+    from router.cli.sidecar import ShipSidecar
+
+    collector = Collector()
+    port = free_port()
+    collector.start(port)
+    log = AuditLog(tmp_path)
+    log.open()
+    sidecar = ShipSidecar(tmp_path, endpoint=f"http://127.0.0.1:{port}", chain="r9",
+                          service_name="meridian-test", committed=lambda: log.sequence,
+                          restart_initial=0.1)  # fmt: skip
+    try:
+        await sidecar.start()
+        await append(log, 20)
+
+        async def shipped(n: int) -> bool:
+            s = sidecar.status()
+            return s.shipped_seq == n and s.committed_seq == n and s.lag == 0
+
+        await eventually(lambda: shipped(20), "20 records shipped by the sidecar")
+        status = sidecar.status()
+        assert (status.sink, status.chain, status.last_error) == (
+            f"http://127.0.0.1:{port}", "r9", "",
+        )  # fmt: skip
+        assert status.last_shipped_at is not None
+        first = sidecar.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+
+        async def restarted() -> bool:
+            return sidecar.pid not in (None, first)
+
+        await eventually(restarted, "a new shipper")
+        await append(log, 5, 20)
+        await eventually(lambda: shipped(25), "the records written after the restart")
+        collector.stop()  # the sink goes down: the status says why shipping is behind
+        await append(log, 3, 25)
+
+        async def behind() -> bool:
+            s = sidecar.status()
+            return s.lag == 3 and "did not acknowledge" in s.last_error
+
+        await eventually(behind, "the status to show the outage", timeout=60)
+        collector.start(port)
+        await eventually(lambda: shipped(28), "shipping to resume", timeout=60)
+        assert sidecar.status().last_error == ""
+    finally:
+        await sidecar.stop()
+        collector.stop()
+        await log.close()
+    seqs = [r.attributes[ATTR_SEQ] for r in collector.received_logs()]
+    assert set(seqs) == set(range(1, 29))
