@@ -10,9 +10,9 @@ does the cursor move. So a restart (even after SIGKILL) or an outage of the sink
 nothing and duplicates at most the batch in flight, which a receiver drops by sequence
 number (per chain).
 
-Only committed records are shipped: up to the log's durable sequence (``HEAD``, or the
-running log's own counter), never a record written but not yet fsynced, which a power
-loss could take back. Each record must continue the chain from the last one shipped
+Only committed records are shipped: up to the log's durable sequence (``HEAD``, which the
+log rewrites after each fsync, or the running log's own counter), never a record written
+but not yet fsynced, which a power loss could take back. Each record must continue the chain from the last one shipped
 (sequence + 1, ``prev`` = its hash): a chain that does not is not shipped further (the
 status says why) — verification, not shipping, is where tampering is judged.
 
@@ -24,8 +24,10 @@ timeout follow the standard ``OTEL_EXPORTER_OTLP_LOGS_*`` variables. It returns 
 only when the collector answered the Export call; an OTLP partial success (records the
 collector rejected) is final by the OTLP specification, never retried.
 
-Shipping never blocks the request path: it reads the files on its own, and reading and
-sending run off the event loop.
+Shipping never blocks the request path: it needs nothing but the files, and a running
+writer runs it as a child process (``meridian audit ship --follow``,
+``router.cli.sidecar``), which keeps ``<audit-dir>/SHIPPING`` (why it is behind) beside
+the cursor; ``SHIPPING.lock`` keeps one shipper per chain.
 """
 
 from __future__ import annotations
