@@ -419,3 +419,33 @@ class RegionWorker:
 
     def stop(self) -> None:
         _stop(self.proc)
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (the kernel's accounting)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of a process (every thread's, from /proc)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def otlp_collector(port: int, logs: Path) -> subprocess.Popen[bytes]:
+    """The in-test OTLP collector (``tests/otlp_collector.py``) in a process of its own,
+    on ``port``: the sink benchmarks ship audit records to. Stop it with ``_stop``."""
+    proc = _popen([sys.executable, "-m", "tests.otlp_collector", "--port", str(port)], logs)
+    deadline = time.monotonic() + 10
+    while port_free("127.0.0.1", port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the OTLP collector did not start on {port}: see {logs}")
+        time.sleep(0.02)
+    return proc

@@ -10,13 +10,17 @@ CPU time per start (the kernel's accounting of that router process, over its own
 only): the differences are what mTLS with authorization, and metrics, cost.
 Every router runs as deployed, with signed audit checkpoints (every 5 s, to a witness
 directory) and signed receipts on.
+
+With ``--ship``, another side: the plaintext router again, its audit chain shipped off
+the box as it is written (``--audit-ship`` to the in-test OTLP collector, in a process of
+its own); its difference to the plain router is what shipping costs. With ``--baseline
+DIR``, an older checkout's router runs beside them (before/after in one run).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import tempfile
 import time
@@ -30,19 +34,16 @@ import yaml
 from temporalio.client import Client
 
 from benchmarks.common import emit, machine, render, start_request
-from benchmarks.fleet import Fleet
+from benchmarks.fleet import Fleet, _stop, children, cpu_seconds, free_port, otlp_collector
 from router.cli.render import message_to_json
 from router.tls import channel_credentials, ensure_dev_pki
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 
-TICKS = os.sysconf("SC_CLK_TCK")
 
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (the kernel's accounting)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+def cpu_with_children(pid: int) -> float:
+    """A router's CPU seconds and its children's (the audit shipper, when shipping)."""
+    return cpu_seconds(pid) + sum(cpu_seconds(c) for c in children(pid))
 
 
 async def chunk(
@@ -85,11 +86,16 @@ def _secure_overlay(home: Path) -> Path:
 
 
 async def run(
-    n: int, chunks: int, concurrencies: list[int], baseline: Path | None = None
+    n: int,
+    chunks: int,
+    concurrencies: list[int],
+    baseline: Path | None = None,
+    ship: bool = False,
 ) -> dict[str, Any]:
     """Sides in alternated chunks: the router in plaintext with auth off, the router
     with mTLS and authorization on, the router without metrics, a plain temporalio
-    client, and (``baseline``: another checkout) an older router like the first."""
+    client; with ``ship``, the plaintext router shipping its audit chain; with
+    ``baseline`` (another checkout), an older router like the first."""
     with tempfile.TemporaryDirectory(prefix="meridian-rvd-") as tmp:
         home = Path(tmp)
         fleet = Fleet.create(home, {"eu-west": ("eu", 1)}, {"eu": ["DE"]})
@@ -102,6 +108,13 @@ async def run(
         old = fleet.replica("router-baseline") if baseline is not None else None
         if old is not None and baseline is not None:
             old.start(fleet.config_path, fleet.keys_dir, [], source=baseline)
+        shipping = fleet.replica("router-shipped") if ship else None
+        collector = None
+        if shipping is not None:
+            port = free_port()
+            collector = otlp_collector(port, home / "collector.log")
+            shipping.start(fleet.config_path, fleet.keys_dir,
+                           ["--audit-ship", f"http://127.0.0.1:{port}"])  # fmt: skip
         tls = home / "tls"
         credentials = channel_credentials(
             tls / "ca.pem", tls / "service.pem", tls / "service-key.pem"
@@ -112,6 +125,8 @@ async def run(
             await secure.wait_serving(credentials=credentials)
             if old is not None:
                 await old.wait_serving()
+            if shipping is not None:
+                await shipping.wait_serving()
             cluster = fleet.cluster("eu-west-a")
             direct = await Client.connect(cluster.endpoint, namespace="eu-west")
             channels = {
@@ -123,6 +138,10 @@ async def run(
             if old is not None:
                 channels["router_baseline"] = grpc.aio.insecure_channel(old.address)
                 pids["router_baseline"] = old.pid
+            pids = {"router": plain.pid, "router_mtls": secure.pid}
+            if shipping is not None:
+                channels["router_shipped"] = grpc.aio.insecure_channel(shipping.address)
+                pids["router_shipped"] = shipping.pid
 
             def via(stub: Any) -> Callable[[], Awaitable[None]]:
                 async def start() -> None:
@@ -149,10 +168,10 @@ async def run(
                 per = max(1, n // chunks)
                 for _ in range(chunks):
                     for side, fn in sides.items():
-                        before = cpu_seconds(pids[side]) if side in pids else 0.0
+                        before = cpu_with_children(pids[side]) if side in pids else 0.0
                         xs, w = await chunk(fn, per, c)
                         if side in pids:
-                            cpu[side] += cpu_seconds(pids[side]) - before
+                            cpu[side] += cpu_with_children(pids[side]) - before
                         lat[side] += xs
                         wall[side] += w
                 row: dict[str, Any] = {"concurrency": c, "starts_each": len(lat["router"])}
@@ -170,6 +189,11 @@ async def run(
                 row["metrics_added_cpu_us_per_start"] = (
                     row["router_cpu_us_per_start"] - row["router_no_metrics_cpu_us_per_start"]
                 )
+                if shipping is not None:
+                    row["shipping_added_cpu_us_per_start"] = (
+                        row["router_shipped_cpu_us_per_start"] - row["router_cpu_us_per_start"]
+                    )
+                    row["shipping_lag_after_chunks"] = await _lag(channels["router_shipped"])
                 results.append(row)
             # Checkpoints are on by default in `meridian serve`: show that they ran.
             admin = pb_grpc.RoutingAdminStub(channels["router"])
@@ -179,6 +203,7 @@ async def run(
                 await ch.close()
         finally:
             fleet.stop()
+            _stop(collector)
     return {
         "benchmark": "router_vs_direct",
         "machine": machine(),
@@ -188,6 +213,13 @@ async def run(
         "goals": {"added_p50_ms_at_1": 1.0, "throughput_ratio_at_32": 0.9,
                   "router_cpu_us_per_start_at_32": 800},
     }  # fmt: skip
+
+
+async def _lag(channel: grpc.aio.Channel) -> int:
+    """The shipping router's lag (records written, not yet acknowledged by the sink)."""
+    admin = pb_grpc.RoutingAdminStub(channel)
+    topo = await admin.GetTopology(pb.GetTopologyRequest(), timeout=5)
+    return int(topo.audit_shipping.lag)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -202,10 +234,15 @@ def main(argv: list[str] | None = None) -> None:
         help="a checkout of an older version (git worktree add DIR COMMIT): its router "
         "runs beside this one, plaintext like 'router', for a before/after in one run",
     )  # fmt: skip
+    parser.add_argument(
+        "--ship", action="store_true", help="add a router whose audit chain is shipped (OTLP)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    result = asyncio.run(run(args.starts, args.chunks, args.concurrency, args.baseline))
+    result = asyncio.run(run(args.starts, args.chunks, args.concurrency, args.baseline, args.ship))
     shown = ["router", "router_mtls", "router_no_metrics", "direct"]
+    if args.ship:
+        shown.insert(3, "router_shipped")
     if args.baseline is not None:
         shown.insert(0, "router_baseline")
     table = render(
@@ -223,6 +260,12 @@ def main(argv: list[str] | None = None) -> None:
     extra = "\n".join(
         f"mTLS + authorization add {r['mtls_added_cpu_us_per_start']:.0f} µs of router CPU per "
         f"start at concurrency {r['concurrency']}"
+        + (
+            f"; shipping adds {r['shipping_added_cpu_us_per_start']:.0f} µs (lag after its "
+            f"chunks: {r['shipping_lag_after_chunks']} records)"
+            if args.ship
+            else ""
+        )
         for r in result["results"]
     )
     cp = result["audit_checkpoints"]

@@ -25,8 +25,8 @@ from typing import Any
 import grpc
 
 from benchmarks.common import emit, machine, progress, render, start_request
-from benchmarks.fleet import Fleet
-from benchmarks.router_vs_direct import chunk, cpu_seconds
+from benchmarks.fleet import Fleet, cpu_seconds
+from benchmarks.router_vs_direct import chunk
 from router.v1 import router_pb2_grpc as pb_grpc
 
 LAYOUTS = {

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from router.audit.checkpoint import CheckpointStatus
+from router.audit.ship import ShipStatus
 from router.clusters import ClusterState
 from router.config.runtime import ConfigController
 from router.config.settings import ResolvedConfig
@@ -52,6 +53,8 @@ class Admin:
         self._gateway = gateway
         self._live_status = live_status
         self._checkpoints = checkpoints
+        # The audit chain's shipping off the box, when it is on (set by `serve`).
+        self.shipping: Callable[[], ShipStatus] | None = None
 
     # -- what the status view shows -------------------------------------------------
 

@@ -20,7 +20,8 @@ maps to::
     │   ├── AuditUnavailable             the audit log cannot be written: nothing acts
     │   ├── FlipStoreUnavailable         the failover state file cannot be written
     │   ├── ConsulUnavailable            Consul did not answer; the router keeps serving
-    │   └── WitnessUnavailable           an audit witness did not take a checkpoint
+    │   ├── WitnessUnavailable           an audit witness did not take a checkpoint
+    │   └── AuditShippingError           the audit sink did not take a batch (retried)
     ├── DeadlineExceeded                 DEADLINE_EXCEEDED
     ├── WorkflowNotFound                 NOT_FOUND
     ├── WorkflowIdTaken                  ALREADY_EXISTS     the id is another tenant's run
@@ -138,6 +139,12 @@ class WitnessUnavailable(Unavailable):
         super().__init__(message)
         self.witness = witness
         self.refused = refused
+
+
+class AuditShippingError(Unavailable):
+    """Audit records could not be shipped off the box now (the sink did not acknowledge
+    a batch, or the chain does not continue where shipping stopped). Shipping retries;
+    requests never wait for it."""
 
 
 class DeadlineExceeded(MeridianError):

@@ -479,6 +479,13 @@ def topology_pb(m: Admin) -> pb.Topology:
     checkpoints = m.checkpoints()
     if checkpoints is not None:
         _checkpoints_pb(checkpoints, topo.audit_checkpoints)
+    if m.shipping is not None:
+        ship = m.shipping()
+        out = topo.audit_shipping
+        out.sink, out.chain, out.last_error = ship.sink, ship.chain, ship.last_error
+        out.committed_seq, out.shipped_seq, out.lag = ship.committed_seq, ship.shipped_seq, ship.lag
+        if ship.last_shipped_at is not None:
+            out.last_shipped.FromNanoseconds(int(ship.last_shipped_at * 1e9))
     if m.last_rejected is not None:
         at, error = m.last_rejected
         topo.last_rejected.time.FromNanoseconds(int(at * 1e9))

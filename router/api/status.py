@@ -11,6 +11,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from router.errors import (
+    AuditShippingError,
     AuditUnavailable,
     ClusterUnavailable,
     CodecError,
@@ -52,6 +53,7 @@ STATUS: tuple[tuple[type[MeridianError], grpc.StatusCode], ...] = (
     (FlipStoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (ConsulUnavailable, grpc.StatusCode.UNAVAILABLE),
     (WitnessUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (AuditShippingError, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (WorkflowNotFound, grpc.StatusCode.NOT_FOUND),
     (WorkflowIdTaken, grpc.StatusCode.ALREADY_EXISTS),

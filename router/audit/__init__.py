@@ -10,6 +10,7 @@ from router.audit.records import (
     config_record,
     decision_record,
     flip_record,
+    key_rotation_record,
     outcome_record,
     refusal_record,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "config_record",
     "decision_record",
     "flip_record",
+    "key_rotation_record",
     "load_key",
     "outcome_record",
     "refusal_record",

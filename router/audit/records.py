@@ -4,13 +4,16 @@ key ids; never workflow arguments, results, keys or tokens."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from router.codec.keys import RingChange
 from router.core.authz import Principal
 from router.core.failover import AuditEvent, FlipDone
-from router.core.model import Decision, Refusal, RouteRequest
+from router.core.model import Decision, Refusal, RouteRequest, RoutingTable
 
 
 def utc(ts: float) -> str:
@@ -108,9 +111,18 @@ def outcome_record(
 
 
 def config_record(
-    *, outcome: str, source: str, version: str, previous: str = "", errors: list[str] | None = None
+    *,
+    outcome: str,
+    source: str,
+    version: str,
+    previous: str = "",
+    errors: list[str] | None = None,
+    table: RoutingTable | None = None,
 ) -> dict[str, Any]:
-    return {
+    """``table``: the config going into force (loaded, accepted); its topology goes into
+    the record, so a report can re-derive each decision's zone from its region under
+    the version in force instead of trusting the decision's own fields."""
+    record: dict[str, Any] = {
         "kind": "config.change",
         "outcome": outcome,
         "source": source,
@@ -118,6 +130,11 @@ def config_record(
         "previous_version": previous,
         "errors": errors or [],
     }
+    if table is not None:
+        topo = topology(table)
+        record["topology"] = topo
+        record["topology_hash"] = topology_hash(topo)
+    return record
 
 
 def auth_failure_record(
@@ -246,4 +263,45 @@ def witness_record(
         "outcome": outcome,
         "checkpoint_seq": checkpoint_seq,
         "failures": failures,
+    }
+
+
+def topology(table: RoutingTable) -> dict[str, Any]:
+    """What residency depends on, as plain data: each zone's countries and regions, each
+    region's zone and clusters, and the tenants that declare a residency zone."""
+    return {
+        "zones": {
+            z.name: {"countries": sorted(z.countries), "regions": list(z.regions)}
+            for z in table.zones.values()
+        },
+        "regions": {
+            r.name: {"zone": r.zone, "clusters": [c.name for c in r.clusters]}
+            for r in table.regions.values()
+        },
+        "tenants": {
+            t.name: t.residency_zone for t in table.tenants.values() if t.residency_zone is not None
+        },
+    }
+
+
+def topology_hash(topo: dict[str, Any]) -> str:
+    """SHA-256 of the topology's canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(topo, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def key_rotation_record(change: RingChange, *, component: str, **who: str) -> dict[str, Any]:
+    """A region's active key changed (``key.rotation``) or only its set of keys did
+    (``key.ring``), as noticed by ``component`` (the router's or a codec server's ring
+    refresh, or ``meridian keys rotate``). Key ids only, never key material. ``who``:
+    more about the noticer (e.g. ``os_user`` for the CLI)."""
+    return {
+        "kind": "key.rotation" if change.active != change.previous_active else "key.ring",
+        "component": component,
+        "region": change.region,
+        "previous_key_id": change.previous_active,
+        "key_id": change.active,
+        "key_ids_added": list(change.added),
+        "key_ids_removed": list(change.removed),
+        **who,
     }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,9 +66,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     if args.action == "rotate":
         # Every ring loads before any is rotated: a bad one stops the whole rotation.
-        rings = [provider.load(region).rotated() for region in regions]
-        for ring in rings:
-            rows.append(_ring_row(ring.region, ring, provider.save(ring)))
+        pairs = [(ring, ring.rotated()) for ring in map(provider.load, regions)]
+        # Audited before the new rings are written (audit before effect).
+        receipts = _audit_rotations(args, directory, pairs)
+        for (_, ring), receipt in zip(pairs, receipts, strict=True):
+            row = _ring_row(ring.region, ring, provider.save(ring))
+            rows.append({**row, "audit_seq": receipt.sequence})
     else:
         for region in regions:
             try:
@@ -76,13 +81,43 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    note = "rotated; {n} keys" if args.action == "rotate" else "{n} keys: {ids}"
+    note = "rotated; {n} keys; audit seq {seq}" if args.action == "rotate" else "{n} keys: {ids}"
     print(render_table(["region", "active key", "file", "note"], [
-        (r["region"], r["active_key"], r["file"],
-         r["error"] or note.format(n=len(r["key_ids"]), ids=", ".join(r["key_ids"])))
+        (r["region"], r["active_key"], r["file"], r["error"] or note.format(
+            n=len(r["key_ids"]), ids=", ".join(r["key_ids"]), seq=r.get("audit_seq")))
         for r in rows
     ]))  # fmt: skip
     return 0
+
+
+def _audit_rotations(
+    args: argparse.Namespace, keys: Path, pairs: list[tuple[KeyRing, KeyRing]]
+) -> list[Any]:
+    """One ``key.rotation`` record per region in the tool's own chain (never a running
+    router's: a second writer would fork it), ``$MERIDIAN_HOME/audit-keys`` by default."""
+    import getpass
+    import socket
+
+    from router.audit import key_rotation_record, load_key
+    from router.audit.offline import append_locked
+    from router.codec import RingChange
+    from router.paths import meridian_home
+
+    directory = Path(args.audit_dir) if args.audit_dir else meridian_home() / "audit-keys"
+    key_file = Path(args.audit_key_file) if args.audit_key_file else keys / "audit.key"
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = str(os.getuid())
+    records = [
+        key_rotation_record(
+            RingChange(old.region, old.active, new.active, (new.active,), ()),
+            component="keys-rotate", os_user=user, host=socket.gethostname(),
+        )
+        for old, new in pairs
+    ]  # fmt: skip
+    key = load_key(key_file if args.audit_key_file or key_file.exists() else None)
+    return append_locked(directory, records, key=key)
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
@@ -299,19 +334,33 @@ def _witness_line(r: VerifyResult) -> str:
     )
 
 
-def cmd_audit_verify(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class _Verified:
+    results: list[tuple[Path, VerifyResult]]
+    evidence: Any  # router.audit.proof.Evidence, when witnesses were given
+    others: list[dict[str, Any]]  # chains the witnesses hold that no path given is
+
+
+def _verify(args: argparse.Namespace, paths: list[Path]) -> _Verified:
+    """The one verification `audit verify` and `audit report` both run: each directory
+    its own chain (a replica's, a codec server's), verified alone; with witnesses given,
+    also against the checkpoints witnessed off the box."""
     from router.audit import verify_chains
     from router.audit.proof import unverified_chains, verify_witnessed
 
-    # Each directory is its own chain (a replica's, a codec server's), verified alone;
-    # with witnesses, also against the checkpoints witnessed off the box.
     evidence = _evidence(args)
-    paths, key = _audit_paths(args), _audit_key(args)
+    key = _audit_key(args)
     if evidence is None:
         results = verify_chains(paths, key=key)
     else:
         results = verify_witnessed(paths, key=key, evidence=evidence)
     others = unverified_chains(results, evidence) if evidence is not None else []
+    return _Verified(results, evidence, others)
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    verified = _verify(args, _audit_paths(args))
+    results, evidence, others = verified.results, verified.evidence, verified.others
     if args.json:
         print(json.dumps({
             "ok": all(r.ok for _, r in results),
@@ -488,63 +537,78 @@ def cmd_audit_query(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_report(args: argparse.Namespace) -> int:
-    from router.audit.query import records, report
+    from router.audit.query import Filter, prove, report
+    from router.cli import audit_report
 
+    paths = _audit_paths(args)
+    # Verification first: only what it proves is counted (README: exit codes).
+    proofs = prove(paths, _verify(args, paths).results)
     match = _filter(args)
-    rep = report(r for r in records(_audit_paths(args)) if match(r))
-    ok = not rep.violations
-    if args.json:
-        print(json.dumps({
-            "records": rep.records,
-            "decisions": [{"zone": z, "region": g, "data_class": c, "count": n}
-                          for (z, g, c), n in sorted(rep.decisions.items())],
-            "refusals": [{"refusal": k, "data_class": c, "count": n}
-                         for (k, c), n in sorted(rep.refusals.items())],
-            "start_outcomes": dict(rep.outcomes),
-            "flips": rep.flips, "config_changes": rep.configs,
-            "auth_failures": [{"component": a, "region": g, "why": w, "count": n}
-                              for (a, g, w), n in sorted(rep.auth_failures.items())],
-            "residency": {"checked": rep.regulated_checked, "violations": rep.violations},
-        }, indent=2))  # fmt: skip
-        return 0 if ok else 1
-    span = f"{args.since or 'the beginning'} .. {args.until or 'now'}"
-    print(f"Audit report, {span}: {rep.records} records\n")
-    print("Decisions")
-    print(render_table(["zone", "region", "class", "count"],
-                       [(*k, n) for k, n in sorted(rep.decisions.items())]))  # fmt: skip
-    print("\nRefusals")
-    print(render_table(["refusal", "class", "count"],
-                       [(*k, n) for k, n in sorted(rep.refusals.items())]))  # fmt: skip
-    print(
-        "\nStart outcomes: "
-        + (", ".join(f"{k} {n}" for k, n in sorted(rep.outcomes.items())) or "none")
-    )
-    print("\nFlips")
-    print(render_table(["time", "region", "outcome", "from", "to", "rule", "actor", "reason"], [
-        (f.get("time"), f.get("region"), f.get("outcome"), f.get("from_cluster", ""),
-         f.get("to_cluster", ""), f.get("rule"), f.get("actor"), f.get("reason"))
-        for f in rep.flips
-    ]))  # fmt: skip
-    print("\nConfig changes")
-    print(render_table(["time", "outcome", "version", "source"], [
-        (c.get("time"), c.get("outcome"), c.get("version"), c.get("source")) for c in rep.configs
-    ]))  # fmt: skip
-    print("\nAuthentication failures")
-    print(render_table(["component", "region", "why", "count"],
-                       [(*k, n) for k, n in sorted(rep.auth_failures.items())]))  # fmt: skip
-    print()
-    if ok:
-        print(f"Residency: no record routed regulated data outside its zone "
-              f"({rep.regulated_checked} zone-bound decisions checked).")  # fmt: skip
-    else:
-        print(f"Residency: VIOLATION: {len(rep.violations)} record(s) routed zone-bound data "
-              "outside its zone:")  # fmt: skip
-        for v in rep.violations:
-            where = f"{v.get('zone')}/{v.get('region')}/{v.get('cluster')}"
-            print(f"  seq {v.get('seq')} {v.get('time')}: {v.get('data_class')} data bound to "
-                  f"zone {v.get('residency_zone') or '?'} went to {where} "
-                  f"(workflow {v.get('workflow_id')})")  # fmt: skip
-    return 0 if ok else 1
+    rep = report(proofs, Filter(since=match.since, until=match.until))
+    return audit_report.run(rep, since=args.since, until=args.until, as_json=args.json)
+
+
+def cmd_audit_ship(args: argparse.Namespace) -> int:
+    """Ship what a chain has not shipped yet: once (a tool's chain, like `keys rotate`'s),
+    or with --follow until SIGTERM (how `serve` ships its own chain, as a child)."""
+    import asyncio
+
+    from router.audit.ship import OtlpSink, Shipper, lock_chain
+
+    paths = _audit_paths(args)
+    service = os.environ.get("OTEL_SERVICE_NAME", "meridian-audit-ship")
+    if args.follow:
+        if len(paths) != 1:
+            raise MeridianError("--follow ships one chain: give one directory")
+        return _ship_follow(paths[0], OtlpSink(args.endpoint, service_name=service), args.chain)
+    failed = False
+    for directory in paths:
+        lock = lock_chain(directory)
+        if lock is None:
+            raise MeridianError(f"{directory}: another shipper ships this chain now")
+        sink = OtlpSink(args.endpoint, service_name=service)
+        shipper = Shipper(directory, sink, chain=args.chain or directory.name)
+        before = shipper.cursor.seq
+        try:
+            n = asyncio.run(shipper.ship_available())
+        except MeridianError as exc:
+            failed = True
+            n = shipper.cursor.seq - before
+            print(f"{directory}: FAILED after {n} record(s): {exc.message}")
+        else:
+            print(f"{directory}: shipped {n} record(s) to {sink.name}; shipped up to seq "
+                  f"{shipper.cursor.seq}")  # fmt: skip
+        finally:
+            sink.close()
+            os.close(lock)
+    return 1 if failed else 0
+
+
+def _ship_follow(directory: Path, sink: Any, chain: str | None) -> int:
+    import asyncio
+    import contextlib
+
+    from router.audit.ship import Shipper, lock_chain
+    from router.cli.common import until_signalled
+
+    async def follow(stop: asyncio.Event) -> None:
+        lock = lock_chain(directory)
+        while lock is None:  # the previous shipper of this chain finishes its last batch
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
+            if stop.is_set():
+                return
+            lock = lock_chain(directory)
+        try:
+            shipper = Shipper(directory, sink, chain=chain or directory.name, publish=True)
+            shipper.start()
+            await stop.wait()
+            await shipper.stop()
+        finally:
+            os.close(lock)
+
+    asyncio.run(until_signalled(follow))
+    return 0
 
 
 def add_parsers(sub: Any) -> None:
@@ -569,6 +633,15 @@ def add_parsers(sub: Any) -> None:
     which.add_argument("--region", help="the region to rotate")
     which.add_argument("--all", action="store_true", help="rotate every region in the config")
     rotate.add_argument("--json", action="store_true", help="print the rotated rings as JSON")
+    rotate.add_argument(
+        "--audit-dir",
+        help="the chain that records rotations (default: $MERIDIAN_HOME/audit-keys; never a "
+        "running router's own log)",
+    )
+    rotate.add_argument(
+        "--audit-key-file",
+        help="its HMAC key (default: $MERIDIAN_AUDIT_KEY, else <keys-dir>/audit.key if present)",
+    )
     listing.add_argument("--region", help="one region (default: every region in the config)")
     listing.add_argument("--json", action="store_true", help="print the rings as JSON")
 
@@ -624,12 +697,30 @@ def add_parsers(sub: Any) -> None:
     aq.add_argument("--explain", action="store_true", help="show each decision's rule and reasons")
     aq.add_argument("--json", action="store_true", help="JSON Lines")
     aq.set_defaults(func=cmd_audit_query)
-    ar = audit_sub.add_parser("report", help="counts, refusals, flips, and the residency check")
+    ar = audit_sub.add_parser(
+        "report",
+        help="verify first, then counts and the residency check over proven records "
+        "(exit 0 pass, 1 failed, 2 key required, 3 no evidence in range)",
+    )
     ar.add_argument("paths", nargs="*", help=paths_help)
+    ar.add_argument("--key-file", help="the audit HMAC key (or $MERIDIAN_AUDIT_KEY)")
+    witness_args(ar)
     ar.add_argument("--since", help="ISO 8601, inclusive")
     ar.add_argument("--until", help="ISO 8601, exclusive")
     ar.add_argument("--json", action="store_true", help="print the report as JSON")
     ar.set_defaults(func=cmd_audit_report)
+    ash = audit_sub.add_parser(
+        "ship", help="ship a chain's unshipped records to an OTLP collector, once"
+    )
+    ash.add_argument("paths", nargs="*", help=paths_help)
+    ash.add_argument(
+        "--endpoint", help="OTLP/gRPC collector (default: $OTEL_EXPORTER_OTLP_LOGS_ENDPOINT)"
+    )
+    ash.add_argument("--chain", help="the chain's name for receivers (default: the directory's)")
+    ash.add_argument(
+        "--follow", action="store_true", help="keep shipping as the chain grows, until SIGTERM"
+    )
+    ash.set_defaults(func=cmd_audit_ship)
 
     config = sub.add_parser("config", help="routing config tools")
     config_sub = config.add_subparsers(

@@ -77,6 +77,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  - {e}")
     if topo["config_pending"]:
         print(f"config change waiting to be applied (retried): {topo['config_pending']}")
+    ship = topo.get("audit_shipping")
+    if ship is not None:
+        print(f"audit shipping to {ship['sink']} (chain {ship['chain']}): shipped seq "
+              f"{ship['shipped_seq']} of {ship['committed_seq']}, lag {ship['lag']}"
+              + (f"; BEHIND: {ship['last_error']}" if ship["last_error"] else ""))  # fmt: skip
     print(render_table(STATUS_HEADERS, status_rows(topo)))
     for line in checkpoint_lines(topo.get("audit_checkpoints")):
         print(line)

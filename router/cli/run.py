@@ -80,6 +80,20 @@ def _witness_dir(config: Any, explicit: str | None, default: Path) -> Path:
     return Path(explicit or configured or default).resolve()
 
 
+def _shipper(args: argparse.Namespace, audit: Any, chain: str, service: str) -> Any:
+    """Shipping of ``audit``'s chain off the box, when a sink is named (``--audit-ship``,
+    else the standard $OTEL_EXPORTER_OTLP_LOGS_ENDPOINT): a child process (not started
+    yet; router.cli.sidecar says why); None otherwise."""
+    from router.audit.ship import ENDPOINT_ENV
+    from router.cli.sidecar import ShipSidecar
+
+    endpoint = getattr(args, "audit_ship", None) or os.environ.get(ENDPOINT_ENV)
+    if not endpoint:
+        return None
+    return ShipSidecar(audit.directory, endpoint=endpoint, chain=chain, service_name=service,
+                       committed=lambda: audit.sequence)  # fmt: skip
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from router import metrics
     from router.api.server import RouterServer
@@ -117,6 +131,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         server: RouterServer | None = None
         audit: Any = None
         checkpointer: Any = None
+        shipper: Any = None
         say(f"meridian dev: config {path} (version {config.version}); logs in {stack.logs}")
         try:
             stack.ensure_secrets()
@@ -129,6 +144,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 config, audit, replica_id="dev", key_file=keys / SIGNING_KEY,
                 witness_dir=witness, create_key=False, warn_same_disk=False,
             )  # fmt: skip
+            shipper = _shipper(args, audit, "dev-router", "meridian-router")
             router = Router(
                 sources,
                 config,
@@ -142,6 +158,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 http=(args.host, args.http_port) if args.http_port else None,
                 exposition=exposition,
             )  # fmt: skip
+            if shipper is not None:
+                router.admin.shipping = shipper.status
+                await shipper.start()
             if not await race(server.start(), stop):
                 return
             _print_summary(say, config, args.host, server.port, stack.ui_urls)
@@ -161,6 +180,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 await server.stop(grace=2.0)
             if checkpointer is not None:
                 await checkpointer.close()
+            if shipper is not None:
+                await shipper.stop()
             if audit is not None:
                 await audit.close()
             await stack.stop()
@@ -274,6 +295,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             authority: Callable[[], bool] = live.authority
         else:
             authority = (lambda: True) if worker.authority else (lambda: False)
+        shipper = _shipper(args, audit, replica, "meridian-router")
         router = Router(
             start_sources,
             first,
@@ -293,6 +315,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             exposition=exposition, reuse_port=count > 1,
         )  # fmt: skip
         follower = FileFollower(shared) if shared is not None else None
+        if shipper is not None:
+            router.admin.shipping = shipper.status
+            await shipper.start()
         reloads: set[asyncio.Task[Any]] = set()
 
         def sighup() -> None:
@@ -332,6 +357,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await checkpointer.close()
             if witness_consul is not None:
                 await witness_consul.close()
+            if shipper is not None:
+                await shipper.stop()  # after one last attempt to ship what is left
             await audit.close()
 
     exposition = None if args.no_metrics else metrics.setup("meridian-router")
@@ -419,10 +446,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_codec_server(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from router.audit import auth_failure_record
+    from router.audit import auth_failure_record, key_rotation_record
     from router.audit.signing import SIGNING_KEY
     from router.auth.codec import NamespaceTokens
-    from router.codec import KeyRingHolder, RegionCodec, default_provider
+    from router.codec import KeyRingHolder, RegionCodec, RingChange, default_provider
     from router.codec.server import CodecServer
     from router.codec.tokens import load_tokens
     from router.config.load import load
@@ -449,6 +476,10 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
         await audit.append(auth_failure_record(
             component="codec-server", region=region.name, remote=remote, path=path, why=why
         ))  # fmt: skip
+
+    async def ring_changed(change: RingChange) -> None:
+        # Audited before the server decodes with the new ring.
+        await audit.append(key_rotation_record(change, component="codec-server"))
 
     listen = args.listen or region.codec_server
     if not listen:
@@ -477,6 +508,8 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
         dev_loopback_origins=dev_origins,
     )
 
+    shipper = _shipper(args, audit, f"codec-server-{region.name}", "meridian-codec-server")
+
     async def main(stop: asyncio.Event) -> None:
         runner = web.AppRunner(server.app, access_log=None)
         await runner.setup()
@@ -494,7 +527,9 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
                 raise StackError(
                     f"codec server {region.name}: cannot listen on {listen}: {exc.strerror}"
                 ) from exc
-            refresher = asyncio.create_task(holder.refresh_forever())
+            refresher = asyncio.create_task(holder.refresh_forever(on_change=ring_changed))
+            if shipper is not None:
+                await shipper.start()
             print(f"codec server of {region.name} on http://{listen}", flush=True)
             if dev_origins:
                 print(
@@ -509,6 +544,8 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
             await runner.cleanup()
             if checkpointer is not None:
                 await checkpointer.close()
+            if shipper is not None:
+                await shipper.stop()
             await audit.close()
 
     asyncio.run(until_signalled(main))
@@ -533,6 +570,15 @@ def _dev_loopback_origins(origins: list[str], listen: str, host: str) -> list[st
             f"--dev-loopback-ui: the codec server must listen on loopback, not {listen}"
         )
     return list(dict.fromkeys(origins))
+
+
+def _audit_ship_arg(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--audit-ship",
+        metavar="ENDPOINT",
+        help="ship the audit chain to this OTLP/gRPC collector (http://host:4317; "
+        "default: $OTEL_EXPORTER_OTLP_LOGS_ENDPOINT; neither: not shipped)",
+    )
 
 
 def add_parsers(sub: Any) -> None:
@@ -631,6 +677,7 @@ def add_parsers(sub: Any) -> None:
         serve, "witness/ beside the audit directory: $MERIDIAN_HOME/witness",
         "<keys-dir>/audit-signing.key, made on first run",
     )  # fmt: skip
+    _audit_ship_arg(serve)
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="run the regional worker for one cluster")
@@ -672,6 +719,7 @@ def add_parsers(sub: Any) -> None:
         "region's payloads)",
     )  # fmt: skip
     witness_args(codec, "audit.witness_dir; none: no checkpoints", "<keys-dir>/audit-signing.key")
+    _audit_ship_arg(codec)
     codec.set_defaults(func=cmd_codec_server)
 
 

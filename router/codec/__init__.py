@@ -14,6 +14,7 @@ from router.codec.keys import (
     KeyProvider,
     KeyRing,
     KeyRingHolder,
+    RingChange,
     default_provider,
     new_ring,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "KeyRing",
     "KeyRingHolder",
     "RegionCodec",
+    "RingChange",
     "data_converter",
     "default_provider",
     "new_ring",

@@ -28,14 +28,14 @@ import re
 import secrets
 import stat
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from router.errors import KeyRingError
+from router.errors import KeyRingError, MeridianError
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +259,22 @@ def create_private(path: Path, text: str) -> bool:
         return True
 
 
+@dataclass(frozen=True, slots=True)
+class RingChange:
+    """What changed in a region's ring: key ids only, never material."""
+
+    region: str
+    previous_active: str
+    active: str
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
+# Told of a change before it takes effect; raising keeps the last ring (tried again on
+# the next refresh). The router and codec servers audit the change here.
+OnRingChange = Callable[[RingChange], Awaitable[None]]
+
+
 class KeyRingHolder:
     """The current ring of one region, replaced whole when the provider's ring changes.
 
@@ -272,10 +288,21 @@ class KeyRingHolder:
         self.region = region
         self.ring = provider.load(region)
 
-    def refresh(self) -> bool:
+    def changed(self) -> tuple[KeyRing, RingChange] | None:
+        """The provider's ring and what differs from the current one; None if nothing."""
         ring = self.provider.load(self.region)
         if ring.active == self.ring.active and ring.keys.keys() == self.ring.keys.keys():
-            return False
+            return None
+        change = RingChange(
+            self.region,
+            self.ring.active,
+            ring.active,
+            tuple(k for k in ring.keys if k not in self.ring.keys),
+            tuple(k for k in self.ring.keys if k not in ring.keys),
+        )
+        return ring, change
+
+    def _take(self, ring: KeyRing) -> None:
         log.info(
             "key ring of %s changed: active %s (was %s), %d key(s)",
             self.region,
@@ -284,16 +311,39 @@ class KeyRingHolder:
             len(ring.keys),
         )
         self.ring = ring
+
+    def refresh(self) -> bool:
+        found = self.changed()
+        if found is None:
+            return False
+        self._take(found[0])
         return True
 
-    async def refresh_forever(self, interval: float = 1.0) -> None:
+    async def refresh_forever(
+        self, interval: float = 1.0, on_change: OnRingChange | None = None
+    ) -> None:
+        """Reload every ``interval`` seconds; ``on_change`` hears of a changed ring
+        before it is used (if it raises, the last ring stays and the next reload tries
+        again)."""
         while True:
             await asyncio.sleep(interval)
             try:
-                self.refresh()
+                found = self.changed()
+                if found is None:
+                    continue
+                if on_change is not None:
+                    await on_change(found[1])
+                self._take(found[0])
             except KeyRingError as exc:
                 log.error(
                     "key ring of %s not reloaded, keeping the last good one: %s",
+                    self.region,
+                    exc.message,
+                )
+            except MeridianError as exc:
+                log.error(
+                    "key ring of %s changed but the change could not be recorded (%s); "
+                    "keeping the last ring until it can",
                     self.region,
                     exc.message,
                 )

@@ -32,8 +32,8 @@ from types import MappingProxyType
 from temporalio.converter import DataConverter
 
 from router import metrics
-from router.audit import AuditSink, config_record
-from router.codec import KeyProvider, KeyRingHolder, RegionCodec, data_converter
+from router.audit import AuditSink, config_record, key_rotation_record
+from router.codec import KeyProvider, KeyRingHolder, RegionCodec, RingChange, data_converter
 from router.config.settings import CodecSettings, ResolvedConfig
 from router.config.sources import ConfigSources
 from router.errors import ConfigError, FieldError, KeyRingError, MeridianError
@@ -155,7 +155,10 @@ class ConfigController:
         try:
             await self._audit.append(
                 config_record(
-                    outcome="loaded", source=self.config.source, version=self.config.version
+                    outcome="loaded",
+                    source=self.config.source,
+                    version=self.config.version,
+                    table=self.config.table,
                 )
             )
             for problem in early_rejections:
@@ -228,6 +231,7 @@ class ConfigController:
                         source=config.source,
                         version=config.version,
                         previous=current.config.version,
+                        table=config.table,
                     )
                 )
                 self._accepted = config.version
@@ -326,8 +330,14 @@ class ConfigController:
         for region, keys in runtime.regions.items():
             if region not in self._refresh:
                 self._refresh[region] = asyncio.create_task(
-                    keys.holder.refresh_forever(self._key_refresh), name=f"keys-{region}"
+                    keys.holder.refresh_forever(self._key_refresh, self._ring_changed),
+                    name=f"keys-{region}",
                 )
+
+    async def _ring_changed(self, change: RingChange) -> None:
+        """Audited before the router encrypts with the new ring (raises, and the ring
+        waits for the next refresh, when the record cannot be written)."""
+        await self._audit.append(key_rotation_record(change, component="router"))
 
     def refreshing(self) -> frozenset[str]:
         """Regions whose key ring is being refreshed now (for tests and status)."""

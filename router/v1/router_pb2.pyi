@@ -796,6 +796,7 @@ class Topology(_message.Message):
     LAST_REJECTED_FIELD_NUMBER: _builtins.int
     CONFIG_PENDING_FIELD_NUMBER: _builtins.int
     AUDIT_CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    AUDIT_SHIPPING_FIELD_NUMBER: _builtins.int
     config_version: _builtins.str
     default_region: _builtins.str
     config_source: _builtins.str
@@ -823,6 +824,10 @@ class Topology(_message.Message):
     def audit_checkpoints(self) -> Global___AuditCheckpoints:
         """This replica's signed audit checkpoints and their witnesses; unset when off."""
 
+    @_builtins.property
+    def audit_shipping(self) -> Global___AuditShipping:
+        """Shipping of this replica's audit chain off the box; unset when shipping is off."""
+
     def __init__(
         self,
         *,
@@ -839,10 +844,11 @@ class Topology(_message.Message):
         last_rejected: Global___ConfigRejection | None = ...,
         config_pending: _builtins.str = ...,
         audit_checkpoints: Global___AuditCheckpoints | None = ...,
+        audit_shipping: Global___AuditShipping | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audit_checkpoints", b"audit_checkpoints", "last_rejected", b"last_rejected"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit_checkpoints", b"audit_checkpoints", "audit_shipping", b"audit_shipping", "last_rejected", b"last_rejected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_checkpoints", b"audit_checkpoints", "config_pending", b"config_pending", "config_source", b"config_source", "config_version", b"config_version", "consul", b"consul", "consul_reachable", b"consul_reachable", "default_region", b"default_region", "is_leader", b"is_leader", "last_rejected", b"last_rejected", "leader", b"leader", "regions", b"regions", "replica_id", b"replica_id", "zones", b"zones"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_checkpoints", b"audit_checkpoints", "audit_shipping", b"audit_shipping", "config_pending", b"config_pending", "config_source", b"config_source", "config_version", b"config_version", "consul", b"consul", "consul_reachable", b"consul_reachable", "default_region", b"default_region", "is_leader", b"is_leader", "last_rejected", b"last_rejected", "leader", b"leader", "regions", b"regions", "replica_id", b"replica_id", "zones", b"zones"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1094,3 +1100,51 @@ class SetActiveClusterResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetActiveClusterResponse: _TypeAlias = SetActiveClusterResponse  # noqa: Y015
+
+@_typing.final
+class AuditShipping(_message.Message):
+    """Where this replica's audit chain is shipped, and how far behind the sink is."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINK_FIELD_NUMBER: _builtins.int
+    CHAIN_FIELD_NUMBER: _builtins.int
+    COMMITTED_SEQ_FIELD_NUMBER: _builtins.int
+    SHIPPED_SEQ_FIELD_NUMBER: _builtins.int
+    LAG_FIELD_NUMBER: _builtins.int
+    LAST_SHIPPED_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    sink: _builtins.str
+    """The sink (an OTLP endpoint) and the chain's name as receivers see it."""
+    chain: _builtins.str
+    committed_seq: _builtins.int
+    """The last record committed to the log, and the last one the sink acknowledged."""
+    shipped_seq: _builtins.int
+    lag: _builtins.int
+    """committed_seq - shipped_seq."""
+    last_error: _builtins.str
+    """Why shipping is behind (the sink is down, the chain does not continue); empty when
+    it is keeping up.
+    """
+    @_builtins.property
+    def last_shipped(self) -> _timestamp_pb2.Timestamp:
+        """When the sink last acknowledged a batch (unset: not since the start)."""
+
+    def __init__(
+        self,
+        *,
+        sink: _builtins.str = ...,
+        chain: _builtins.str = ...,
+        committed_seq: _builtins.int = ...,
+        shipped_seq: _builtins.int = ...,
+        lag: _builtins.int = ...,
+        last_shipped: _timestamp_pb2.Timestamp | None = ...,
+        last_error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_shipped", b"last_shipped"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "committed_seq", b"committed_seq", "lag", b"lag", "last_error", b"last_error", "last_shipped", b"last_shipped", "shipped_seq", b"shipped_seq", "sink", b"sink"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditShipping: _TypeAlias = AuditShipping  # noqa: Y015

@@ -121,9 +121,9 @@ async def test_receipts_and_auditor_tools_on_a_real_run(
     q = audit_cli("query", str(audit_dir), "--kind", "route.refusal", "--json")
     assert refused.workflow_id in q.stdout
 
-    rep = audit_cli("report", str(audit_dir))
+    rep = audit_cli("report", str(audit_dir), "--key-file", str(key))
     assert rep.returncode == 0, rep.stdout
-    assert "Residency: no record routed regulated data outside its zone" in rep.stdout
+    assert "verified: " in rep.stdout and "Residency: PASS: " in rep.stdout
     assert "audit drill" in rep.stdout and "residency" in rep.stdout.lower()
     flips = [
         r for r in records([audit_dir]) if r["kind"] == "flip" and r["reason"] == "audit drill"

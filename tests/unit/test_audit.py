@@ -16,7 +16,7 @@ import pytest
 
 from router.audit import AuditLog, Receipt, load_key, verify
 from router.audit.chain import GENESIS, canonical, digest, log_files
-from router.audit.query import Filter, records, report, residency_violations
+from router.audit.query import Filter, records
 from router.cli import main
 from router.errors import AuditUnavailable
 
@@ -491,24 +491,7 @@ def test_load_key(tmp_path: Path) -> None:
         load_key(None, environ={"MERIDIAN_AUDIT_KEY": base64.b64encode(b"short").decode()})
 
 
-# -- query and report ----------------------------------------------------------------
-
-
-def test_residency_check_can_fail() -> None:
-    good = [
-        {"kind": "route.decision", "data_class": "pii", "zone": "eu", "residency_zone": "eu"},
-        {"kind": "route.decision", "data_class": "public", "zone": "us", "residency_zone": ""},
-        {"kind": "route.explain", "data_class": "public", "zone": "eu", "residency_zone": "eu"},
-    ]
-    assert residency_violations(good) == []
-    bad = [
-        {"kind": "route.decision", "data_class": "pii", "zone": "us", "residency_zone": "eu"},
-        {"kind": "route.decision", "data_class": "financial", "zone": "us", "residency_zone": ""},
-        {"kind": "route.explain", "data_class": "public", "zone": "us", "residency_zone": "eu"},
-    ]
-    assert residency_violations(good + bad) == bad
-    rep = report(good + bad)
-    assert rep.regulated_checked == 5 and len(rep.violations) == 3
+# -- query (the report: test_audit_report.py) ---------------------------------------
 
 
 async def test_query_filters(tmp_path: Path) -> None:

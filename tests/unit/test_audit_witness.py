@@ -809,8 +809,12 @@ def test_receipt_signer_signs_what_prove_checks() -> None:
 async def test_audit_benchmark_checkpoint_parts_run(tmp_path: Path) -> None:
     from benchmarks.audit import checkpoint_costs, records_per_second
 
-    rate, _ = await records_per_second(tmp_path / "log", 4, 40, checkpoint_every=0.01)
-    assert rate > 0 and verify([tmp_path / "log"], key=None).ok
+    got = await records_per_second(tmp_path / "log", 4, 40, checkpoint_every=0.01)
+    assert (
+        got["records_per_s"] > 0
+        and got["chain"] == "checkpointed"
+        and verify([tmp_path / "log"], key=None).ok
+    )
     assert read_directory(tmp_path / "log-witness")[0], "it checkpointed meanwhile"
     costs = await checkpoint_costs(tmp_path / "costs", n=8)
     assert costs["receipt_sign_us"] > 0 and costs["checkpoint_round_ms"] > 0

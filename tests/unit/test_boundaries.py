@@ -42,8 +42,8 @@ def test_codec_benchmark_runs() -> None:
 async def test_audit_records_benchmark_runs(tmp_path: Path) -> None:
     from benchmarks.audit import records_per_second
 
-    rate, p50 = await records_per_second(tmp_path, 4, 40)
-    assert rate > 0 and p50 > 0
+    out = await records_per_second(tmp_path, 4, 40)
+    assert out["records_per_s"] > 0 and out["append_p50_ms"] > 0
     from router.audit import verify
 
     assert verify([tmp_path]).records == 40

@@ -204,6 +204,28 @@ def test_status_json_and_table(router: FakeRouter, capsys: pytest.CaptureFixture
     ]  # fmt: skip
 
 
+def test_status_shows_audit_shipping(
+    router: FakeRouter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topo = topology()
+    router.responses["GetTopology"] = topo
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["audit_shipping"] is None  # shipping is off
+    topo.audit_shipping.CopyFrom(pb.AuditShipping(
+        sink="http://c:4317", chain="router-1", committed_seq=120, shipped_seq=100, lag=20,
+        last_error="the sink http://c:4317 did not acknowledge seq 101..120",
+    ))  # fmt: skip
+    assert main(["status", "--json"]) == 0
+    ship = json.loads(capsys.readouterr().out)["audit_shipping"]
+    assert (ship["shipped_seq"], ship["committed_seq"], ship["lag"]) == (100, 120, 20)
+    assert ship["last_shipped"] is None
+    assert main(["status"]) == 0
+    assert (
+        "audit shipping to http://c:4317 (chain router-1): shipped seq 100 of 120, lag 20; "
+        "BEHIND: the sink http://c:4317 did not acknowledge seq 101..120"
+    ) in capsys.readouterr().out
+
+
 def test_failover_dry_run_json_has_ints_and_false(
     router: FakeRouter, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -350,7 +372,7 @@ def test_keys_list_json_shape(keys_dir: Path, capsys: pytest.CaptureFixture[str]
     eu = provider.load("eu-west")
     assert rotated == [{
         "region": "eu-west", "active_key": eu.active, "key_ids": list(eu.keys),
-        "file": str(keys_dir / "eu-west.json"), "error": "",
+        "file": str(keys_dir / "eu-west.json"), "error": "", "audit_seq": 1,
     }]  # fmt: skip
     assert len(rotated[0]["key_ids"]) == 2
 
