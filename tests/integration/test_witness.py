@@ -77,7 +77,11 @@ def copy_evidence(home: Path, dst: Path) -> tuple[Path, Path]:
 def read_log(directory: Path) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for f in log_files(directory):
-        for line in f.read_text().splitlines():
+        # Split on \n alone: records may hold U+2028 and other characters str.splitlines
+        # would also break a line at (caller-supplied text, written unescaped).
+        for line in f.read_bytes().split(b"\n"):
+            if not line:
+                continue
             try:
                 out.append((f.name, json.loads(line)))
             except ValueError:
@@ -92,9 +96,9 @@ def rewrite_log(directory: Path, recs: list[tuple[str, dict[str, Any]]]) -> None
         f.unlink()
     by_file: dict[str, list[str]] = {}
     for name, r in recs:
-        by_file.setdefault(name, []).append(json.dumps(r))
+        by_file.setdefault(name, []).append(json.dumps(r, ensure_ascii=False))
     for name, rows in by_file.items():
-        (directory / name).write_text("".join(row + "\n" for row in rows))
+        (directory / name).write_bytes("".join(row + "\n" for row in rows).encode())
     name, last = recs[-1]
     head = json.dumps({"seq": last["seq"], "hash": last["hash"], "file": name})
     (directory / HEAD_NAME).write_text(head.ljust(255) + "\n")

@@ -74,9 +74,11 @@ async def fleet(tmp_path: Path) -> AsyncIterator[tuple[Fleet, Replica]]:
         await router.wait_serving()
 
         async def both() -> bool:
-            return len(workers_of(router.pid)) == 2
+            # The supervisor says so once every worker printed its ready line (serving,
+            # its audit chain open); a worker that dies before that fails the start.
+            return "all 2 workers ready" in router.log() and len(workers_of(router.pid)) == 2
 
-        await eventually(both, "both workers running")
+        await eventually(both, "both workers ready")
         yield fleet, router
     finally:
         fleet.stop()
