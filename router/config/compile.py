@@ -54,7 +54,7 @@ from router.core.model import (
     Role,
     RoutingTable,
     Rule,
-    RuleIndex,
+    RuleIndexes,
     TenantSpec,
     ZoneSpec,
 )
@@ -491,7 +491,7 @@ def _build(doc: RouterConfig, source: str) -> ResolvedConfig:
             {t: TenantSpec(t, cfg.residency_zone) for t, cfg in doc.tenants.items()}
         ),
         rules=MappingProxyType(sorted_rules),
-        rule_index=MappingProxyType({k: RuleIndex.of(v) for k, v in sorted_rules.items()}),
+        rule_index=RuleIndexes.of(sorted_rules),
         naming=Naming(
             namespace=doc.naming.namespace,
             task_queue=doc.naming.task_queue,

@@ -22,6 +22,10 @@ class DataClass(enum.Enum):
     PII = "pii"
     FINANCIAL = "financial"
 
+    # Members are singletons compared by identity, so identity is a correct hash; Enum's
+    # own hashes the name in Python code, once per set or dict lookup of every decision.
+    __hash__ = object.__hash__
+
     @property
     def regulated(self) -> bool:
         """Regulated data must stay in its residency zone, whatever else happens."""
@@ -35,6 +39,8 @@ class Priority(enum.Enum):
     LOW = "low"
     NORMAL = "normal"
     HIGH = "high"
+
+    __hash__ = object.__hash__  # as DataClass's
 
 
 class Role(enum.Enum):
@@ -136,14 +142,21 @@ class Rule:
     task_queue: str | None = None
     # Position in the config file: the tie-breaker between equally specific rules.
     order: int = 0
+    # Derived once (a rule is matched on many requests): its ordering key, and the
+    # reason a decision cites when it matches.
+    sort_key: tuple[int, int, int] = field(init=False, repr=False, compare=False)
+    matched_reason: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        where = "default" if self.location is None else f"{self.level.name.lower()} {self.location}"
+        object.__setattr__(self, "sort_key", (-int(self.level), -self.qualifiers, self.order))
+        object.__setattr__(
+            self, "matched_reason", f"rule {self.name} ({where}) matched: region {self.region}"
+        )
 
     @property
     def qualifiers(self) -> int:
         return sum(1 for q in (self.tenants, self.data_classes, self.workflow_types) if q)
-
-    @property
-    def sort_key(self) -> tuple[int, int, int]:
-        return (-int(self.level), -self.qualifiers, self.order)
 
     def qualifies(self, req: RouteRequest) -> bool:
         return (
@@ -190,6 +203,44 @@ class RuleIndex:
 
 
 @dataclass(frozen=True, slots=True)
+class RuleIndexes:
+    """Every location's ``RuleIndex``, one mapping per level, keyed by the plain code
+    (no tuple, no enum to hash on every decision)."""
+
+    subdivision: Mapping[str, RuleIndex]
+    country: Mapping[str, RuleIndex]
+    zone: Mapping[str, RuleIndex]
+    default: RuleIndex | None
+
+    @classmethod
+    def of(cls, rules: Mapping[tuple[Level, str | None], tuple[Rule, ...]]) -> RuleIndexes:
+        by_level: dict[Level, dict[str, RuleIndex]] = {level: {} for level in Level}
+        default = None
+        for (level, location), at in rules.items():
+            if location is None:
+                default = RuleIndex.of(at)
+            else:
+                by_level[level][location] = RuleIndex.of(at)
+        return cls(
+            subdivision=MappingProxyType(by_level[Level.SUBDIVISION]),
+            country=MappingProxyType(by_level[Level.COUNTRY]),
+            zone=MappingProxyType(by_level[Level.ZONE]),
+            default=default,
+        )
+
+    def at(self, req: RouteRequest, zone: str | None) -> tuple[RuleIndex | None, ...]:
+        """The indexes of a request's locations, most specific first (None: no rules
+        there)."""
+        sub = req.user_subdivision
+        return (
+            self.subdivision.get(sub) if sub is not None else None,
+            self.country.get(req.user_country),
+            self.zone.get(zone) if zone is not None else None,
+            self.default,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Naming:
     """Templates for names. Placeholders: namespace {region} {zone};
     task queue {region} {zone} {namespace} {workflow_type}."""
@@ -227,7 +278,7 @@ class RoutingTable:
     # Indexed by (level, location) and each list sorted most specific first.
     rules: Mapping[tuple[Level, str | None], tuple[Rule, ...]]
     # The same rules indexed by tenant too (what route() reads).
-    rule_index: Mapping[tuple[Level, str | None], RuleIndex]
+    rule_index: RuleIndexes
     naming: Naming
     limits: Limits
     known_countries: frozenset[str]

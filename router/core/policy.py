@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from router.core.model import (
     ClusterView,
     Decision,
-    Level,
     Priority,
     Refusal,
     RefusalKind,
@@ -170,17 +169,9 @@ def possible_regions(req: RouteRequest, table: RoutingTable) -> tuple[str, ...]:
 
 
 def _rules_for(req: RouteRequest, table: RoutingTable, zone: str | None) -> list[Rule]:
-    """The rules a request can match, most specific location first (``RuleIndex``): a
-    list, usually empty or short; most locations have no rules at all."""
-    index = table.rule_index
+    """The rules a request can match, most specific location first (``RuleIndex``)."""
     out: list[Rule] = []
-    for key in (
-        (Level.SUBDIVISION, req.user_subdivision),
-        (Level.COUNTRY, req.user_country),
-        (Level.ZONE, zone),
-        (Level.DEFAULT, None),
-    ):
-        at = index.get(key)  # (SUBDIVISION, None) and (ZONE, None) are never keys
+    for at in table.rule_index.at(req, zone):
         if at is not None:
             out.extend(at.for_tenant(req.tenant_id))
     return out
@@ -209,18 +200,20 @@ def _match_rule(
     required: str | None,
     reasons: list[str],
 ) -> Rule | None:
-    for rule in _rules_for(req, table, zone):
-        if not rule.qualifies(req):
+    for at in table.rule_index.at(req, zone):
+        if at is None:
             continue
-        if required is not None and table.regions[rule.region].zone != required:
-            reasons.append(
-                f"rule {rule.name} skipped: its region {rule.region} is outside "
-                f"residency zone {required}"
-            )
-            continue
-        where = "default" if rule.location is None else f"{rule.level.name.lower()} {rule.location}"
-        reasons.append(f"rule {rule.name} ({where}) matched: region {rule.region}")
-        return rule
+        for rule in at.for_tenant(req.tenant_id):
+            if not rule.qualifies(req):
+                continue
+            if required is not None and table.regions[rule.region].zone != required:
+                reasons.append(
+                    f"rule {rule.name} skipped: its region {rule.region} is outside "
+                    f"residency zone {required}"
+                )
+                continue
+            reasons.append(rule.matched_reason)
+            return rule
     return None
 
 
