@@ -490,6 +490,9 @@ def _build(doc: RouterConfig, source: str) -> ResolvedConfig:
         tenants=MappingProxyType(
             {t: TenantSpec(t, cfg.residency_zone) for t, cfg in doc.tenants.items()}
         ),
+        residency=MappingProxyType(
+            {t: cfg.residency_zone for t, cfg in doc.tenants.items() if cfg.residency_zone}
+        ),
         rules=MappingProxyType(sorted_rules),
         rule_index=RuleIndexes.of(sorted_rules),
         naming=Naming(

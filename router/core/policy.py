@@ -114,11 +114,10 @@ def _residency(
     req: RouteRequest, table: RoutingTable, reasons: list[str]
 ) -> tuple[str | None, str | None] | Refusal:
     """(the request's zone, the zone its data must stay in), or a refusal."""
-    tenant = table.tenants.get(req.tenant_id)
-    if tenant is not None and tenant.residency_zone is not None:
-        zone = tenant.residency_zone
+    zone = table.residency.get(req.tenant_id)
+    if zone is not None:
         reasons.append(
-            f"tenant {tenant.name} declares residency zone {zone}: it decides for all of "
+            f"tenant {req.tenant_id} declares residency zone {zone}: it decides for all of "
             "the tenant's data, whatever the user's country"
         )
         return zone, zone
@@ -200,10 +199,11 @@ def _match_rule(
     required: str | None,
     reasons: list[str],
 ) -> Rule | None:
+    tenant = req.tenant_id
     for at in table.rule_index.at(req, zone):
         if at is None:
             continue
-        for rule in at.for_tenant(req.tenant_id):
+        for rule in at.for_tenant(tenant):
             if not rule.qualifies(req):
                 continue
             if required is not None and table.regions[rule.region].zone != required:
