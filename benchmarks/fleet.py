@@ -47,6 +47,16 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in {_PORTS}")
 
 
+def claim(port: int) -> bool:
+    """Take ``port`` too, if it is free and not handed out yet (a port a program derives
+    from another, like a dev server's Web UI at +1000): then ``free_port`` never returns
+    it."""
+    if port in _used or not 0 < port < 65536 or not port_free("127.0.0.1", port):
+        return False
+    _used.add(port)
+    return True
+
+
 def _popen(argv: list[str], log: Path, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:

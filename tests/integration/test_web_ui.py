@@ -29,9 +29,10 @@ from playwright.async_api import Browser, Page, Request, Response, async_playwri
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 
+from benchmarks.fleet import claim
 from router.audit.query import records
 from router.codec import FileKeyProvider, KeyRingHolder, RegionCodec, data_converter
-from router.devstack import UI_PORT_OFFSET, port_free
+from router.devstack import UI_PORT_OFFSET
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 from tests.helpers import default_doc, free_port, with_free_ports
@@ -61,10 +62,11 @@ CODEC_FAILED = "Codec Server could not connect"
 
 
 def port_with_ui_room() -> int:
-    """A free port whose UI port (+1000, as `meridian dev --ui` chooses) is free too."""
+    """A free port whose UI port (+1000, as `meridian dev --ui` chooses) is free too, and
+    claimed, so no other port of the stack is picked there."""
     while True:
         port = free_port()
-        if port + UI_PORT_OFFSET < 65536 and port_free("127.0.0.1", port + UI_PORT_OFFSET):
+        if claim(port + UI_PORT_OFFSET):
             return port
 
 
