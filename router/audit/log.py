@@ -137,14 +137,20 @@ class AuditLog:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         files = log_files(self.directory)
         if files:
-            seq, last, torn = _tail(files[-1])
+            newest = files[-1]
+            seq, last, torn = _tail(newest)
             if seq == 0 and len(files) > 1:
                 # The newest file held nothing complete: continue from the one before.
                 seq, last, _ = _tail(files[-2])
             self._seq, self._last = seq, last
+            if torn and newest.name == file_name(seq + 1):
+                # A crash in the first write of a file: the next file would have this
+                # name, and appending after the partial line would corrupt the chain.
+                # Set it aside (not deleted: it is evidence of the crash).
+                newest = _set_aside(newest)
             if torn:
                 self._notes.append({
-                    "kind": "log.recovered", "torn_file": files[-1].name, "torn_bytes": torn,
+                    "kind": "log.recovered", "torn_file": newest.name, "torn_bytes": torn,
                     "note": "the previous run ended mid-write (a crash); the partial line "
                             "was never acknowledged",
                 })  # fmt: skip
@@ -375,6 +381,25 @@ def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:
         done.set_result(None)
     else:
         done.set_exception(exc)
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename ``path`` to ``<name>.torn`` (``.torn.1``, … if taken), out of the chain's
+    file pattern, durably."""
+    target = path.with_name(f"{path.name}.torn")
+    n = 0
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.torn.{n}")
+    path.rename(target)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    log.warning("audit log %s: %s held only a torn line (a crash mid-write); kept as %s",
+                path.parent, path.name, target.name)  # fmt: skip
+    return target
 
 
 def _tail(path: Path) -> tuple[int, str, int]:

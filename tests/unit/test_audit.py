@@ -129,6 +129,35 @@ async def test_torn_final_line_is_reported_not_tampering(tmp_path: Path) -> None
     assert result.ok and result.records == 5
 
 
+@pytest.mark.parametrize("earlier", [0, 3])
+async def test_a_crash_in_the_first_write_of_a_file_is_set_aside(
+    tmp_path: Path, earlier: int
+) -> None:
+    """A file whose only line is torn has the name the next run would open (its first
+    seq is the next seq): appending after the partial line would corrupt the chain."""
+    if earlier:
+        await write_log(tmp_path, earlier)
+    torn = tmp_path / f"audit-{earlier + 1:016d}.jsonl"
+    torn.write_bytes(b'{"kind":"route.decision","seq":' + str(earlier + 1).encode() + b',"pr')
+    receipts = await write_log(tmp_path, 2)
+    assert [r.sequence for r in receipts] == [earlier + 2, earlier + 3]  # after the note
+    result = verify([tmp_path])
+    assert result.ok, result.problem
+    assert result.records == earlier + 3
+    kept = tmp_path / f"{torn.name}.torn"
+    assert kept.read_bytes().endswith(b',"pr'), "the partial line is kept for inspection"
+    note = list(records([tmp_path]))[earlier]
+    assert note["kind"] == "log.recovered" and note["torn_file"] == kept.name
+    # A second crash of the same kind does not overwrite the first one's bytes.
+    torn2 = tmp_path / f"audit-{earlier + 4:016d}.jsonl"
+    torn2.write_bytes(b'{"kind"')
+    (tmp_path / f"{torn2.name}.torn").write_bytes(b"older")
+    await write_log(tmp_path, 1)
+    assert (tmp_path / f"{torn2.name}.torn").read_bytes() == b"older"
+    assert (tmp_path / f"{torn2.name}.torn.1").read_bytes() == b'{"kind"'
+    assert verify([tmp_path]).ok
+
+
 async def test_disk_failure_refuses_then_recovers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
