@@ -328,11 +328,7 @@ class AuditLog:
             os.close(self._fd)
         self._fd, self._path, self._size, self._opened_at = fd, path, 0, self._clock()
         if self._fsync:
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)  # the new file's name is durable too
-            finally:
-                os.close(dir_fd)
+            _fsync_dir(self.directory)  # the new file's name is durable too
 
     def _write_head(self, seq: int, last: str) -> None:
         """Overwrite HEAD in place: one pwrite of a fixed-size record, no rename (a rename
@@ -392,14 +388,18 @@ def _set_aside(path: Path) -> Path:
         n += 1
         target = path.with_name(f"{path.name}.torn.{n}")
     path.rename(target)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _fsync_dir(path.parent)
     log.warning("audit log %s: %s held only a torn line (a crash mid-write); kept as %s",
                 path.parent, path.name, target.name)  # fmt: skip
     return target
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _tail(path: Path) -> tuple[int, str, int]:
