@@ -446,6 +446,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_codec_server(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from router import metrics
     from router.audit import auth_failure_record, key_rotation_record
     from router.audit.signing import SIGNING_KEY
     from router.auth.codec import NamespaceTokens
@@ -506,6 +507,7 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
             NamespaceTokens(settings.jwt, settings.namespaces_claim) if settings.jwt else None
         ),
         dev_loopback_origins=dev_origins,
+        exposition=None if args.no_metrics else metrics.setup("meridian-codec-server"),
     )
 
     shipper = _shipper(args, audit, f"codec-server-{region.name}", "meridian-codec-server")
@@ -717,6 +719,10 @@ def add_parsers(sub: Any) -> None:
         "from a loopback address whose Origin is ORIGIN, a local Temporal Web UI such as "
         "http://127.0.0.1:8233 (repeatable; any local process can then decode this "
         "region's payloads)",
+    )  # fmt: skip
+    codec.add_argument(
+        "--no-metrics", action="store_true",
+        help="record no metrics (GET /metrics then answers 404)",
     )  # fmt: skip
     witness_args(codec, "audit.witness_dir; none: no checkpoints", "<keys-dir>/audit-signing.key")
     _audit_ship_arg(codec)

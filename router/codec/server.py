@@ -8,8 +8,10 @@ It serves only its own region's namespaces (403 otherwise), only with a bearer t
 of its own region's static tokens, or a JWT that a ``token_check`` hook verifies and
 finds scoped to the requested namespace (the Temporal Web UI forwards its user's access
 token). No or a bad token is 401; a token not scoped to the namespace is 403; both are
-handed to its audit hook. It answers CORS preflights for configured UI origins, caps
-bodies (413), and reports bad input as 400 with a JSON error, never a 500 with a trace.
+handed to its audit hook. ``GET /metrics`` (unauthenticated, like any Prometheus target)
+serves its request counts by status and the codec's counters. It answers CORS preflights
+for configured UI origins, caps bodies (413), and reports bad input as 400 with a JSON
+error, never a 500 with a trace.
 
 Development only, off unless asked for (``dev_loopback_origins``, which ``meridian dev
 --ui`` sets): a request *without* a token is accepted when it comes from a loopback
@@ -24,6 +26,7 @@ import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiohttp_cors
@@ -36,6 +39,14 @@ from router.codec.aead import RegionCodec
 from router.codec.tally import Tally
 from router.codec.tokens import token_ok
 from router.errors import CodecError
+
+
+class Exposition(Protocol):
+    """What ``/metrics`` serves (``router.metrics.Exposition``; this package does not
+    import the router's)."""
+
+    def render(self) -> tuple[bytes, str]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +103,15 @@ _requests = Tally(
 
 @web.middleware
 async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """meridian_codec_server_requests_total, by region and HTTP status."""
+    """meridian_codec_server_requests_total, by region and HTTP status: the codec's own
+    requests (and refusals), not the health checks' and scrapes'."""
     response = await handler(request)
-    _requests.add(1, request.app[REGION], str(response.status))
+    if request.path not in UNCOUNTED:
+        _requests.add(1, request.app[REGION], str(response.status))
     return response
+
+
+UNCOUNTED = frozenset({"/healthz", "/metrics"})
 
 
 @web.middleware
@@ -128,6 +144,7 @@ class CodecServer:
         on_auth_failure: Callable[[str, str, str], Awaitable[None]] | None = None,
         token_check: TokenCheck | None = None,
         dev_loopback_origins: Sequence[str] = (),
+        exposition: Exposition | None = None,
     ) -> None:
         if not tokens:
             raise ValueError("a codec server needs at least one bearer token")
@@ -162,6 +179,11 @@ class CodecServer:
             self.app.router.add_post("/{namespace}/decode", self.decode),
             self.app.router.add_get("/healthz", self.healthz),
         ]
+        self.exposition = exposition
+        if exposition is not None:
+            # Unauthenticated as a Prometheus target expects: request counts by status and
+            # codec counters, no payload, token or key.
+            self.app.router.add_get("/metrics", self.metrics)
         cors = aiohttp_cors.setup(
             self.app,
             defaults={
@@ -179,6 +201,11 @@ class CodecServer:
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "region": self.codec.region})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        assert self.exposition is not None
+        body, content_type = self.exposition.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     def _namespace(self, request: web.Request) -> str:
         header = request.headers.get("X-Namespace", "")

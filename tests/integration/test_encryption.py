@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 from google.protobuf.message import Message
+from prometheus_client.parser import text_string_to_metric_families
 from temporalio.api.common.v1 import Payload
 
 from router.codec import FileKeyProvider, KeyRing, RegionCodec
@@ -107,6 +108,17 @@ async def test_cli_sees_ciphertext_without_the_codec_and_plaintext_with_it(
                 body = await resp.json()
                 assert (resp.status, fragment in body["error"]) == (status, True), body
                 assert not visible(marker, json.dumps(body))
+        # The US codec server's own /metrics counted those refusals by status.
+        async with http.get(us + "/metrics") as resp:
+            assert resp.status == 200
+            exposition = await resp.text()
+    counted = {
+        s.labels["status"]: s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+        if s.name == "meridian_codec_server_requests_total" and s.labels["region"] == "us-east"
+    }
+    assert all(counted.get(status, 0) >= 1 for status in ("400", "401", "403")), counted
 
 
 async def test_cli_start_through_encode_runs_on_the_regional_worker(

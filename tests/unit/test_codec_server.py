@@ -229,6 +229,38 @@ async def test_cors_preflight(client: TestClient[Any, Any]) -> None:
     assert real.status == 200 and real.headers["Access-Control-Allow-Origin"] == UI
 
 
+async def test_requests_are_counted_by_status_and_served_at_metrics() -> None:
+    """The codec's requests by status (health checks and scrapes not among them), and
+    /metrics serving the process's exposition, only when it has one."""
+    from prometheus_client import CollectorRegistry
+
+    from router.codec.server import _requests
+    from router.metrics import Exposition
+
+    def counted(status: str) -> float:
+        return _requests.value("eu-west", status)
+
+    registry = CollectorRegistry()
+    before = {s: counted(s) for s in ("200", "401", "403")}
+    server = CodecServer(RegionCodec(new_ring("eu-west")), namespaces=frozenset({"eu-west"}),
+                         tokens=[TOKEN.encode()], exposition=Exposition(registry))  # fmt: skip
+    async with TestClient(TestServer(server.app)) as c:
+        assert (await c.post("/eu-west/encode", json=payloads("x"), headers=AUTH)).status == 200
+        assert (await c.post("/eu-west/encode", json=payloads("x"))).status == 401
+        assert (await c.post("/us-east/encode", json=payloads("x"), headers=AUTH)).status == 403
+        assert (await c.post("/us-east/encode", json=payloads("x"), headers=AUTH)).status == 403
+        for _ in range(3):
+            assert (await c.get("/healthz")).status == 200
+        scrape = await c.get("/metrics")
+        assert scrape.status == 200 and scrape.content_type == "text/plain"
+    after = {s: counted(s) - before[s] for s in before}
+    assert after == {"200": 1, "401": 1, "403": 2}, after
+    bare = CodecServer(RegionCodec(new_ring("eu-west")), namespaces=frozenset({"eu-west"}),
+                       tokens=[TOKEN.encode()])  # fmt: skip
+    async with TestClient(TestServer(bare.app)) as c:
+        assert (await c.get("/metrics")).status == 404
+
+
 async def test_health_and_unknown_routes(client: TestClient[Any, Any]) -> None:
     health = await client.get("/healthz")
     assert await health.json() == {"status": "ok", "region": "eu-west"}

@@ -117,7 +117,7 @@ def test_every_mounted_deploy_file_exists() -> None:
                 assert (ROOT / host).exists(), f"{name} mounts {host}, which does not exist"
 
 
-def test_prometheus_scrapes_every_router_on_its_http_port() -> None:
+def test_prometheus_scrapes_every_router_and_codec_server() -> None:
     prom = SERVICES["prometheus"]
     assert prom["image"].startswith("prom/prometheus:v2.")  # the major the promtool checks
     binds = _bind_mounts("prometheus")
@@ -140,6 +140,17 @@ def test_prometheus_scrapes_every_router_on_its_http_port() -> None:
         assert prom["depends_on"][name]["condition"] == "service_started"
     assert targets == wanted
     assert job.get("metrics_path", "/metrics") == "/metrics"
+    # Each region's codec server serves its own /metrics on its --listen port.
+    (codec_job,) = [j for j in config["scrape_configs"] if j["job_name"] == "meridian-codec-server"]
+    codec_targets = {t for sc in codec_job["static_configs"] for t in sc["targets"]}
+    codecs = [n for n, s in SERVICES.items() if s.get("command", [""])[0] == "codec-server"]
+    assert len(codecs) == 3, codecs
+    wanted_codecs = set()
+    for name in codecs:
+        args = build_parser().parse_args(SERVICES[name]["command"])
+        assert not args.no_metrics, name
+        wanted_codecs.add(f"{name}:{args.listen.rpartition(':')[2]}")
+    assert codec_targets == wanted_codecs
 
 
 def test_grafana_provisions_the_prometheus_datasource_and_the_dashboard() -> None:
