@@ -84,6 +84,11 @@ class StoreLocation:
         return f"{scheme}://{user + '@' if at else ''}{host}"
 
 
+class StoreError(Exception):
+    """The region's store cannot be opened (unreachable, refused, not writable, no
+    driver): said once, at start, with where and why, never with a password."""
+
+
 class _Db:
     """One database (a SQLite file or PostgreSQL): short transactions, one connection
     each, ``?`` placeholders on both."""
@@ -92,11 +97,19 @@ class _Db:
         self.location = location
         self.postgres = location.url is not None
         self.path = None if location.directory is None else location.directory / f"{name}.db"
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.transaction() as db:
-            for statement in schema:
-                db.execute(statement)
+        try:
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.transaction() as db:
+                for statement in schema:
+                    db.execute(statement)
+        except ImportError:
+            raise StoreError(
+                f"the region's store {location} is PostgreSQL, which needs psycopg 3: "
+                'pip install "meridian-router[postgres]"'
+            ) from None
+        except Exception as exc:  # sqlite3.Error, OSError, psycopg.Error (libpq's words)
+            raise StoreError(f"the region's store {location} cannot be opened: {exc}") from None
 
     def _connect(self) -> _Connection:
         if self.postgres:

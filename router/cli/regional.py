@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from router.cli.common import config_args, render_table
 from router.errors import MeridianError
+
+T = TypeVar("T")
 
 
 def region_store(config: Any, region: str, data_dir: str | None, home: Path) -> Any:
@@ -44,10 +47,19 @@ def _location(args: argparse.Namespace) -> Any:
     return location
 
 
+def _open(store: Callable[[Any], T], args: argparse.Namespace) -> T:
+    from regions.store import StoreError
+
+    try:
+        return store(_location(args))
+    except StoreError as exc:
+        raise MeridianError(str(exc)) from None
+
+
 def cmd_contacts(args: argparse.Namespace) -> int:
     from regions.store import ContactStore
 
-    rows = ContactStore(_location(args)).contacts(args.tenant)
+    rows = _open(ContactStore, args).contacts(args.tenant)
     if args.json:
         print(json.dumps({"region": args.region, "count": len(rows), "contacts": rows}, indent=2))
         return 0
@@ -70,7 +82,7 @@ def cmd_contacts(args: argparse.Namespace) -> int:
 def cmd_bookings(args: argparse.Namespace) -> int:
     from regions.store import BookingStore
 
-    store = BookingStore(_location(args))
+    store = _open(BookingStore, args)
     effects, calls = store.effects(args.booking_id), store.calls(args.booking_id)
     if args.json:
         out = {

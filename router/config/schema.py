@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -89,6 +90,25 @@ def _server_name(value: str) -> str:
     return value
 
 
+def _store_url(value: str) -> str:
+    """A region store's URL, without a password: config lives in git and Consul, goes
+    through SIGHUP and `config diff`, and holds no secrets (as for cluster TLS). The error
+    never repeats the URL."""
+    try:
+        url = urlsplit(value)
+        password = url.password
+    except ValueError:
+        raise ValueError("not a URL (postgresql://user@host:port/db)") from None
+    if url.scheme not in ("postgresql", "postgres") or not url.netloc:
+        raise ValueError("not a postgresql://user@host:port/db URL")
+    if password or "password" in parse_qs(url.query):
+        raise ValueError(
+            "the URL carries a password: config holds no secrets; give it to the region's "
+            "workers through PGPASSWORD or ~/.pgpass (PGPASSFILE), and rotate it"
+        )
+    return value
+
+
 def _env_name(value: str) -> str:
     if not ENV_NAME_RE.match(value):
         raise ValueError(f"{value!r} is not an environment variable name")
@@ -104,6 +124,7 @@ Endpoint = Annotated[str, AfterValidator(_endpoint)]
 NamespaceName = Annotated[str, AfterValidator(_namespace)]
 AbsPath = Annotated[str, AfterValidator(_abs_path)]
 ServerName = Annotated[str, AfterValidator(_server_name)]
+StoreURL = Annotated[str, AfterValidator(_store_url)]
 EnvName = Annotated[str, AfterValidator(_env_name)]
 DataClassName = Annotated[str, Field(pattern="^(public|internal|pii|financial)$")]
 PositiveMs = Annotated[int, Field(gt=0, le=3_600_000)]
@@ -178,7 +199,7 @@ class RegionConfig(_Section):
     workflow_types: list[WorkflowTypeName] | None = Field(default=None, min_length=1)
     # The region's own database for its workloads' data (contacts, bookings): a
     # postgresql:// URL. Not given: SQLite under $MERIDIAN_HOME/regions/<region>/.
-    store: str | None = Field(default=None, pattern=r"^postgres(ql)?://", repr=False)
+    store: StoreURL | None = Field(default=None, repr=False)
 
 
 class TenantConfig(_Section):

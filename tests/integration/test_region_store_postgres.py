@@ -6,10 +6,12 @@ tested everywhere else."""
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ from regions.store import BookingStore, ContactStore, StoreLocation
 pytestmark = pytest.mark.integration
 
 BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+SECRET = "pg-test-secret"
 
 
 def _as_postgres(*argv: str) -> None:
@@ -39,12 +42,17 @@ def postgres() -> Iterator[str]:
     shutil.chown(data, "postgres")
     port = free_port()
     initdb, pg_ctl = f"{BIN[-1]}/initdb", f"{BIN[-1]}/pg_ctl"
-    _as_postgres(initdb, "-D", str(data / "db"), "-A", "trust", "-U", "meridian", "--no-sync")
+    # Password authentication, so a worker that connects proves the password reached it
+    # (through PGPASSWORD: config refuses a password in the URL).
+    (data / "pw").write_text(SECRET)
+    shutil.chown(data / "pw", "postgres")
+    _as_postgres(initdb, "-D", str(data / "db"), "-A", "scram-sha-256", "-U", "meridian",
+                 f"--pwfile={data / 'pw'}", "--no-sync")  # fmt: skip
     options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"
     _as_postgres(pg_ctl, "-D", str(data / "db"), "-o", options, "-l", str(data / "log"), "-w",
                  "start")  # fmt: skip
     try:
-        yield f"postgresql://meridian:unused-secret@127.0.0.1:{port}/postgres"
+        yield f"postgresql://meridian:{SECRET}@127.0.0.1:{port}/postgres"
     finally:
         _as_postgres(pg_ctl, "-D", str(data / "db"), "-m", "immediate", "-w", "stop")
         shutil.rmtree(data, ignore_errors=True)
@@ -52,7 +60,7 @@ def postgres() -> Iterator[str]:
 
 def test_store_code_runs_on_postgres(postgres: str) -> None:
     location = StoreLocation(url=postgres)
-    assert "unused-secret" not in str(location)
+    assert SECRET not in str(location)
     contacts = ContactStore(location)
     records = list(enumerate([{"email": "a@x.io"}, {"email": "A@x.io", "name": "A"}, {}]))
     first = contacts.apply(sync_id="pg-1", tenant="pg", cursor=0, next_cursor=3,
@@ -69,15 +77,29 @@ def test_store_code_runs_on_postgres(postgres: str) -> None:
     assert bookings.effects("pg-b1") == ["charge"]
 
 
-async def test_a_worker_writes_its_regions_postgres_store(postgres: str, tmp_path: Path) -> None:
+async def test_a_worker_writes_its_regions_postgres_store(
+    postgres: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fleet = Fleet.create(tmp_path / "fleet", {"eu-west": ("eu", 1)}, {"eu": ["DE"]})
     worker = RegionWorker("eu-west", "eu-west-a", fleet.config_path, fleet.keys_dir,
                           tmp_path / "unused-sqlite")  # fmt: skip
     try:
         await fleet.start_clusters()
         doc = yaml.safe_load(fleet.config_path.read_text())
-        doc["regions"]["eu-west"]["store"] = postgres
+        doc["regions"]["eu-west"]["store"] = postgres.replace(f":{SECRET}@", "@")
         fleet.config_path.write_text(yaml.safe_dump(doc))
+        # Without the password the worker stops at once, saying where and why.
+        monkeypatch.delenv("PGPASSWORD", raising=False)
+        bare = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "router.cli", "worker", "--config", str(fleet.config_path),
+             "--keys-dir", str(fleet.keys_dir), "--region", "eu-west", "--cluster", "eu-west-a"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert bare.returncode == 1, bare.stderr
+        assert "store postgresql://meridian@127.0.0.1" in bare.stderr
+        assert "no password supplied" in bare.stderr and "Traceback" not in bare.stderr
+        monkeypatch.setenv("PGPASSWORD", SECRET)  # the worker's (libpq reads it)
         router = fleet.replica("router")
         router.start(fleet.config_path, fleet.keys_dir, [])
         await router.wait_serving()
@@ -98,4 +120,4 @@ async def test_a_worker_writes_its_regions_postgres_store(postgres: str, tmp_pat
     assert result["inserted"] == 7
     assert len(ContactStore(StoreLocation(url=postgres)).contacts("pg-e2e")) == 7
     assert not (tmp_path / "unused-sqlite").exists(), "no SQLite store when PostgreSQL is set"
-    assert "unused-secret" not in worker.log_path.read_text()
+    assert SECRET not in worker.log_path.read_text()

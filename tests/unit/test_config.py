@@ -143,6 +143,24 @@ ERROR_CASES = [
         "greater than or equal to 1",
     ),
     ("missing section", {}, "zones", "required"),
+    (
+        "store URL with a password",
+        {"regions__eu-west__store": "postgresql://eu:hunter2-secret@db.eu:5432/region"},
+        "regions.eu-west.store",
+        "carries a password",
+    ),
+    (
+        "store URL with a password parameter",
+        {"regions__eu-west__store": "postgresql://eu@db.eu/region?password=hunter2-secret"},
+        "regions.eu-west.store",
+        "carries a password",
+    ),
+    (
+        "store URL of another kind",
+        {"regions__eu-west__store": "mysql://eu@db.eu/region"},
+        "regions.eu-west.store",
+        "not a postgresql://",
+    ),
 ]
 
 
@@ -156,6 +174,14 @@ def test_each_error_kind_names_its_path(changes: dict[str, Any], path: str, frag
     errors = errors_of(doc)
     assert path in errors, f"expected an error at {path}, got {errors}"
     assert fragment in errors[path]
+    assert "hunter2" not in repr(errors), "an error repeats a secret"
+
+
+def test_a_store_url_without_a_password_is_accepted() -> None:
+    doc = mutate(
+        **{"regions__eu-west__store": "postgresql://eu@db.eu:5432/region?sslmode=verify-full"}
+    )
+    assert compile_config(doc).document.regions["eu-west"].store is not None
 
 
 def test_duplicate_country_across_zones() -> None:

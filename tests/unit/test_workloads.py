@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from regions import sources
 from regions.contacts import InvalidContact, apply_chunk, merge, normalise_phone, parse
-from regions.store import BookingDeclined, BookingStore, ContactStore, StoreLocation
+from regions.store import BookingDeclined, BookingStore, ContactStore, StoreError, StoreLocation
+from router.cli import main as cli_main
+from tests.helpers import default_doc
 
 
 @pytest.mark.parametrize(
@@ -189,6 +192,23 @@ def test_booking_effects_are_idempotent_and_reservations_exclusive(tmp_path: Pat
                         **common)  # fmt: skip
     assert store.effects("b1") == ["charge", "reserve", "cancel_reservation"]
     assert [c[2] for c in store.calls("b1")] == ["applied", "already-done", "applied", "applied"]
+
+
+def test_a_store_that_cannot_be_opened_says_where_and_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "taken").write_text("a file where the store's directory should be")
+    with pytest.raises(StoreError, match=r"store .*taken cannot be opened: .*File exists"):
+        ContactStore(StoreLocation(directory=tmp_path / "taken"))
+    # The CLI reading a store says it as an error, not a traceback.
+    data = tmp_path / "eu-west"
+    (data / "contacts.db").mkdir(parents=True)  # a directory where the database should be
+    config = tmp_path / "meridian.yaml"
+    config.write_text(yaml.safe_dump(default_doc()))
+    code = cli_main(["contacts", "--config", str(config), "--region", "eu-west",
+                     "--data-dir", str(data)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot be opened: unable to open database file" in err, err
 
 
 def test_store_location_never_prints_a_password() -> None:
