@@ -127,7 +127,10 @@ _sources: dict[str, weakref.WeakKeyDictionary[Any, Callable[[Any], Reading]]] = 
 
 def watch(name: str, owner: Any, read: Callable[[Any], Reading]) -> None:
     """Report gauge ``name`` by calling ``read(owner)`` at each collection, as long as
-    ``owner`` lives (held weakly)."""
+    ``owner`` lives (held weakly). Only a name of ``GAUGES`` has an instrument to report
+    through: anything else would be read by nobody, silently."""
+    if name not in GAUGES:
+        raise ValueError(f"metrics: {name} is not an observed gauge (router.metrics.GAUGES)")
     _sources.setdefault(name, weakref.WeakKeyDictionary())[owner] = read
 
 
@@ -144,18 +147,26 @@ def _observe(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
     return callback
 
 
-for _name, _otel in (
-    ("meridian_cluster_healthy", "meridian.cluster.healthy"),
-    ("meridian_cluster_active", "meridian.cluster.active"),
-    ("meridian_cluster_failed_over", "meridian.cluster.failed_over"),
-    ("meridian_cluster_consecutive_failures", "meridian.cluster.consecutive_failures"),
-    ("meridian_config_info", "meridian.config.info"),
-    ("meridian_config_pending", "meridian.config.pending"),
-    ("meridian_audit_queue_depth", "meridian.audit.queue.depth"),
-    ("meridian_leader", "meridian.leader"),
-    ("meridian_consul_reachable", "meridian.consul.reachable"),
-):
-    _meter.create_observable_gauge(_otel, callbacks=[_observe(_name)], description=NAMES[_name])
+# Prometheus name -> OpenTelemetry instrument of the gauges read at collection (watch()).
+GAUGES: Mapping[str, str] = {
+    "meridian_cluster_healthy": "meridian.cluster.healthy",
+    "meridian_cluster_active": "meridian.cluster.active",
+    "meridian_cluster_failed_over": "meridian.cluster.failed_over",
+    "meridian_cluster_consecutive_failures": "meridian.cluster.consecutive_failures",
+    "meridian_config_info": "meridian.config.info",
+    "meridian_config_pending": "meridian.config.pending",
+    "meridian_audit_queue_depth": "meridian.audit.queue.depth",
+    "meridian_audit_last_checkpoint_age_seconds": "meridian.audit.last_checkpoint_age",
+    "meridian_leader": "meridian.leader",
+    "meridian_consul_reachable": "meridian.consul.reachable",
+}
+for _name, _otel in GAUGES.items():
+    _meter.create_observable_gauge(
+        _otel,
+        callbacks=[_observe(_name)],
+        description=NAMES[_name],
+        unit="s" if _name.endswith("_seconds") else "",
+    )
 
 
 # -- the provider ----------------------------------------------------------------------

@@ -53,7 +53,9 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         await fleet.start_clusters()
         port = free_port()
         router = fleet.replica("router")
-        router.start(fleet.config_path, fleet.keys_dir, ["--http-port", str(port)])
+        witness = fleet.home / "witness"  # so the checkpoint age is reported too
+        router.start(fleet.config_path, fleet.keys_dir,
+                     ["--http-port", str(port), "--witness-dir", str(witness)])  # fmt: skip
         await router.wait_serving()
         async with grpc.aio.insecure_channel(router.address) as channel:
             stubs = pb_grpc.WorkflowRouterStub(channel), pb_grpc.RoutingAdminStub(channel)
@@ -120,7 +122,8 @@ async def test_metrics_tell_the_truth_before_and_after_a_sigkill(stack: Stack) -
     for wanted in ("meridian_decisions_total", "meridian_cluster_healthy",
                    "meridian_cluster_active", "meridian_start_duration_seconds",
                    "meridian_audit_commit_duration_seconds", "meridian_config_info",
-                   "meridian_codec_payloads_total", "meridian_leader"):  # fmt: skip
+                   "meridian_codec_payloads_total", "meridian_leader",
+                   "meridian_audit_last_checkpoint_age_seconds"):  # fmt: skip
         assert wanted in names, wanted
     a = 'cluster="eu-west-a",region="eu-west",zone="eu"'
     b = 'cluster="eu-west-b",region="eu-west",zone="eu"'
