@@ -266,10 +266,16 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+# `meridian result`'s exit code for a run that closed without completing (failed,
+# canceled, terminated, timed out): distinct from 1, a call that failed.
+NOT_COMPLETED = 3
+
+
 def cmd_result(args: argparse.Namespace) -> int:
     handle = _handle(args)
-    _print_message(_rpc(handle.outcome, args).raw, args.json)
-    return 0
+    outcome = _rpc(handle.outcome, args)
+    _print_message(outcome.raw, args.json)
+    return 0 if outcome.status == "COMPLETED" else NOT_COMPLETED
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
@@ -386,7 +392,13 @@ def add_parsers(sub: Any) -> None:
     query.add_argument("--name", required=True, help="query name, e.g. getProgress")
     query.add_argument("--arg", action="append", default=[], help="a JSON argument (repeatable)")
 
-    followup("result", "wait for a workflow's result (bounded by --timeout)", cmd_result)
+    followup(
+        "result",
+        "wait for a workflow's result (bounded by --timeout); exit 0 when it completed, "
+        f"{NOT_COMPLETED} when it closed otherwise (failed, canceled, terminated, timed out), "
+        "1 when the call failed",
+        cmd_result,
+    )
     followup("describe", "status, type, times, history length and where it runs", cmd_describe)
 
     signal = followup("signal", "send a signal to a workflow", cmd_signal)

@@ -263,6 +263,7 @@ def test_cli_describe_signal_cancel(dev: DevProcess, tmp_path: Path) -> None:
     assert "location.cluster" in out.stdout and "eu-west-a" in out.stdout
     result = meridian(dev.home, "result", *r, *ref, "--timeout", "30", "--json")
     assert json.loads(result.stdout)["status"] == "CANCELED"
+    assert result.returncode == 3, "a run that did not complete is not a success for scripts"
     # A closed run: signal and cancel are refused, naming its status.
     again = meridian(dev.home, "cancel", *r, *ref)
     assert again.returncode == 1 and "FAILED_PRECONDITION" in again.stderr
