@@ -133,18 +133,19 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
         print(json.dumps({"valid": False, "source": exc.source, "errors": errors}, indent=2))
         return 2
     table = config.table
+    counts = {
+        "zones": len(table.zones),
+        "regions": len(table.regions),
+        "clusters": len(table.clusters),
+        "rules": sum(map(len, table.rules.values())),
+    }
     if args.json:
-        print(
-            json.dumps(
-                {"valid": True, "version": config.version, "source": config.source}, indent=2
-            )
-        )
+        # The same shape as an invalid file's answer, "errors": [] included.
+        print(json.dumps({"valid": True, "version": config.version, "source": config.source,
+                          "errors": [], **counts}, indent=2))  # fmt: skip
     else:
-        print(
-            f"{args.file}: valid (version {config.version}): {len(table.zones)} zones, "
-            f"{len(table.regions)} regions, {len(table.clusters)} clusters, "
-            f"{sum(len(r) for r in table.rules.values())} rules"
-        )
+        parts = ", ".join(f"{n} {what[:-1] if n == 1 else what}" for what, n in counts.items())
+        print(f"{args.file}: valid (version {config.version}): {parts}")
     return 0
 
 

@@ -184,7 +184,7 @@ def test_readme_walkthrough_runs(dev: DevProcess) -> None:
 
     steps = re.split(r"^=== \d+$", out.stdout, flags=re.M)[1:]
     assert len(steps) == len(walkthrough_commands())
-    start, progress, result, eu_rows, us_rows, raw, _, decoded, audit = steps
+    start, progress, result, eu_rows, us_rows, raw, _, decoded, audit, *booking = steps
     assert "decision.region" in start and "eu-west" in start and "started" in start
     assert "percent" in progress
     assert "COMPLETED" in result and '"inserted": 32' in result and '"invalid": 2' in result
@@ -197,3 +197,6 @@ def test_readme_walkthrough_runs(dev: DevProcess) -> None:
     assert "ResultEncoding  binary/encrypted" in raw
     print("\n".join(f"--- {c}\n{o}" for c, o in zip(walkthrough_commands(), steps, strict=True)))
     assert "contacts-eu-1" in audit and "eu-west" in audit and "pii" in audit
+    booked, booking_result, effects = booking
+    assert "eu-west" in booked and "COMPLETED" in booking_result
+    assert "charge" in effects and "reserve" in effects and "confirm" in effects, effects

@@ -271,6 +271,18 @@ def test_config_validate_json_lists_every_error(
     assert captured.err == ""
 
 
+def test_config_validate_json_of_a_valid_file_has_the_same_shape(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write_config(tmp_path / "good.yaml", default_doc())
+    assert main(["config", "validate", str(good), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["valid"] is True and out["errors"] == [] and out["source"] == str(good)
+    assert (out["zones"], out["regions"], out["clusters"], out["rules"]) == (3, 3, 6, 0)
+    assert main(["config", "validate", str(good)]) == 0
+    assert "3 zones, 3 regions, 6 clusters, 0 rules" in capsys.readouterr().out
+
+
 def unreadable(directory: Path, kind: str) -> Path:
     if kind == "missing":
         return directory / "missing.yaml"
