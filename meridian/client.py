@@ -88,9 +88,21 @@ class TLSConfig:
         return cls(base / "ca.pem", base / f"{name}.pem", base / f"{name}-key.pem")
 
     def credentials(self) -> grpc.ChannelCredentials:
+        """The channel credentials; ``MeridianError`` naming the file when one is
+        missing or unusable (and, for the dev stack's files, where they are looked for)."""
+        from router.errors import KeyRingError
         from router.tls import channel_credentials
 
-        return channel_credentials(self.ca_file, self.cert_file, self.key_file)
+        try:
+            return channel_credentials(self.ca_file, self.cert_file, self.key_file)
+        except KeyRingError as exc:
+            message = f"TLS credentials: {exc.message}"
+            if any(p is not None and not p.exists() for p in (self.ca_file, self.cert_file)):
+                message += (
+                    " (the dev stack's are under $MERIDIAN_HOME/tls, default ./.meridian/tls "
+                    "of the directory `meridian dev` runs in: set MERIDIAN_HOME or home=)"
+                )
+            raise MeridianError(message) from None
 
 
 # --- values -------------------------------------------------------------------------

@@ -50,6 +50,11 @@ def _rpc(call: Callable[[], Any], args: argparse.Namespace) -> Any:
             # A TLS client at a plaintext port (or the reverse), or a certificate the
             # router refused, fails with an opaque handshake error: say what we tried.
             message += f" [client: {creds.source}]"
+            if creds.plaintext:
+                message += (
+                    "; a plaintext client at a TLS port fails this way: the router serves "
+                    "TLS unless it runs with --insecure (the dev stack: mTLS)"
+                )
         raise MeridianError(message) from None
 
 

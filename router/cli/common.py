@@ -215,7 +215,11 @@ def client_credentials(args: argparse.Namespace, home: Path | None = None) -> Cr
         trust = f"CA {ca}" if ca else "the system's CAs"
         source = f"TLS trusting {trust}, no client certificate{with_token}"
         return Credentials(plaintext=False, source=source, ca=ca, token=token)
-    return Credentials(plaintext=True, source=f"plaintext (no dev CA at {_shown(dev_ca)})")
+    return Credentials(
+        plaintext=True,
+        source=f"plaintext (no dev CA at {_shown(dev_ca)}: run where `meridian dev` runs, "
+        "or set MERIDIAN_HOME to its home)",
+    )
 
 
 def _dev_identity(tls_dir: Path, name: str) -> tuple[Path, Path]:

@@ -207,6 +207,9 @@ async def test_token_needs_tls() -> None:
         await MeridianClient.connect("127.0.0.1:1", token="abc")
     tls = TLSConfig.dev_identity("acme", home="/tmp/h")
     assert str(tls.cert_file) == "/tmp/h/tls/acme.pem"
+    # Missing files: the client's own error, naming the file and where dev files are.
+    with pytest.raises(MeridianError, match=r"/tmp/h/tls/ca.pem does not exist.*MERIDIAN_HOME"):
+        await MeridianClient.connect("127.0.0.1:1", tls=tls)
 
 
 class Homes(pb_grpc.WorkflowRouterServicer):
