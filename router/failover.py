@@ -271,7 +271,9 @@ class FailoverController:
         for e in events:
             if isinstance(e, FlipRefused):
                 if e.rule == RULE_REASON_REQUIRED:
-                    raise InvalidArgument(field="reason", reason=f"required: {e.message}")
+                    raise InvalidArgument(
+                        field="reason", reason=f"required (rule {e.rule}): {e.message}"
+                    )
                 raise FlipRefusedError(e.message, rule=e.rule, region=region)
         return state, after
 
@@ -340,4 +342,7 @@ def _count(event: AuditEvent) -> None:
         metrics.flips.add(1, event.region, kind, "done", f.rule)
     else:
         kind = "automatic" if event.automatic else "manual"
-        metrics.flips.add(1, event.region, kind, "refused", event.rule)
+        # A region the config does not know is the caller's input: as a label it would
+        # grow a series per typo (or per attacker's string). Counted under "".
+        region = "" if event.rule == RULE_KNOWN_REGION else event.region
+        metrics.flips.add(1, region, kind, "refused", event.rule)

@@ -277,6 +277,7 @@ async def test_every_refused_sre_flip_is_audited(
     """The adapter leaves the rules to the state machine, so a flip refused for a missing
     reason (or an unknown region) is audited like any other refusal, then reported as
     INVALID_ARGUMENT naming the field."""
+    from router import metrics
     from router.audit import MemoryAuditSink
     from router.config import compile_config
     from router.errors import InvalidArgument
@@ -285,9 +286,13 @@ async def test_every_refused_sre_flip_is_audited(
 
     audit = MemoryAuditSink()
     ctl = FailoverController(compile_config(default_doc()).table, audit)
+    label = "" if rule == "known-region" else region  # never the caller's unknown name
+    counted = metrics.flips.value(label, "manual", "refused", rule)
     with pytest.raises(InvalidArgument) as info:
         await ctl.request(region, FlipRequested("eu-west-b", "sre-1", reason))
     assert info.value.field == field
+    assert metrics.flips.value(label, "manual", "refused", rule) == counted + 1
+    assert metrics.flips.value("mars", "manual", "refused", rule) == 0
     (record,) = audit.records
     assert (record["kind"], record["outcome"], record["rule"]) == ("flip", "refused", rule)
     assert record["actor"] == "sre-1" and record["region"] == region
