@@ -43,7 +43,7 @@ def message_to_json(msg: Message) -> Any:
     if isinstance(msg, struct_pb2.Value):
         return _finite(to_python(msg))
     if isinstance(msg, struct_pb2.Struct):
-        return {k: _finite(to_python(v)) for k, v in msg.fields.items()}
+        return {k: _finite(to_python(v)) for k, v in sorted(msg.fields.items())}
     if isinstance(msg, struct_pb2.ListValue):
         return [_finite(to_python(v)) for v in msg.values]
     return {f.name: _field(msg, f) for f in _fields(msg)}

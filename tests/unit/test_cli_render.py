@@ -174,3 +174,13 @@ def test_rows_flatten_messages_and_keep_false() -> None:
     assert rows["request_id"] == ""
     result = dict(message_rows(pb.WorkflowResult(result=from_python({"total": 3}))))
     assert result["result"] == '{"total": 3}' and result["status"] == "WORKFLOW_STATUS_UNSPECIFIED"
+
+
+def test_struct_keys_print_in_one_order_whatever_the_map_gives() -> None:
+    """A Struct is a map (its iteration order is the runtime's): a workflow result printed
+    twice must read the same, nested objects too."""
+    keys = [f"k{i:02d}" for i in range(40)]
+    value = {k: {"b": 1, "a": [{"z": 1, "y": 2}]} for k in reversed(keys)}
+    out = message_to_json(pb.WorkflowResult(result=from_python(value)))["result"]
+    assert list(out) == keys
+    assert list(out["k00"]) == ["a", "b"] and list(out["k00"]["a"][0]) == ["y", "z"]
