@@ -199,10 +199,10 @@ def cmd_config_push(args: argparse.Namespace) -> int:
 
 def cmd_config_diff(args: argparse.Namespace) -> int:
     import asyncio
-    import dataclasses
 
-    from router.config.diff import diff
+    from router.config.diff import diff, request_change_json
     from router.config.load import load, load_file, load_text
+    from router.core.samples import describe
 
     new = load_file(args.file)
     if args.consul:
@@ -222,16 +222,18 @@ def cmd_config_diff(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({
             "from": old.source, "to": new.source, "from_version": old.version,
-            "to_version": new.version, "changes": changes,
-            "route_changes": [dataclasses.asdict(r) for r in routes],
+            "to_version": new.version, "changes": [c.to_json() for c in changes],
+            "route_changes": [request_change_json(r) for r in routes],
         }, indent=2))  # fmt: skip
         return 0
     print(f"{old.source} ({old.version}) -> {new.source} ({new.version})")
-    print("\n".join(changes) if changes else "no changes to the document")
+    print("\n".join(str(c) for c in changes) if changes else "no changes to the document")
     if routes:
         print()
-        print(render_table(["requests", "now routed to", "would route to"],
-                           [(r.requests, r.before, r.after) for r in routes]))  # fmt: skip
+        print(render_table(
+            ["requests", "now routed to", "would route to"],
+            [(r.requests, describe(r.before), describe(r.after, r.before)) for r in routes],
+        ))  # fmt: skip
     else:
         print("no route changes (with every primary healthy)")
     return 0
