@@ -9,7 +9,8 @@ checkpoint's hash. A log cut behind a checkpoint (even with HEAD rewritten to ma
 ``truncated`` from the first missing seq; a tail rewritten behind one (even with the HMAC
 key) is ``modified`` at the first witnessed seq that differs; a chain no witness has a
 checkpoint of is ``unwitnessed`` — never a pass. Records after the latest checkpoint are
-noted as not yet witnessed.
+noted as not yet witnessed, except that checkpoint's own record(s) ending an idle chain
+(``own_records`` says why that is sound).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from router.audit.chain import GENESIS
-from router.audit.checkpoint import declared_chain_ids, read_chain_id
+from router.audit.checkpoint import Checkpoint, declared_chain_ids, read_chain_id
 from router.audit.signing import PublicKeys, receipt_message, unb64
 from router.audit.verify import Problem, VerifyResult, chains, verify
 from router.audit.witness import Witnessed
@@ -74,7 +75,9 @@ class WitnessCheck:
     # The latest witnessed checkpoint whose signature verifies (None: there is none).
     latest: Witnessed | None = None
     checked: int = 0
+    # Records after the latest witnessed checkpoint, not counting its own (``own_records``).
     unwitnessed: int = 0
+    own_records: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         w = self.latest
@@ -83,6 +86,7 @@ class WitnessCheck:
             "checked_checkpoints": self.checked,
             "witnessed_seq": w.checkpoint.seq if w else 0,
             "unwitnessed_records": self.unwitnessed,
+            "checkpoint_records": self.own_records,
             "checkpoint": None
             if w is None
             else {
@@ -192,13 +196,48 @@ def check_chain(directory: Path, result: VerifyResult, evidence: Evidence) -> Wi
         agreeing = w
         check.checked += 1
     latest = valid[-1].checkpoint
-    check.unwitnessed = result.last_seq - latest.seq
+    check.own_records = own_records(result, latest)
+    check.unwitnessed = result.last_seq - latest.seq - len(check.own_records)
     if check.unwitnessed:
         result.notes.append(
             f"records {latest.seq + 1}..{result.last_seq} are not yet witnessed (written after "
             f"the latest witnessed {latest.describe()})"
         )
     return check
+
+
+def own_records(result: VerifyResult, latest: Checkpoint) -> list[int]:
+    """The seqs after ``latest`` that are its own records, when nothing else follows it.
+
+    A checkpoint covers the log up to its seq, and only then is its ``audit.checkpoint``
+    record written (what it covers, its digest, each witness's outcome), followed perhaps
+    by ``audit.witness`` records of a witness that took it late. So a chain at rest always
+    ends after its latest checkpoint with records about that checkpoint alone. They are
+    told apart, not hidden: the checkpoint record must name ``latest``'s chain and digest
+    (which the witness holds, signed), each witness record its chain and seq, and nothing
+    else may follow; any other record after the checkpoint, or one of these naming
+    another checkpoint, leaves every record after it counted as not yet witnessed. Like
+    any record after the latest checkpoint they are not vouched for by the witness
+    (whoever owns the disk could still cut or rewrite them); no check is relaxed."""
+    tail = [(seq, rec) for seq, rec in result.tail_checkpoints if seq > latest.seq]
+    if not tail or tail[0][0] != latest.seq + 1 or tail[-1][0] != result.last_seq:
+        return []
+    first, *rest = (rec for _, rec in tail)
+    if (
+        first.get("kind") != "audit.checkpoint"
+        or first.get("chain_id") != latest.chain_id
+        or first.get("checkpoint_digest") != latest.digest
+        or first.get("checkpoint_seq") != latest.seq
+    ):
+        return []
+    for rec in rest:
+        if (
+            rec.get("kind") != "audit.witness"
+            or rec.get("chain_id") != latest.chain_id
+            or rec.get("checkpoint_seq") != latest.seq
+        ):
+            return []
+    return [seq for seq, _ in tail]
 
 
 def verify_witnessed(

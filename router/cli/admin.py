@@ -328,9 +328,16 @@ def _witness_line(r: VerifyResult) -> str:
     if w is None:
         return ""
     cp = w.checkpoint
+    own = r.witness.own_records
+    after = (
+        f" (then {'seq' if len(own) == 1 else 'seqs'} {', '.join(map(str, own))}: that "
+        f"checkpoint's own {'record' if len(own) == 1 else 'records'}, written after it)"
+        if own
+        else ""
+    )
     return (
         f"; chain {r.chain_id} witnessed up to seq {cp.seq} by checkpoint {cp.digest[:16]} "
-        f"of {cp.time} (key {cp.key_id}) at {w.source}"
+        f"of {cp.time} (key {cp.key_id}) at {w.source}{after}"
     )
 
 

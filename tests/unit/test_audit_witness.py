@@ -404,6 +404,83 @@ async def test_intact_chain_passes_with_unwitnessed_records_noted(tmp_path: Path
     ]
 
 
+async def test_an_idle_chain_ending_with_its_checkpoints_own_record_has_no_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The checkpoint's own record always follows the checkpoint: a chain at rest is not
+    "not yet witnessed" for it (README: every witnessed verify of an idle chain said so)."""
+    c = Chain(tmp_path)
+    await c.write(45)
+    cp = await c.cp.checkpoint()  # seq 45; its record is seq 46
+    assert cp is not None and cp.seq == 45
+    await c.close()
+    result = verify_one(c)
+    assert result.ok, result.problem
+    assert result.notes == [] and result.witness.unwitnessed == 0
+    assert result.witness.own_records == [46]
+    witness = ["--witness", str(c.witness_dir), "--public-key", str(pem(tmp_path, c.key))]
+    code = main(["audit", "verify", str(c.dir), "--key-file", str(key_file(tmp_path)), *witness])
+    text = capsys.readouterr().out
+    assert code == 0 and "not yet witnessed" not in text, text
+    assert "witnessed up to seq 45 by checkpoint" in text
+    assert "(then seq 46: that checkpoint's own record, written after it)" in text
+
+
+async def test_a_late_witness_recovery_record_is_the_checkpoints_own_too(tmp_path: Path) -> None:
+    flaky = FlakyWitness()
+    c = Chain(tmp_path, witnesses=[flaky])
+    await c.write(3)
+    await c.cp.checkpoint()  # seq 3; flaky fails (record 4 says so)
+    flaky.down = False
+    c.cp._witnesses[0].next_try = 0.0  # its backoff is over
+    await c.cp._retry_due()  # flaky takes seq 3 late: audit.witness record 5
+    await c.close()
+    assert [r["kind"] for r in lines(c.dir)][3:] == ["audit.checkpoint", "audit.witness"]
+    evidence = Evidence.of(
+        [Witnessed(cp, "flaky") for cp in flaky.held], PublicKeys([c.key.public]), ["flaky"]
+    )
+    result = verify_one(c, evidence)
+    assert result.ok and result.notes == [] and result.witness.own_records == [4, 5]
+
+
+async def test_only_the_witnessed_checkpoints_own_records_go_unnoted(tmp_path: Path) -> None:
+    """Anything else after the latest witnessed checkpoint is still noted, all of it: a
+    record after the checkpoint's own, a checkpoint record no witness holds (a failed
+    publish), and a trailing checkpoint record rewritten (with the HMAC key) to name
+    another checkpoint. No verification outcome changes."""
+    c = Chain(tmp_path)
+    await c.write(5)
+    await c.cp.checkpoint()  # seq 5, record 6
+    await c.write(1, start=5)  # seq 7
+    await c.close()
+    result = verify_one(c)
+    assert result.ok and result.witness.own_records == [] and result.witness.unwitnessed == 2
+    assert result.notes[0].startswith("records 6..7 are not yet witnessed")
+
+    d = Chain(tmp_path / "failed", witnesses=[DirectoryWitness(tmp_path / "failed" / "witness")])
+    await d.write(5)
+    await d.cp.checkpoint()  # seq 5, record 6: witnessed
+    await d.write(1, start=5)
+    d.cp._witnesses[0].witness = FlakyWitness()  # the next publish fails
+    await d.cp.checkpoint()  # seq 7 (nobody holds it), record 8
+    await d.close()
+    result = verify_one(d)
+    assert result.ok and result.witness.latest.checkpoint.seq == 5
+    assert result.witness.own_records == [] and result.witness.unwitnessed == 3
+    assert result.notes[0].startswith("records 6..8 are not yet witnessed")
+
+    e = Chain(tmp_path / "forged")
+    await e.write(5)
+    await e.cp.checkpoint()
+    await e.close()
+    stored = lines(e.dir)
+    stored[-1]["checkpoint_digest"] = "0" * 64
+    write_chain(e.dir, reseal(stored, len(stored) - 1))
+    result = verify_one(e)
+    assert result.ok and result.witness.own_records == [] and result.witness.unwitnessed == 1
+    assert result.notes[0].startswith("records 6..6 are not yet witnessed")
+
+
 async def test_cut_behind_a_checkpoint_with_head_rewritten_fails(tmp_path: Path) -> None:
     c = await witnessed_chain(tmp_path)
     stored = lines(c.dir)
