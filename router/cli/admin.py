@@ -524,6 +524,8 @@ def cmd_audit_prove(args: argparse.Namespace) -> int:
         }, indent=2))  # fmt: skip
         return 0
     what = rec.get("kind", "?")
+    if what == "route.explain":
+        what += f" (a dry run, no start) of a {rec.get('workflow_type')} for {rec.get('tenant')}"
     if what == "start.outcome":
         what += (
             f" of workflow {rec.get('workflow_id')} run {rec.get('run_id')} "
@@ -747,12 +749,13 @@ def add_parsers(sub: Any) -> None:
     av.add_argument("--json", action="store_true", help="print the result as JSON")
     av.set_defaults(func=cmd_audit_verify)
     prove = audit_sub.add_parser(
-        "prove", help="prove a start's receipt: its signature, its record, the witness"
+        "prove",
+        help="prove a start's (or explain's) receipt: its signature, its record, the witness",
     )
     prove.add_argument(
         "receipt", metavar="RECEIPT_JSON",
-        help="a file holding the receipt JSON (or `meridian start --json` output), '-' for "
-        "stdin, or the JSON itself",
+        help="a file holding a signed receipt's JSON (or a whole `meridian start --json` or "
+        "`meridian explain --json` output), '-' for stdin, or the JSON itself",
     )  # fmt: skip
     prove.add_argument(
         "--audit-dir", action="append", default=[],

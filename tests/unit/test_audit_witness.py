@@ -775,6 +775,75 @@ async def test_prove_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert out["proven"] is False and out["kind"] == "signature"
 
 
+async def test_a_whole_explain_output_is_proven_by_its_signed_receipt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`meridian explain --json` prints a RouteDecision whose receipt (signed) names its
+    route.explain record: the whole output is proven, its placement checked."""
+    c = Chain(tmp_path)
+    placement = {
+        "zone": "eu", "region": "eu-west", "cluster": "eu-west-a", "namespace": "acme-eu",
+        "task_queue": "dp-eu", "rule": "zone-home", "reasons": ["country DE is in zone eu"],
+        "config_version": "v7", "failed_over": False,
+    }  # fmt: skip
+    receipt = await c.log.append(
+        {"kind": "route.explain", "workflow_type": "DataProcessingWorkflow", "tenant": "acme",
+         **placement, "dry_run": True}
+    )  # fmt: skip
+    await c.cp.checkpoint()
+    await c.close()
+    explained = {**placement, "endpoint": "127.0.0.1:7235",
+                 "receipt": receipt_json(c.cp.receipts, receipt)}  # fmt: skip
+    keys = PublicKeys([c.key.public])
+    proof = prove(explained, directories=[c.dir], key=HMAC, evidence=c.evidence(), keys=keys)
+    assert proof.record["kind"] == "route.explain" and proof.decision == proof.record
+    with pytest.raises(ProofRefused) as info:
+        prove({**explained, "region": "us-east"}, directories=[c.dir], key=HMAC,
+              evidence=c.evidence(), keys=keys)  # fmt: skip
+    assert info.value.kind == "record" and info.value.reason.startswith("region: the output")
+    # A start's output around a route.explain receipt is not what it claims to be.
+    with pytest.raises(ProofRefused) as info:
+        prove({"receipt": explained["receipt"], "workflow_id": "wf"}, directories=[c.dir],
+              key=HMAC, evidence=c.evidence(), keys=keys)  # fmt: skip
+    assert "is a route.explain record, not the start.outcome record" in info.value.reason
+    stored = tmp_path / "explained.json"
+    stored.write_text(json.dumps(explained))
+    args = ["audit", "prove", str(stored), "--audit-dir", str(c.dir), "--key-file",
+            str(key_file(tmp_path)), "--witness", str(c.witness_dir), "--public-key",
+            str(pem(tmp_path, c.key))]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "PROVEN: record seq 1 of chain" in out and "route.explain (a dry run" in out
+
+
+async def test_an_explain_receipt_around_a_start_output_is_refused_and_vice_versa(
+    tmp_path: Path,
+) -> None:
+    c, doc = await receipt_chain(tmp_path)  # doc: a start.outcome receipt
+    keys = PublicKeys([c.key.public])
+    with pytest.raises(ProofRefused) as info:
+        prove({"receipt": doc, "zone": "eu", "region": "eu-west"}, directories=[c.dir],
+              key=HMAC, evidence=c.evidence(), keys=keys)  # fmt: skip
+    assert "is a start.outcome record, not the route.explain record" in info.value.reason
+
+
+async def test_an_unsigned_decision_receipt_is_refused_naming_what_to_prove(
+    tmp_path: Path,
+) -> None:
+    """A start's decision.receipt is an unsigned pointer (one signature per start): its
+    refusal says to prove the start's top-level receipt, which covers the decision."""
+    c, doc = await receipt_chain(tmp_path)
+    decision = {"sequence": 3, "hash": lines(c.dir)[2]["hash"], "file": doc["file"],
+                "chain_id": "", "key_id": "", "signature": ""}  # fmt: skip
+    with pytest.raises(ProofRefused) as info:
+        prove(decision, directories=[c.dir], key=HMAC, evidence=c.evidence(),
+              keys=PublicKeys([c.key.public]))  # fmt: skip
+    assert info.value.kind == "unsigned"
+    assert "receipt: no signature: " in info.value.reason
+    assert "prove the start's top-level `receipt` instead" in info.value.reason
+    assert "or the whole `meridian start --json` output" in info.value.reason
+
+
 async def test_signing_key_never_reaches_logs_or_records(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
