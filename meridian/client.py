@@ -110,9 +110,12 @@ class TLSConfig:
 
 @dataclass(frozen=True)
 class AuditReceipt:
-    """Where the router's audit log recorded it (``meridian audit query --seq N``); a
-    start's receipt is signed (``chain_id``, ``key_id``, ``signature``): keep it, and
-    ``meridian audit prove`` shows an auditor where the workflow was placed."""
+    """Where the router's audit log recorded it (``meridian audit query --seq N``). A
+    start's ``receipt`` and an explain's are signed (``chain_id``, ``key_id``,
+    ``signature``): keep it, and ``meridian audit prove`` shows an auditor where the
+    workflow was placed. A start's ``decision.receipt`` is an unsigned pointer (one
+    signature per start): the signed ``receipt`` covers it, its record naming the
+    decision's."""
 
     sequence: int
     hash: str

@@ -9,7 +9,8 @@ checkpoint's hash. A log cut behind a checkpoint (even with HEAD rewritten to ma
 ``truncated`` from the first missing seq; a tail rewritten behind one (even with the HMAC
 key) is ``modified`` at the first witnessed seq that differs; a chain no witness has a
 checkpoint of is ``unwitnessed`` — never a pass. Records after the latest checkpoint are
-noted as not yet witnessed.
+noted as not yet witnessed, except that checkpoint's own record(s) ending an idle chain
+(``own_records`` says why that is sound).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from router.audit.chain import GENESIS
-from router.audit.checkpoint import declared_chain_ids, read_chain_id
+from router.audit.checkpoint import Checkpoint, declared_chain_ids, read_chain_id
 from router.audit.signing import PublicKeys, receipt_message, unb64
 from router.audit.verify import Problem, VerifyResult, chains, verify
 from router.audit.witness import Witnessed
@@ -74,7 +75,9 @@ class WitnessCheck:
     # The latest witnessed checkpoint whose signature verifies (None: there is none).
     latest: Witnessed | None = None
     checked: int = 0
+    # Records after the latest witnessed checkpoint, not counting its own (``own_records``).
     unwitnessed: int = 0
+    own_records: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         w = self.latest
@@ -83,6 +86,7 @@ class WitnessCheck:
             "checked_checkpoints": self.checked,
             "witnessed_seq": w.checkpoint.seq if w else 0,
             "unwitnessed_records": self.unwitnessed,
+            "checkpoint_records": self.own_records,
             "checkpoint": None
             if w is None
             else {
@@ -192,13 +196,48 @@ def check_chain(directory: Path, result: VerifyResult, evidence: Evidence) -> Wi
         agreeing = w
         check.checked += 1
     latest = valid[-1].checkpoint
-    check.unwitnessed = result.last_seq - latest.seq
+    check.own_records = own_records(result, latest)
+    check.unwitnessed = result.last_seq - latest.seq - len(check.own_records)
     if check.unwitnessed:
         result.notes.append(
             f"records {latest.seq + 1}..{result.last_seq} are not yet witnessed (written after "
             f"the latest witnessed {latest.describe()})"
         )
     return check
+
+
+def own_records(result: VerifyResult, latest: Checkpoint) -> list[int]:
+    """The seqs after ``latest`` that are its own records, when nothing else follows it.
+
+    A checkpoint covers the log up to its seq, and only then is its ``audit.checkpoint``
+    record written (what it covers, its digest, each witness's outcome), followed perhaps
+    by ``audit.witness`` records of a witness that took it late. So a chain at rest always
+    ends after its latest checkpoint with records about that checkpoint alone. They are
+    told apart, not hidden: the checkpoint record must name ``latest``'s chain and digest
+    (which the witness holds, signed), each witness record its chain and seq, and nothing
+    else may follow; any other record after the checkpoint, or one of these naming
+    another checkpoint, leaves every record after it counted as not yet witnessed. Like
+    any record after the latest checkpoint they are not vouched for by the witness
+    (whoever owns the disk could still cut or rewrite them); no check is relaxed."""
+    tail = [(seq, rec) for seq, rec in result.tail_checkpoints if seq > latest.seq]
+    if not tail or tail[0][0] != latest.seq + 1 or tail[-1][0] != result.last_seq:
+        return []
+    first, *rest = (rec for _, rec in tail)
+    if (
+        first.get("kind") != "audit.checkpoint"
+        or first.get("chain_id") != latest.chain_id
+        or first.get("checkpoint_digest") != latest.digest
+        or first.get("checkpoint_seq") != latest.seq
+    ):
+        return []
+    for rec in rest:
+        if (
+            rec.get("kind") != "audit.witness"
+            or rec.get("chain_id") != latest.chain_id
+            or rec.get("checkpoint_seq") != latest.seq
+        ):
+            return []
+    return [seq for seq, _ in tail]
 
 
 def verify_witnessed(
@@ -272,6 +311,19 @@ _RECEIPT_FIELDS = {
 }
 
 
+# Why a receipt can be unsigned, and what to prove instead. One signature per start
+# (~41 µs of Ed25519): the start.outcome record's receipt is signed, and that record
+# names its route.decision record (``decision_seq``), so the decision's receipt
+# (``decision.receipt``) is an unsigned pointer the signed one covers.
+UNSIGNED_HINT = (
+    "an unsigned receipt proves nothing by itself. A start's decision.receipt is never "
+    "signed: prove the start's top-level `receipt` instead, or the whole `meridian start "
+    "--json` output, whose signed receipt covers the decision (its start.outcome record "
+    "names the decision record, and decision.receipt is checked against it). Any other "
+    "receipt without a signature came from a router without an audit signing key"
+)
+
+
 def parse_claim(doc: Any, where: str = "receipt") -> Claim:
     if not isinstance(doc, dict):
         raise ProofRefused("malformed", f"{where}: not a JSON object")
@@ -294,14 +346,11 @@ def parse_claim(doc: Any, where: str = "receipt") -> Claim:
         raise ProofRefused("malformed", f"{where}: {', '.join(bad)} must be strings")
     if not _HASH_RE.match(text["hash"]):
         raise ProofRefused("malformed", f"{where}: hash is not 64 lower-case hex digits")
+    if not text["signature"]:
+        raise ProofRefused("unsigned", f"{where}: no signature: {UNSIGNED_HINT}")
     signature = unb64(text["signature"])
-    if not text["signature"] or signature is None:
-        raise ProofRefused(
-            "unsigned" if not text["signature"] else "malformed",
-            f"{where}: no signature"
-            if not text["signature"]
-            else f"{where}: signature is not canonical base64",
-        )
+    if signature is None:
+        raise ProofRefused("malformed", f"{where}: signature is not canonical base64")
     return Claim(text["chain_id"], seq, text["hash"], text["file"], text["key_id"], signature)
 
 
@@ -339,9 +388,11 @@ def prove(
     evidence: Evidence,
     keys: PublicKeys,
 ) -> Proof:
-    """Prove a stored receipt (or a ``meridian start --json`` output holding one): its
-    signature, its record in the log, a chain that verifies alone and against the witness,
-    and a witnessed checkpoint at or after its seq. ``ProofRefused`` says which failed."""
+    """Prove a stored receipt (or a ``meridian start --json`` or ``meridian explain --json``
+    output, by its signed top-level ``receipt``): its signature, its record in the log, a
+    chain that verifies alone and against the witness, and a witnessed checkpoint at or
+    after its seq; of a whole output, also that what it says beside the receipt is what
+    the records say. ``ProofRefused`` says which failed."""
     outer = doc if isinstance(doc, dict) and "receipt" in doc else None
     claim = parse_claim(outer["receipt"] if outer is not None else doc)
     if not keys:
@@ -390,19 +441,64 @@ def prove(
     record = found[claim.seq]
     proof = Proof(claim, directory, record, latest, sorted(result.algs), notes=result.notes)
     if outer is not None:
-        _check_start_output(outer, proof, directory)
+        _check_output(outer, proof, directory)
     return proof
 
 
-def _check_start_output(outer: Mapping[str, Any], proof: Proof, directory: Path) -> None:
-    """A whole ``meridian start --json`` output: what it says beside the receipt must be
-    what the proven records say."""
-    rec = proof.record
-    if rec.get("kind") != "start.outcome":
+# What a StartWorkflowResponse says beside its receipt, and what a RouteDecision (an
+# explain output, or a start's decision) says of the placement. The endpoint is not
+# recorded: it is config.
+_START_FIELDS = ("workflow_id", "run_id", "request_id", "started", "decision", "home")
+_PLACEMENT_FIELDS = (
+    "zone", "region", "cluster", "namespace", "task_queue", "rule", "reasons",
+    "config_version", "failed_over",
+)  # fmt: skip
+_OUTPUT_OF = {"start.outcome": "meridian start --json", "route.explain": "meridian explain --json"}
+
+
+def _check_output(outer: Mapping[str, Any], proof: Proof, directory: Path) -> None:
+    """A whole output holding the receipt: which command's it is must match the record
+    the signed receipt names, and what it says beside the receipt must be what the
+    proven records say."""
+    kind = proof.record.get("kind")
+    looks = (
+        "start.outcome"
+        if any(k in outer for k in _START_FIELDS)
+        else "route.explain"
+        if any(k in outer for k in (*_PLACEMENT_FIELDS, "endpoint"))
+        else None
+    )
+    if looks is None:
+        return  # nothing beside the receipt: the receipt alone, proven
+    if kind != looks:
         raise ProofRefused(
             "record",
-            f"record seq {proof.claim.seq} is a {rec.get('kind')} record, not a start.outcome",
+            f"record seq {proof.claim.seq} is a {kind} record, not the {looks} record the "
+            f"receipt of a `{_OUTPUT_OF[looks]}` output names: prove this receipt alone",
         )
+    if kind == "route.explain":
+        _check_placement(outer, proof.record, "", f"the route.explain record seq {proof.claim.seq}")
+        proof.decision = proof.record
+        return
+    _check_start_output(outer, proof, directory)
+
+
+def _check_placement(
+    said: Mapping[str, Any], rec: Mapping[str, Any], prefix: str, what: str
+) -> None:
+    for name in _PLACEMENT_FIELDS:
+        if name in said and said[name] != rec.get(name):
+            raise ProofRefused(
+                "record",
+                f"{prefix}{name}: the output says {said[name]!r}, {what} {rec.get(name)!r}",
+            )
+
+
+def _check_start_output(outer: Mapping[str, Any], proof: Proof, directory: Path) -> None:
+    """A whole ``meridian start --json`` output (its receipt names a start.outcome
+    record): what it says beside the receipt must be what the proven records say; its
+    decision, unsigned, is checked against the route.decision record the outcome names."""
+    rec = proof.record
     said = {k: outer[k] for k in ("workflow_id", "run_id", "request_id") if k in outer}
     if "started" in outer:
         said["started"] = outer["started"]
@@ -437,22 +533,5 @@ def _check_start_output(outer: Mapping[str, Any], proof: Proof, directory: Path)
                 f"decision.receipt does not name the decision record "
                 f"(seq {seq}, hash {drec['hash'][:16]}…)",
             )
-    # Everything the decision record holds (the endpoint is not recorded: it is config).
-    for name in (
-        "zone",
-        "region",
-        "cluster",
-        "namespace",
-        "task_queue",
-        "rule",
-        "reasons",
-        "config_version",
-        "failed_over",
-    ):
-        if name in decision and decision[name] != drec.get(name):
-            raise ProofRefused(
-                "record",
-                f"decision.{name}: the output says {decision[name]!r}, "
-                f"the decision record seq {seq} {drec.get(name)!r}",
-            )
+    _check_placement(decision, drec, "decision.", f"the decision record seq {seq}")
     proof.decision = drec

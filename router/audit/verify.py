@@ -51,6 +51,11 @@ class VerifyResult:
     # witnesses say about it (``router.audit.proof``; None when not asked).
     chain_id: str = ""
     witness: Any = None
+    # The records about checkpoints the chain ends with (audit.checkpoint, audit.witness),
+    # as (seq, record): a checkpoint's own record always comes after the checkpoint, so
+    # an idle chain ends with one; ``router.audit.proof`` tells such records apart from
+    # records not yet witnessed.
+    tail_checkpoints: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -178,6 +183,10 @@ def verify(
             elif rec["chain_id"] != result.chain_id:
                 return fail(ln, "spliced", f"it names chain {rec['chain_id']}, but the checkpoint "
                                            f"records before it name {result.chain_id}")  # fmt: skip
+        if rkind in ("audit.checkpoint", "audit.witness"):
+            result.tail_checkpoints.append((seq, rec))
+        else:
+            result.tail_checkpoints.clear()
         if seq in seqs:
             result.found[seq] = (rhash, ln.file.name, ln.number)
         if rkind == "log.recovered":

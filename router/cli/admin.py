@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,14 +65,21 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print(render_table(["secret", "file", "note"], created or kept))
         return 0
     rows: list[dict[str, Any]] = []
+    witnessed = ""
     if args.action == "rotate":
-        # Every ring loads before any is rotated: a bad one stops the whole rotation.
+        audit_dir = Path(args.audit_dir) if args.audit_dir else meridian_home() / "audit-keys"
+        # The signing key loads, and every ring, before any is rotated: a bad one stops
+        # the whole rotation with nothing written.
+        witnessing, unwitnessed = _rotation_witnessing(args, directory, audit_dir)
         pairs = [(ring, ring.rotated()) for ring in map(provider.load, regions)]
-        # Audited before the new rings are written (audit before effect).
-        receipts = _audit_rotations(args, directory, pairs)
-        for (_, ring), receipt in zip(pairs, receipts, strict=True):
+        # Audited (and witnessed) before the new rings are written (audit before effect).
+        appended = _audit_rotations(args, directory, audit_dir, pairs, witnessing)
+        witnessed = unwitnessed or _witnessed_line(audit_dir, appended)
+        checkpoint = _checkpoint_json(appended)
+        for (_, ring), receipt in zip(pairs, appended.receipts, strict=True):
             row = _ring_row(ring.region, ring, provider.save(ring))
-            rows.append({**row, "audit_seq": receipt.sequence})
+            rows.append({**row, "audit_seq": receipt.sequence, "audit_chain": str(audit_dir),
+                         "audit_checkpoint": checkpoint})  # fmt: skip
     else:
         for region in regions:
             try:
@@ -80,6 +88,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 rows.append(_ring_row(region, None, provider.path(region), exc.message))
     if args.json:
         print(json.dumps(rows, indent=2))
+        if witnessed:  # stdout stays JSON
+            print(witnessed, file=sys.stderr)
         return 0
     note = "rotated; {n} keys; audit seq {seq}" if args.action == "rotate" else "{n} keys: {ids}"
     print(render_table(["region", "active key", "file", "note"], [
@@ -87,23 +97,87 @@ def cmd_keys(args: argparse.Namespace) -> int:
             n=len(r["key_ids"]), ids=", ".join(r["key_ids"]), seq=r.get("audit_seq")))
         for r in rows
     ]))  # fmt: skip
+    if witnessed:
+        print(witnessed)
     return 0
 
 
+def _rotation_witnessing(args: argparse.Namespace, keys: Path, audit_dir: Path) -> tuple[Any, str]:
+    """How ``keys rotate`` checkpoints its chain: the signing key (--audit-signing-key-file,
+    else ``<keys-dir>/audit-signing.key`` when present) and the witness directory
+    (--witness-dir, else the config's audit.witness_dir, else ``witness/`` beside the
+    chain: ``$MERIDIAN_HOME/witness``, where ``meridian dev`` publishes too). Without a
+    signing key: None, and the line that tells the user the chain stays unwitnessed
+    (an auditor's witnessed verify of it fails), rather than leaving it to be found."""
+    from router.audit.offline import Witnessing
+    from router.audit.signing import SIGNING_KEY, load_signing_key
+    from router.audit.witness import DirectoryWitness
+    from router.config.load import load
+
+    signing = Path(args.audit_signing_key_file) if args.audit_signing_key_file else None
+    if signing is None and not (keys / SIGNING_KEY).exists():
+        return None, (
+            f"audit chain {audit_dir}: NOT witnessed: no audit signing key at "
+            f"{keys / SIGNING_KEY} (`meridian keys init` makes one; or give "
+            "--audit-signing-key-file), so no checkpoint was signed or published and a "
+            "witnessed `meridian audit verify` of this chain fails as unwitnessed"
+        )
+    key = load_signing_key(signing or keys / SIGNING_KEY)
+    configured = load(args.config).document.audit.witness_dir
+    witness = Path(args.witness_dir or configured or audit_dir.parent / "witness").resolve()
+    return Witnessing(key, "keys-rotate", [DirectoryWitness(witness)]), ""
+
+
+def _checkpoint_json(appended: Any) -> dict[str, Any] | None:
+    cp = appended.checkpoint
+    if cp is None:
+        return None
+    return {
+        "chain_id": cp.chain_id, "seq": cp.seq, "digest": cp.digest, "key_id": cp.key_id,
+        "witnesses": appended.witnesses, "record_error": appended.record_error,
+    }  # fmt: skip
+
+
+def _witnessed_line(audit_dir: Path, appended: Any) -> str:
+    """What the user is told of the run's checkpoint: witnessed, or why not."""
+    cp = appended.checkpoint
+    if cp is None:
+        return ""
+    head = f"audit chain {cp.chain_id} ({audit_dir}): checkpoint seq {cp.seq} (key {cp.key_id})"
+    failed = {n: o for n, o in appended.witnesses.items() if o != "published"}
+    lines = []
+    if failed:
+        why = "; ".join(o.removeprefix("failed: ") for o in failed.values())
+        lines.append(
+            f"{head} NOT witnessed: publishing failed: {why}. A witnessed `meridian audit "
+            "verify` of this chain fails until a later run (or this one again) publishes a "
+            "checkpoint of it"
+        )
+    else:
+        names = ", ".join(appended.witnesses)
+        lines.append(f"{head} signed and published to {names}")
+    if appended.record_error:
+        lines.append(f"  (its audit.checkpoint record was not written: {appended.record_error})")
+    return "\n".join(lines)
+
+
 def _audit_rotations(
-    args: argparse.Namespace, keys: Path, pairs: list[tuple[KeyRing, KeyRing]]
-) -> list[Any]:
+    args: argparse.Namespace,
+    keys: Path,
+    directory: Path,
+    pairs: list[tuple[KeyRing, KeyRing]],
+    witnessing: Any,
+) -> Any:
     """One ``key.rotation`` record per region in the tool's own chain (never a running
-    router's: a second writer would fork it), ``$MERIDIAN_HOME/audit-keys`` by default."""
+    router's: a second writer would fork it), ``$MERIDIAN_HOME/audit-keys`` by default,
+    then (with ``witnessing``) a signed checkpoint of the chain published to the witness."""
     import getpass
     import socket
 
     from router.audit import key_rotation_record, load_key
     from router.audit.offline import append_locked
     from router.codec import RingChange
-    from router.paths import meridian_home
 
-    directory = Path(args.audit_dir) if args.audit_dir else meridian_home() / "audit-keys"
     key_file = Path(args.audit_key_file) if args.audit_key_file else keys / "audit.key"
     try:
         user = getpass.getuser()
@@ -117,7 +191,7 @@ def _audit_rotations(
         for old, new in pairs
     ]  # fmt: skip
     key = load_key(key_file if args.audit_key_file or key_file.exists() else None)
-    return append_locked(directory, records, key=key)
+    return append_locked(directory, records, key=key, witnessing=witnessing)
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
@@ -331,9 +405,16 @@ def _witness_line(r: VerifyResult) -> str:
     if w is None:
         return ""
     cp = w.checkpoint
+    own = r.witness.own_records
+    after = (
+        f" (then {'seq' if len(own) == 1 else 'seqs'} {', '.join(map(str, own))}: that "
+        f"checkpoint's own {'record' if len(own) == 1 else 'records'}, written after it)"
+        if own
+        else ""
+    )
     return (
         f"; chain {r.chain_id} witnessed up to seq {cp.seq} by checkpoint {cp.digest[:16]} "
-        f"of {cp.time} (key {cp.key_id}) at {w.source}"
+        f"of {cp.time} (key {cp.key_id}) at {w.source}{after}"
     )
 
 
@@ -401,8 +482,6 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_prove(args: argparse.Namespace) -> int:
-    import sys
-
     from router.audit.proof import ProofRefused, prove
     from router.paths import meridian_home
 
@@ -448,6 +527,8 @@ def cmd_audit_prove(args: argparse.Namespace) -> int:
         }, indent=2))  # fmt: skip
         return 0
     what = rec.get("kind", "?")
+    if what == "route.explain":
+        what += f" (a dry run, no start) of a {rec.get('workflow_type')} for {rec.get('tenant')}"
     if what == "start.outcome":
         what += (
             f" of workflow {rec.get('workflow_id')} run {rec.get('run_id')} "
@@ -474,8 +555,6 @@ def cmd_audit_prove(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_public_key(args: argparse.Namespace) -> int:
-    import sys
-
     from router.audit.signing import SIGNING_KEY, load_signing_key
     from router.paths import keys_dir
 
@@ -645,6 +724,17 @@ def add_parsers(sub: Any) -> None:
         "--audit-key-file",
         help="its HMAC key (default: $MERIDIAN_AUDIT_KEY, else <keys-dir>/audit.key if present)",
     )
+    rotate.add_argument(
+        "--witness-dir",
+        help="where the chain's signed checkpoint is published (default: the config's "
+        "audit.witness_dir, else witness/ beside the audit directory: $MERIDIAN_HOME/witness)",
+    )
+    rotate.add_argument(
+        "--audit-signing-key-file",
+        help="Ed25519 key (PEM, 0600) that signs the checkpoint (default: "
+        "<keys-dir>/audit-signing.key if present; without one the chain is not witnessed, "
+        "and the output says so)",
+    )
     listing.add_argument("--region", help="one region (default: every region in the config)")
     listing.add_argument("--json", action="store_true", help="print the rings as JSON")
 
@@ -662,12 +752,13 @@ def add_parsers(sub: Any) -> None:
     av.add_argument("--json", action="store_true", help="print the result as JSON")
     av.set_defaults(func=cmd_audit_verify)
     prove = audit_sub.add_parser(
-        "prove", help="prove a start's receipt: its signature, its record, the witness"
+        "prove",
+        help="prove a start's (or explain's) receipt: its signature, its record, the witness",
     )
     prove.add_argument(
         "receipt", metavar="RECEIPT_JSON",
-        help="a file holding the receipt JSON (or `meridian start --json` output), '-' for "
-        "stdin, or the JSON itself",
+        help="a file holding a signed receipt's JSON (or a whole `meridian start --json` or "
+        "`meridian explain --json` output), '-' for stdin, or the JSON itself",
     )  # fmt: skip
     prove.add_argument(
         "--audit-dir", action="append", default=[],

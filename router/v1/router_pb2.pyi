@@ -192,8 +192,13 @@ class RouteDecision(_message.Message):
     def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def receipt(self) -> Global___AuditReceipt:
-        """The audit record of this decision (ExplainRoute: the route.explain record;
-        StartWorkflow: the route.decision record written before the start was sent).
+        """The audit record of this decision. ExplainRoute: the route.explain record, signed
+        (chain_id, key_id, signature set). StartWorkflow: the route.decision record written
+        before the start was sent, an UNSIGNED pointer (sequence, hash, file only; chain_id,
+        key_id and signature empty): one signature per start, on
+        StartWorkflowResponse.receipt, whose start.outcome record names this record's
+        sequence, covers it. `meridian audit prove` refuses it alone; prove the response's
+        receipt, or the whole response, which checks this decision against its record.
         """
 
     def __init__(
@@ -243,8 +248,11 @@ class AuditReceipt(_message.Message):
     """The audit chain (one per replica's audit directory), the id of the key that signed
     this receipt, and its Ed25519 signature over (chain_id, sequence, hash, file): keep
     the receipt, and `meridian audit prove` shows an auditor where the workflow was
-    placed. Set on StartWorkflowResponse.receipt and ExplainRoute's receipt; a
-    decision's receipt is proven through the start.outcome record that names it.
+    placed. Set (signed) on exactly two receipts: StartWorkflowResponse.receipt (the
+    start.outcome record) and the RouteDecision ExplainRoute returns (the route.explain
+    record). Empty on StartWorkflowResponse.decision.receipt: that one is proven through
+    the signed start.outcome record that names it. Empty on every receipt when the
+    router has no audit signing key.
     """
     key_id: _builtins.str
     signature: _builtins.bytes

@@ -256,6 +256,30 @@ async def test_a_real_receipt_is_proven_and_a_changed_byte_refused(
     refused = meridian(home, "audit", "prove", "-", *args, stdin=json.dumps(lied))
     assert refused.returncode == 1 and "decision.region" in refused.stdout
 
+    # What is signed, exactly (README, proto): the start's receipt, not its decision's;
+    # the decision's alone is refused naming the receipt to prove instead.
+    decision_receipt = started["decision"]["receipt"]
+    assert decision_receipt["sequence"] and decision_receipt["hash"]
+    assert (decision_receipt["chain_id"], decision_receipt["signature"]) == ("", "")
+    alone = meridian(home, "audit", "prove", json.dumps(decision_receipt), *args)
+    assert alone.returncode == 1 and alone.stdout.startswith("REFUSED (unsigned)"), alone.stdout
+    assert "prove the start's top-level `receipt` instead" in alone.stdout
+
+    # A whole `explain --json` output: proven by its signed receipt, its placement checked.
+    out = meridian(home, "explain", "--router", dev.router, "--tenant", "acme",
+                   "--country", "fr", "--class", "pii", "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    explained = json.loads(out.stdout)
+    assert explained["receipt"]["signature"] and explained["receipt"]["chain_id"]
+    await wait_witnessed(home / "witness", home / "audit", explained["receipt"]["sequence"])
+    whole = meridian(home, "audit", "prove", "-", *args, stdin=out.stdout)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    assert f"PROVEN: record seq {explained['receipt']['sequence']}" in whole.stdout
+    assert "route.explain (a dry run" in whole.stdout
+    lied = {**explained, "region": "us-east"}
+    refused = meridian(home, "audit", "prove", "-", *args, stdin=json.dumps(lied))
+    assert refused.returncode == 1 and "REFUSED (record): region" in refused.stdout
+
 
 # -- serve with Consul: both witnesses ----------------------------------------------------------
 

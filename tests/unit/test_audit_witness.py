@@ -404,6 +404,83 @@ async def test_intact_chain_passes_with_unwitnessed_records_noted(tmp_path: Path
     ]
 
 
+async def test_an_idle_chain_ending_with_its_checkpoints_own_record_has_no_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The checkpoint's own record always follows the checkpoint: a chain at rest is not
+    "not yet witnessed" for it (README: every witnessed verify of an idle chain said so)."""
+    c = Chain(tmp_path)
+    await c.write(45)
+    cp = await c.cp.checkpoint()  # seq 45; its record is seq 46
+    assert cp is not None and cp.seq == 45
+    await c.close()
+    result = verify_one(c)
+    assert result.ok, result.problem
+    assert result.notes == [] and result.witness.unwitnessed == 0
+    assert result.witness.own_records == [46]
+    witness = ["--witness", str(c.witness_dir), "--public-key", str(pem(tmp_path, c.key))]
+    code = main(["audit", "verify", str(c.dir), "--key-file", str(key_file(tmp_path)), *witness])
+    text = capsys.readouterr().out
+    assert code == 0 and "not yet witnessed" not in text, text
+    assert "witnessed up to seq 45 by checkpoint" in text
+    assert "(then seq 46: that checkpoint's own record, written after it)" in text
+
+
+async def test_a_late_witness_recovery_record_is_the_checkpoints_own_too(tmp_path: Path) -> None:
+    flaky = FlakyWitness()
+    c = Chain(tmp_path, witnesses=[flaky])
+    await c.write(3)
+    await c.cp.checkpoint()  # seq 3; flaky fails (record 4 says so)
+    flaky.down = False
+    c.cp._witnesses[0].next_try = 0.0  # its backoff is over
+    await c.cp._retry_due()  # flaky takes seq 3 late: audit.witness record 5
+    await c.close()
+    assert [r["kind"] for r in lines(c.dir)][3:] == ["audit.checkpoint", "audit.witness"]
+    evidence = Evidence.of(
+        [Witnessed(cp, "flaky") for cp in flaky.held], PublicKeys([c.key.public]), ["flaky"]
+    )
+    result = verify_one(c, evidence)
+    assert result.ok and result.notes == [] and result.witness.own_records == [4, 5]
+
+
+async def test_only_the_witnessed_checkpoints_own_records_go_unnoted(tmp_path: Path) -> None:
+    """Anything else after the latest witnessed checkpoint is still noted, all of it: a
+    record after the checkpoint's own, a checkpoint record no witness holds (a failed
+    publish), and a trailing checkpoint record rewritten (with the HMAC key) to name
+    another checkpoint. No verification outcome changes."""
+    c = Chain(tmp_path)
+    await c.write(5)
+    await c.cp.checkpoint()  # seq 5, record 6
+    await c.write(1, start=5)  # seq 7
+    await c.close()
+    result = verify_one(c)
+    assert result.ok and result.witness.own_records == [] and result.witness.unwitnessed == 2
+    assert result.notes[0].startswith("records 6..7 are not yet witnessed")
+
+    d = Chain(tmp_path / "failed", witnesses=[DirectoryWitness(tmp_path / "failed" / "witness")])
+    await d.write(5)
+    await d.cp.checkpoint()  # seq 5, record 6: witnessed
+    await d.write(1, start=5)
+    d.cp._witnesses[0].witness = FlakyWitness()  # the next publish fails
+    await d.cp.checkpoint()  # seq 7 (nobody holds it), record 8
+    await d.close()
+    result = verify_one(d)
+    assert result.ok and result.witness.latest.checkpoint.seq == 5
+    assert result.witness.own_records == [] and result.witness.unwitnessed == 3
+    assert result.notes[0].startswith("records 6..8 are not yet witnessed")
+
+    e = Chain(tmp_path / "forged")
+    await e.write(5)
+    await e.cp.checkpoint()
+    await e.close()
+    stored = lines(e.dir)
+    stored[-1]["checkpoint_digest"] = "0" * 64
+    write_chain(e.dir, reseal(stored, len(stored) - 1))
+    result = verify_one(e)
+    assert result.ok and result.witness.own_records == [] and result.witness.unwitnessed == 1
+    assert result.notes[0].startswith("records 6..6 are not yet witnessed")
+
+
 async def test_cut_behind_a_checkpoint_with_head_rewritten_fails(tmp_path: Path) -> None:
     c = await witnessed_chain(tmp_path)
     stored = lines(c.dir)
@@ -696,6 +773,75 @@ async def test_prove_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main([*args, "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["proven"] is False and out["kind"] == "signature"
+
+
+async def test_a_whole_explain_output_is_proven_by_its_signed_receipt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`meridian explain --json` prints a RouteDecision whose receipt (signed) names its
+    route.explain record: the whole output is proven, its placement checked."""
+    c = Chain(tmp_path)
+    placement = {
+        "zone": "eu", "region": "eu-west", "cluster": "eu-west-a", "namespace": "acme-eu",
+        "task_queue": "dp-eu", "rule": "zone-home", "reasons": ["country DE is in zone eu"],
+        "config_version": "v7", "failed_over": False,
+    }  # fmt: skip
+    receipt = await c.log.append(
+        {"kind": "route.explain", "workflow_type": "DataProcessingWorkflow", "tenant": "acme",
+         **placement, "dry_run": True}
+    )  # fmt: skip
+    await c.cp.checkpoint()
+    await c.close()
+    explained = {**placement, "endpoint": "127.0.0.1:7235",
+                 "receipt": receipt_json(c.cp.receipts, receipt)}  # fmt: skip
+    keys = PublicKeys([c.key.public])
+    proof = prove(explained, directories=[c.dir], key=HMAC, evidence=c.evidence(), keys=keys)
+    assert proof.record["kind"] == "route.explain" and proof.decision == proof.record
+    with pytest.raises(ProofRefused) as info:
+        prove({**explained, "region": "us-east"}, directories=[c.dir], key=HMAC,
+              evidence=c.evidence(), keys=keys)  # fmt: skip
+    assert info.value.kind == "record" and info.value.reason.startswith("region: the output")
+    # A start's output around a route.explain receipt is not what it claims to be.
+    with pytest.raises(ProofRefused) as info:
+        prove({"receipt": explained["receipt"], "workflow_id": "wf"}, directories=[c.dir],
+              key=HMAC, evidence=c.evidence(), keys=keys)  # fmt: skip
+    assert "is a route.explain record, not the start.outcome record" in info.value.reason
+    stored = tmp_path / "explained.json"
+    stored.write_text(json.dumps(explained))
+    args = ["audit", "prove", str(stored), "--audit-dir", str(c.dir), "--key-file",
+            str(key_file(tmp_path)), "--witness", str(c.witness_dir), "--public-key",
+            str(pem(tmp_path, c.key))]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "PROVEN: record seq 1 of chain" in out and "route.explain (a dry run" in out
+
+
+async def test_an_explain_receipt_around_a_start_output_is_refused_and_vice_versa(
+    tmp_path: Path,
+) -> None:
+    c, doc = await receipt_chain(tmp_path)  # doc: a start.outcome receipt
+    keys = PublicKeys([c.key.public])
+    with pytest.raises(ProofRefused) as info:
+        prove({"receipt": doc, "zone": "eu", "region": "eu-west"}, directories=[c.dir],
+              key=HMAC, evidence=c.evidence(), keys=keys)  # fmt: skip
+    assert "is a start.outcome record, not the route.explain record" in info.value.reason
+
+
+async def test_an_unsigned_decision_receipt_is_refused_naming_what_to_prove(
+    tmp_path: Path,
+) -> None:
+    """A start's decision.receipt is an unsigned pointer (one signature per start): its
+    refusal says to prove the start's top-level receipt, which covers the decision."""
+    c, doc = await receipt_chain(tmp_path)
+    decision = {"sequence": 3, "hash": lines(c.dir)[2]["hash"], "file": doc["file"],
+                "chain_id": "", "key_id": "", "signature": ""}  # fmt: skip
+    with pytest.raises(ProofRefused) as info:
+        prove(decision, directories=[c.dir], key=HMAC, evidence=c.evidence(),
+              keys=PublicKeys([c.key.public]))  # fmt: skip
+    assert info.value.kind == "unsigned"
+    assert "receipt: no signature: " in info.value.reason
+    assert "prove the start's top-level `receipt` instead" in info.value.reason
+    assert "or the whole `meridian start --json` output" in info.value.reason
 
 
 async def test_signing_key_never_reaches_logs_or_records(

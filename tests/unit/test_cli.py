@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import tomllib
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -382,10 +383,21 @@ def test_keys_list_json_shape(keys_dir: Path, capsys: pytest.CaptureFixture[str]
     )
     rotated = json.loads(capsys.readouterr().out)
     eu = provider.load("eu-west")
+    checkpoint = rotated[0].pop("audit_checkpoint")
     assert rotated == [{
         "region": "eu-west", "active_key": eu.active, "key_ids": list(eu.keys),
         "file": str(keys_dir / "eu-west.json"), "error": "", "audit_seq": 1,
+        "audit_chain": str(Path(os.environ["MERIDIAN_HOME"]) / "audit-keys"),
     }]  # fmt: skip
+    # The chain's checkpoint of this run (keys_dir holds a signing key), or None.
+    assert checkpoint is None or set(checkpoint) == {
+        "chain_id",
+        "seq",
+        "digest",
+        "key_id",
+        "witnesses",
+        "record_error",
+    }
     assert len(rotated[0]["key_ids"]) == 2
 
 

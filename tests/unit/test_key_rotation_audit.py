@@ -110,13 +110,14 @@ def test_keys_rotate_records_each_rotation_in_its_own_chain(
     assert "audit seq 1" in capsys.readouterr().out
     assert main(["keys", "rotate", "--all", "--keys-dir", str(keys), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["audit_seq"] for r in rows] == [2, 3, 4]
+    # Each run ends with its checkpoint's record (seq 2 after the first run's rotation).
+    assert [r["audit_seq"] for r in rows] == [3, 4, 5]
 
     chain = home / "audit-keys"
     # `keys init` made the dev audit key: the tool's chain is HMAC-sealed with it.
     key = base64.b64decode((keys / "audit.key").read_text())
     result = verify([chain], key=key)
-    assert result.ok and result.records == 4, result.problem
+    assert result.ok and result.records == 6, result.problem
     recs = [r for r in records([chain]) if r["kind"] == "key.rotation"]
     assert [(r["region"], r["component"]) for r in recs] == [
         ("eu-west", "keys-rotate"), ("us-east", "keys-rotate"), ("eu-west", "keys-rotate"),
@@ -147,3 +148,70 @@ def test_keys_rotate_takes_another_audit_dir_and_key(
     assert main(argv) == 0
     assert verify([chain], key=b"o" * 32).ok
     assert not (home / "audit-keys").exists()
+    # No signing key in this keys dir: nothing is signed, and the output says so.
+    out = capsys.readouterr().out
+    assert f"audit chain {chain}: NOT witnessed: no audit signing key at" in out
+    assert "a witnessed `meridian audit verify` of this chain fails as unwitnessed" in out
+    assert not (tmp_path / "witness").exists()
+
+
+def _verify_witnessed(home: Path, keys: Path, chain: Path, witness: Path, *more: str) -> int:
+    """The README's auditor command for a tool's chain (with the dev public key)."""
+    from router.audit.signing import load_signing_key
+
+    public = home.parent / "audit-signing.pub"
+    public.write_text(load_signing_key(keys / "audit-signing.key").public_pem())
+    return main(["audit", "verify", str(chain), "--key-file", str(keys / "audit.key"),
+                 "--witness", str(witness), "--public-key", str(public), *more])  # fmt: skip
+
+
+def test_the_keys_rotate_chain_passes_a_witnessed_verify(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README: every chain is verified with the witness, `audit-keys` too. Each `keys
+    rotate` gives its chain an id, signs a checkpoint of what it wrote with
+    <keys-dir>/audit-signing.key and publishes it to $MERIDIAN_HOME/witness (meridian
+    dev's), then records it; the chain verifies against the witness, without notes."""
+    keys = tmp_path / "keys"
+    assert main(["keys", "init", "--keys-dir", str(keys)]) == 0
+    capsys.readouterr()
+    chain, witness = home / "audit-keys", home / "witness"
+    for argv in (["--region", "eu-west"], ["--all", "--json"]):
+        assert main(["keys", "rotate", *argv, "--keys-dir", str(keys)]) == 0
+    printed = capsys.readouterr()
+    chain_id = json.loads((chain / "CHAIN").read_text())["chain_id"]
+    assert f"audit chain {chain_id} ({chain}): checkpoint seq 1 (key " in printed.out
+    assert f"signed and published to dir:{witness}" in printed.out
+    assert "checkpoint seq 5 (key " in printed.err, "--json: stdout stays JSON"
+    rows = json.loads(printed.out[printed.out.index("[") :])
+    assert {r["audit_checkpoint"]["seq"] for r in rows} == {5}
+    assert rows[0]["audit_checkpoint"]["witnesses"] == {f"dir:{witness}": "published"}
+
+    assert _verify_witnessed(home, keys, chain, witness) == 0
+    text = capsys.readouterr().out
+    assert f"chain {chain_id} witnessed up to seq 5 by checkpoint" in text, text
+    assert "FAILED" not in text and "not yet witnessed" not in text
+    # A record cut from the tool's chain (HEAD too) is caught by its witness.
+    files = sorted(chain.glob("audit-*.jsonl"))
+    files[-1].unlink()
+    (chain / "HEAD").unlink()
+    assert _verify_witnessed(home, keys, chain, witness) == 1
+    assert "truncated" in capsys.readouterr().out
+
+
+def test_keys_rotate_says_when_the_witness_fails(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = tmp_path / "keys"
+    assert main(["keys", "init", "--keys-dir", str(keys)]) == 0
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the witness directory should be")
+    capsys.readouterr()
+    argv = ["keys", "rotate", "--region", "us-east", "--keys-dir", str(keys),
+            "--witness-dir", str(blocked)]  # fmt: skip
+    assert main(argv) == 0, "the rotation is done and recorded; the witness is reported"
+    out = capsys.readouterr().out
+    assert "checkpoint seq 1 (key " in out and "NOT witnessed: publishing failed:" in out
+    assert f"dir:{blocked}" in out
+    (record,) = [r for r in records([home / "audit-keys"]) if r["kind"] == "audit.checkpoint"]
+    assert record["witnesses"][f"dir:{blocked.resolve()}"].startswith("failed: ")
