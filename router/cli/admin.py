@@ -91,10 +91,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
         if witnessed:  # stdout stays JSON
             print(witnessed, file=sys.stderr)
         return 0
-    note = "rotated; {n} keys; audit seq {seq}" if args.action == "rotate" else "{n} keys: {ids}"
+    note = "rotated; {n}; audit seq {seq}" if args.action == "rotate" else "{n}: {ids}"
     print(render_table(["region", "active key", "file", "note"], [
         (r["region"], r["active_key"], r["file"], r["error"] or note.format(
-            n=len(r["key_ids"]), ids=", ".join(r["key_ids"]), seq=r.get("audit_seq")))
+            n=f"{len(r['key_ids'])} key{'' if len(r['key_ids']) == 1 else 's'}",
+            ids=", ".join(r["key_ids"]), seq=r.get("audit_seq")))
         for r in rows
     ]))  # fmt: skip
     if witnessed:
