@@ -1,11 +1,12 @@
 """What a config change does to requests: sample requests derived from two routing
 tables, routed under each (every primary healthy), and the request classes whose
-outcome differs. Pure: ``meridian config diff`` prints the result.
+outcome differs. Pure: ``meridian config diff`` prints the result, and a flip's dry run
+compares the same samples under two cluster views (``view_changes``).
 
 Why samples, and which: routing depends on the user's country and subdivision, the
-tenant, the data class, the workflow type and the priority. One request per zone (the
-failover-impact set, ``router.core.impact``) cannot show what a rule on ``DE`` or on a
-tenant does, so the samples here come from what *both* configs name:
+tenant, the data class, the workflow type and the priority. One request per zone cannot
+show what a rule on ``DE`` or on a tenant does, so the samples come from what *both*
+configs name (for a flip, the one config twice):
 
 - locations: a representative country of every zone, one country in no zone, every
   country and subdivision a rule names, and every country whose zone differs between
@@ -31,7 +32,7 @@ Duplicates are dropped (the first description of a request wins).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from router.core.model import (
@@ -121,14 +122,15 @@ def describe(outcome: Outcome, was: Outcome | None = None) -> str:
     return " ".join(parts)
 
 
-def outcome(req: RouteRequest, table: RoutingTable) -> Outcome:
-    """``req`` routed under ``table`` with every primary healthy. A sample of an unnamed
-    workflow type stands for every type (``route``'s ``any_workflow_type``); one of a
-    named type is routed as that type, so a region that stops running it shows."""
+def outcome(req: RouteRequest, table: RoutingTable, view: ClusterView | None = None) -> Outcome:
+    """``req`` routed under ``table`` and ``view`` (default: every primary healthy). A
+    sample of an unnamed workflow type stands for every type (``route``'s
+    ``any_workflow_type``); one of a named type is routed as that type, so a region that
+    stops running it shows."""
     decided = route(
         req,
         table,
-        ClusterView.all_primaries_healthy(table),
+        view if view is not None else ClusterView.all_primaries_healthy(table),
         any_workflow_type=req.workflow_type == ANY_TYPE,
     )
     if isinstance(decided, Decision):
@@ -314,11 +316,31 @@ def describe_requests(sample: Sample, data_classes: Sequence[DataClass]) -> str:
 def request_changes(old: RoutingTable, new: RoutingTable) -> tuple[RequestChange, ...]:
     """Every sample whose outcome differs between ``old`` and ``new`` (every primary
     healthy), in sample order; the data classes of one request class that change the
-    same way are one change."""
+    same way are one change. What ``meridian config diff`` shows."""
+    return _changes(samples(old, new), lambda r: outcome(r, old), lambda r: outcome(r, new))
+
+
+def view_changes(
+    table: RoutingTable, before: ClusterView, after: ClusterView
+) -> tuple[RequestChange, ...]:
+    """The same for one config under two cluster views: what a flip would change for
+    callers (the dry run of ``SetActiveCluster``)."""
+    return _changes(
+        samples(table, table),
+        lambda r: outcome(r, table, before),
+        lambda r: outcome(r, table, after),
+    )
+
+
+def _changes(
+    sampled: Iterable[Sample],
+    was_of: Callable[[RouteRequest], Outcome],
+    will_of: Callable[[RouteRequest], Outcome],
+) -> tuple[RequestChange, ...]:
     groups: dict[tuple[object, ...], tuple[Sample, list[DataClass], Outcome, Outcome]] = {}
-    for sample in samples(old, new):
+    for sample in sampled:
         req = sample.request
-        was, will = outcome(req, old), outcome(req, new)
+        was, will = was_of(req), will_of(req)
         if was == will:
             continue
         key = (

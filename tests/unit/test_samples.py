@@ -188,3 +188,26 @@ def test_an_unchanged_config_changes_no_route() -> None:
 def test_describe_names_what_changes(before: Routed | Refused, after: Routed | Refused,
                                      text: str) -> None:  # fmt: skip
     assert describe(after, before) == text
+
+
+def test_a_flips_impact_is_the_same_samples_under_two_views() -> None:
+    """The dry run of a flip (``view_changes``): every request class served by the region
+    moves to the new cluster, in the same region, namespace and task queue; nothing of
+    another region moves; a tenant whose residency lands there is listed too."""
+    from types import MappingProxyType
+
+    from router.core.impact import route_changes
+    from router.core.model import ClusterView
+
+    t = table(with_rules(GERMANY_FINANCE))
+    now = ClusterView.all_primaries_healthy(t)
+    flipped = ClusterView(active=MappingProxyType({**now.active, "eu-west": "eu-west-b"}),
+                          healthy=now.healthy)  # fmt: skip
+    changes = {c.requests: (c.before, c.after) for c in route_changes(t, now, flipped)}
+    assert changes["zone eu (e.g. AT) any data"] == (
+        "eu-west/eu-west-a ns eu-west tq eu-west-*-queue", "eu-west/eu-west-b",
+    )  # fmt: skip
+    assert changes["DE any data"][1] == "eu-west/eu-west-b"  # the rule's country: all of it
+    assert any("tenant globex" in k for k in changes), changes
+    assert all(before.startswith("eu-west/eu-west-a") for before, _ in changes.values())
+    assert route_changes(t, now, now) == ()
