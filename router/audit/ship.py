@@ -380,6 +380,11 @@ class Shipper:
         except Exception as exc:  # a sink is foreign code: translate at the boundary
             raise AuditShippingError(f"sink {self.sink.name}: {exc}") from exc
         last = batch[-1]
+        if self.last_error:
+            # Cleared before the cursor moves: whoever reads the two files (the status
+            # of `serve`) never sees the cursor caught up while the error still stands.
+            log.info("audit shipping of %s resumed at seq %d", self.directory, last.seq)
+            self._set_error("")
         self.cursor = Cursor(last.seq, last.hash, self.sink.name, time.time())
         self._reader.file, self._reader.offset = file, offset
         write_cursor(self.directory, self.cursor)
@@ -424,8 +429,7 @@ class Shipper:
                 continue
             if self._stopping:
                 return
-            if self.last_error:
-                log.info("audit shipping of %s resumed at seq %d", self.directory, self.cursor.seq)
+            if self.last_error:  # recovered with nothing left to ship
                 self._set_error("")
             delay = self._backoff_initial
             await self._pause(self._interval)

@@ -161,6 +161,46 @@ async def test_a_failing_sink_loses_nothing_and_duplicates_only_unacknowledged_b
     await log.close()
 
 
+async def test_the_published_error_clears_before_the_cursor_moves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve`'s status reads the cursor and the state file separately: once shipping
+    resumes, the error must be gone by the time the cursor shows the records shipped."""
+    from router.audit import ship
+
+    errors: list[str] = []  # each last_error published, in order
+    at_cursor: list[str] = []  # the published last_error at each move of the cursor
+    write_state, write_cursor = ship.write_state, ship.write_cursor
+
+    def state(directory: Path, st: dict[str, Any]) -> None:
+        errors.append(st["last_error"])
+        write_state(directory, st)
+
+    def cursor(directory: Path, c: Cursor) -> None:
+        at_cursor.append(str(ship.read_state(directory).get("last_error", "")))
+        write_cursor(directory, c)
+
+    monkeypatch.setattr(ship, "write_state", state)
+    monkeypatch.setattr(ship, "write_cursor", cursor)
+    log = AuditLog(tmp_path)
+    log.open()
+    await append(log, 5)
+    sink = FakeSink()
+    sink.fail = 1
+    shipper = Shipper(tmp_path, sink, chain="r1", committed=lambda: log.sequence, publish=True,
+                      interval=0.01, backoff_initial=0.01, backoff_max=0.02)  # fmt: skip
+    shipper.start()
+
+    async def caught_up() -> bool:
+        return shipper.cursor.seq == 5
+
+    await eventually(caught_up, "shipping after one failure")
+    await shipper.stop()
+    await log.close()
+    assert any("sink down" in e for e in errors), errors
+    assert at_cursor == [""], "the cursor moved while the state still showed the outage"
+
+
 async def test_only_committed_records_are_shipped(tmp_path: Path) -> None:
     await written(tmp_path, 10)
     sink = FakeSink()
