@@ -27,8 +27,10 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
+from urllib.parse import urlsplit
 
 from regions.contacts import Contact, apply_chunk
+from router.errors import StoreError
 
 _CONTACTS_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS contacts (
@@ -77,16 +79,13 @@ class StoreLocation:
     def __str__(self) -> str:
         if self.url is None:
             return str(self.directory)
-        # Never print the password.
-        scheme, _, rest = self.url.partition("://")
-        creds, at, host = rest.rpartition("@")
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user + '@' if at else ''}{host}"
-
-
-class StoreError(Exception):
-    """The region's store cannot be opened (unreachable, refused, not writable, no
-    driver): said once, at start, with where and why, never with a password."""
+        # Never print a password: the user, host, port and database only (no query
+        # string either: libpq's parameters may carry one, e.g. sslpassword).
+        url = urlsplit(self.url)
+        user = f"{url.username}@" if url.username else ""
+        host = url.hostname or ""
+        port = f":{url.port}" if url.port else ""
+        return f"{url.scheme}://{user}{host}{port}{url.path}"
 
 
 class _Db:

@@ -31,6 +31,7 @@ maps to::
     ├── ConfigError                      FAILED_PRECONDITION  a config rejected whole
     ├── CodecError                       DATA_LOSS          a payload failed authentication
     ├── KeyRingError                     INTERNAL           a key ring missing or unsafe
+    ├── StoreError                       INTERNAL           a region's store cannot be opened
     └── StackError                       INTERNAL           the local dev stack
 """
 
@@ -228,6 +229,11 @@ class CodecError(MeridianError):
 
 class KeyRingError(MeridianError):
     """A key ring is missing, malformed, or not safely stored. Never contains key bytes."""
+
+
+class StoreError(MeridianError):
+    """A region's own store (SQLite or PostgreSQL) cannot be opened: said once, at start,
+    with where (never a password) and why."""
 
 
 class StackError(MeridianError):

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from router.cli.common import config_args, render_table
 from router.errors import MeridianError
-
-T = TypeVar("T")
 
 
 def region_store(config: Any, region: str, data_dir: str | None, home: Path) -> Any:
@@ -47,19 +44,10 @@ def _location(args: argparse.Namespace) -> Any:
     return location
 
 
-def _open(store: Callable[[Any], T], args: argparse.Namespace) -> T:
-    from regions.store import StoreError
-
-    try:
-        return store(_location(args))
-    except StoreError as exc:
-        raise MeridianError(str(exc)) from None
-
-
 def cmd_contacts(args: argparse.Namespace) -> int:
     from regions.store import ContactStore
 
-    rows = _open(ContactStore, args).contacts(args.tenant)
+    rows = ContactStore(_location(args)).contacts(args.tenant)
     if args.json:
         print(json.dumps({"region": args.region, "count": len(rows), "contacts": rows}, indent=2))
         return 0
@@ -82,7 +70,7 @@ def cmd_contacts(args: argparse.Namespace) -> int:
 def cmd_bookings(args: argparse.Namespace) -> int:
     from regions.store import BookingStore
 
-    store = _open(BookingStore, args)
+    store = BookingStore(_location(args))
     effects, calls = store.effects(args.booking_id), store.calls(args.booking_id)
     if args.json:
         out = {

@@ -381,7 +381,6 @@ def _supervise(args: argparse.Namespace, count: int) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from regions.store import StoreError
     from regions.worker import WorkerPlan, run
     from regions.workflows import WORKFLOW_TYPES
     from router.cli.regional import region_store
@@ -432,8 +431,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 lambda stop: run(plan, stop, keys=holder, compression=compression, give_up=give_up)
             )
         )
-    except StoreError as exc:
-        raise MeridianError(f"worker for {cluster.name}: {exc}") from None
     except RuntimeError as exc:
         reason = connect_failure(exc)
         if reason is None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from router.config.compile import format_loc
 from router.config.settings import ResolvedConfig
-from router.core.samples import Outcome, RequestChange, Routed, describe, request_changes
+from router.core.samples import Outcome, RequestChange, Routed, request_changes
 
 
 class Change(enum.Enum):
@@ -118,7 +118,7 @@ def request_change_json(change: RequestChange) -> dict[str, Any]:
         },
         "before": outcome_json(change.before),
         "after": outcome_json(change.after),
-        "summary": f"{describe(change.before)} -> {describe(change.after, change.before)}",
+        "summary": change.change(),
     }  # fmt: skip
 
 

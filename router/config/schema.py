@@ -90,6 +90,10 @@ def _server_name(value: str) -> str:
     return value
 
 
+# libpq URL parameters that carry a secret (a password, a client key's passphrase).
+SECRET_PARAMS = frozenset({"password", "sslpassword"})
+
+
 def _store_url(value: str) -> str:
     """A region store's URL, without a password: config lives in git and Consul, goes
     through SIGHUP and `config diff`, and holds no secrets (as for cluster TLS). The error
@@ -99,9 +103,11 @@ def _store_url(value: str) -> str:
         password = url.password
     except ValueError:
         raise ValueError("not a URL (postgresql://user@host:port/db)") from None
-    if url.scheme not in ("postgresql", "postgres") or not url.netloc:
+    params = parse_qs(url.query)
+    # No host part is a libpq Unix-socket URL (postgresql:///db?host=/var/run/postgresql).
+    if url.scheme not in ("postgresql", "postgres") or not (url.netloc or url.path):
         raise ValueError("not a postgresql://user@host:port/db URL")
-    if password or "password" in parse_qs(url.query):
+    if password or params.keys() & SECRET_PARAMS:
         raise ValueError(
             "the URL carries a password: config holds no secrets; give it to the region's "
             "workers through PGPASSWORD or ~/.pgpass (PGPASSFILE), and rotate it"

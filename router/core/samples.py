@@ -101,10 +101,19 @@ class RequestChange:
     before: Outcome
     after: Outcome
 
+    def change(self) -> str:
+        """``before -> after`` in words, the after side naming only what changes when
+        both are routed."""
+        return f"{describe(self.before)} -> {describe(self.after, self.before)}"
+
     def summary(self) -> str:
-        """``requests: before -> after`` in words, the after side naming only what
-        changes when both are routed."""
-        return f"{self.requests}: {describe(self.before)} -> {describe(self.after, self.before)}"
+        return f"{self.requests}: {self.change()}"
+
+
+def _grouped(outcome: Outcome) -> object:
+    """What makes two data classes' outcomes "the same way" for one row: a refusal by its
+    kind (its message names the data class, so it would never match), a route whole."""
+    return outcome.kind if isinstance(outcome, Refused) else outcome
 
 
 def describe(outcome: Outcome, was: Outcome | None = None) -> str:
@@ -112,14 +121,17 @@ def describe(outcome: Outcome, was: Outcome | None = None) -> str:
     ``eu-west/eu-west-a ns eu-west tq eu-west-*-queue`` -> ``ns eu-west-finance``."""
     if isinstance(outcome, Refused):
         return f"refused ({outcome.kind.value}): {outcome.message}"
-    same_place = same_ns = same_tq = False
+    same_zone = same_place = same_ns = same_tq = False
     if isinstance(was, Routed):
+        same_zone = was.zone == outcome.zone
         same_place = (was.region, was.cluster) == (outcome.region, outcome.cluster)
         same_ns, same_tq = was.namespace == outcome.namespace, was.task_queue == outcome.task_queue
+    # The zone is said only when it alone changed (a region moved to another zone):
+    # otherwise the region says where, and the row is never empty.
     parts = [] if same_place else [f"{outcome.region}/{outcome.cluster}"]
     parts += [] if same_ns else [f"ns {outcome.namespace}"]
     parts += [] if same_tq else [f"tq {outcome.task_queue}"]
-    return " ".join(parts)
+    return " ".join(parts) or ("" if same_zone else f"zone {outcome.zone}")
 
 
 def outcome(req: RouteRequest, table: RoutingTable, view: ClusterView | None = None) -> Outcome:
@@ -345,7 +357,7 @@ def _changes(
             continue
         key = (
             sample.where, req.tenant_id, req.user_country, req.user_subdivision,
-            req.workflow_type, req.priority, was, will,
+            req.workflow_type, req.priority, _grouped(was), _grouped(will),
         )  # fmt: skip
         if key in groups:
             groups[key][1].append(req.data_class)

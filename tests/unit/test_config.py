@@ -156,6 +156,12 @@ ERROR_CASES = [
         "carries a password",
     ),
     (
+        "store URL with a key passphrase",
+        {"regions__eu-west__store": "postgresql://eu@db.eu/region?sslpassword=hunter2-secret"},
+        "regions.eu-west.store",
+        "carries a password",
+    ),
+    (
         "store URL of another kind",
         {"regions__eu-west__store": "mysql://eu@db.eu/region"},
         "regions.eu-west.store",
@@ -177,11 +183,16 @@ def test_each_error_kind_names_its_path(changes: dict[str, Any], path: str, frag
     assert "hunter2" not in repr(errors), "an error repeats a secret"
 
 
-def test_a_store_url_without_a_password_is_accepted() -> None:
-    doc = mutate(
-        **{"regions__eu-west__store": "postgresql://eu@db.eu:5432/region?sslmode=verify-full"}
-    )
-    assert compile_config(doc).document.regions["eu-west"].store is not None
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://eu@db.eu:5432/region?sslmode=verify-full",
+        "postgresql:///region?host=/var/run/postgresql",  # a Unix socket: no host part
+    ],
+)
+def test_a_store_url_without_a_password_is_accepted(url: str) -> None:
+    doc = mutate(**{"regions__eu-west__store": url})
+    assert compile_config(doc).document.regions["eu-west"].store == url
 
 
 def test_duplicate_country_across_zones() -> None:

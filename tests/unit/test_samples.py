@@ -163,8 +163,15 @@ def test_a_country_moving_zone_is_sampled() -> None:
     assert changes["CH public/internal data"].after == Routed(
         "us", "us-east", "us-east-a", "us-east", "us-east-*-queue", rule="default-region"
     )
-    refused = changes["CH pii data"].after
+    refused = changes["CH pii/financial data"].after  # refused alike: one row
     assert isinstance(refused, Refused) and refused.kind is RefusalKind.RESIDENCY
+
+
+def test_a_region_moving_zone_alone_says_so() -> None:
+    """Only the zone changes (same region, cluster, names): the row still says what."""
+    was = Routed("eu", "eu-west", "eu-west-a", "eu-west", "q", "r")
+    now = Routed("emea", "eu-west", "eu-west-a", "eu-west", "q", "r")
+    assert describe(now, was) == "zone emea"
 
 
 def test_an_unchanged_config_changes_no_route() -> None:

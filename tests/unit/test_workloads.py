@@ -12,8 +12,9 @@ import yaml
 
 from regions import sources
 from regions.contacts import InvalidContact, apply_chunk, merge, normalise_phone, parse
-from regions.store import BookingDeclined, BookingStore, ContactStore, StoreError, StoreLocation
+from regions.store import BookingDeclined, BookingStore, ContactStore, StoreLocation
 from router.cli import main as cli_main
+from router.errors import StoreError
 from tests.helpers import default_doc
 
 
@@ -215,6 +216,8 @@ def test_store_location_never_prints_a_password() -> None:
     loc = StoreLocation(url="postgresql://meridian:s3cret@db.eu:5432/region")
     assert "s3cret" not in str(loc) and "s3cret" not in repr(loc.directory)
     assert str(loc) == "postgresql://meridian@db.eu:5432/region"
+    keyed = StoreLocation(url="postgresql://eu@db.eu/region?sslpassword=s3cret&sslmode=require")
+    assert str(keyed) == "postgresql://eu@db.eu/region"
     with pytest.raises(ValueError, match="postgresql"):
         StoreLocation(url="mysql://x")
 
