@@ -30,6 +30,7 @@ from router.errors import (
     Refused,
     ResidencyUnsatisfiable,
     StackError,
+    StoreError,
     Unauthenticated,
     Unavailable,
     WitnessUnavailable,
@@ -65,6 +66,7 @@ STATUS: tuple[tuple[type[MeridianError], grpc.StatusCode], ...] = (
     # A payload that fails authentication is corrupt or tampered with: never guessed at.
     (CodecError, grpc.StatusCode.DATA_LOSS),
     (KeyRingError, grpc.StatusCode.INTERNAL),
+    (StoreError, grpc.StatusCode.INTERNAL),
     # The abstract bases last: a new subclass gets its family's code until it has its own.
     (Refused, grpc.StatusCode.FAILED_PRECONDITION),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,3 +59,12 @@ def log_files(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     return sorted(p for p in directory.iterdir() if FILE_RE.match(p.name))
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries (a new or renamed file's name) durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

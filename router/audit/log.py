@@ -42,6 +42,7 @@ from router.audit.chain import (
     GENESIS,
     HEAD_NAME,
     file_name,
+    fsync_dir,
     log_files,
     seal,
 )
@@ -143,10 +144,11 @@ class AuditLog:
                 # The newest file held nothing complete: continue from the one before.
                 seq, last, _ = _tail(files[-2])
             self._seq, self._last = seq, last
-            if torn and newest.name == file_name(seq + 1):
-                # A crash in the first write of a file: the next file would have this
-                # name, and appending after the partial line would corrupt the chain.
-                # Set it aside (not deleted: it is evidence of the crash).
+            if torn and torn == newest.stat().st_size and newest.name == file_name(seq + 1):
+                # A crash in the first write of a file (all it holds is the partial
+                # line): the next file would have this name, and appending after the
+                # partial line would corrupt the chain. Set it aside (not deleted: it is
+                # evidence of the crash).
                 newest = _set_aside(newest)
             if torn:
                 self._notes.append({
@@ -328,7 +330,7 @@ class AuditLog:
             os.close(self._fd)
         self._fd, self._path, self._size, self._opened_at = fd, path, 0, self._clock()
         if self._fsync:
-            _fsync_dir(self.directory)  # the new file's name is durable too
+            fsync_dir(self.directory)  # the new file's name is durable too
 
     def _write_head(self, seq: int, last: str) -> None:
         """Overwrite HEAD in place: one pwrite of a fixed-size record, no rename (a rename
@@ -388,18 +390,10 @@ def _set_aside(path: Path) -> Path:
         n += 1
         target = path.with_name(f"{path.name}.torn.{n}")
     path.rename(target)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     log.warning("audit log %s: %s held only a torn line (a crash mid-write); kept as %s",
                 path.parent, path.name, target.name)  # fmt: skip
     return target
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _tail(path: Path) -> tuple[int, str, int]:

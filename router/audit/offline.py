@@ -55,13 +55,6 @@ class Appended:
     # Why the checkpoint's audit record is missing ("" when it was written).
     record_error: str = ""
 
-    @property
-    def witnessed(self) -> bool:
-        """Every witness took this run's checkpoint."""
-        return self.checkpoint is not None and all(
-            o == "published" for o in self.witnesses.values()
-        )
-
 
 def append_locked(
     directory: Path,

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from router.audit.chain import fsync_dir
 from router.audit.checkpoint import Checkpoint, forward
 from router.consul import ConsulClient
 from router.errors import ConsulUnavailable, WitnessUnavailable
@@ -95,11 +96,7 @@ class DirectoryWitness:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
             if size == 0:
-                dir_fd = os.open(self.directory, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+                fsync_dir(self.directory)
         except OSError as exc:
             raise WitnessUnavailable(
                 f"{self.name}: cannot write {path.name}: {exc.strerror or exc}", witness=self.name

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from router.cli.common import config_args, render_table
+from router.cli.common import config_args, render_table, witness_dir
 from router.errors import MeridianError
 
 if TYPE_CHECKING:
     from router.audit import VerifyResult
+    from router.audit.offline import Appended, Witnessing
     from router.codec.keys import KeyRing
 
 
@@ -103,7 +104,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rotation_witnessing(args: argparse.Namespace, keys: Path, audit_dir: Path) -> tuple[Any, str]:
+def _rotation_witnessing(
+    args: argparse.Namespace, keys: Path, audit_dir: Path
+) -> tuple[Witnessing | None, str]:
     """How ``keys rotate`` checkpoints its chain: the signing key (--audit-signing-key-file,
     else ``<keys-dir>/audit-signing.key`` when present) and the witness directory
     (--witness-dir, else the config's audit.witness_dir, else ``witness/`` beside the
@@ -124,12 +127,11 @@ def _rotation_witnessing(args: argparse.Namespace, keys: Path, audit_dir: Path) 
             "witnessed `meridian audit verify` of this chain fails as unwitnessed"
         )
     key = load_signing_key(signing or keys / SIGNING_KEY)
-    configured = load(args.config).document.audit.witness_dir
-    witness = Path(args.witness_dir or configured or audit_dir.parent / "witness").resolve()
+    witness = witness_dir(load(args.config), args.witness_dir, audit_dir.parent / "witness")
     return Witnessing(key, "keys-rotate", [DirectoryWitness(witness)]), ""
 
 
-def _checkpoint_json(appended: Any) -> dict[str, Any] | None:
+def _checkpoint_json(appended: Appended) -> dict[str, Any] | None:
     cp = appended.checkpoint
     if cp is None:
         return None
@@ -139,7 +141,7 @@ def _checkpoint_json(appended: Any) -> dict[str, Any] | None:
     }  # fmt: skip
 
 
-def _witnessed_line(audit_dir: Path, appended: Any) -> str:
+def _witnessed_line(audit_dir: Path, appended: Appended) -> str:
     """What the user is told of the run's checkpoint: witnessed, or why not."""
     cp = appended.checkpoint
     if cp is None:
@@ -167,8 +169,8 @@ def _audit_rotations(
     keys: Path,
     directory: Path,
     pairs: list[tuple[KeyRing, KeyRing]],
-    witnessing: Any,
-) -> Any:
+    witnessing: Witnessing | None,
+) -> Appended:
     """One ``key.rotation`` record per region in the tool's own chain (never a running
     router's: a second writer would fork it), ``$MERIDIAN_HOME/audit-keys`` by default,
     then (with ``witnessing``) a signed checkpoint of the chain published to the witness."""
@@ -195,6 +197,9 @@ def _audit_rotations(
     return append_locked(directory, records, key=key, witnessing=witnessing)
 
 
+VALIDATE_COUNTS = ("zones", "regions", "clusters", "rules")
+
+
 def cmd_config_validate(args: argparse.Namespace) -> int:
     from router.config.load import load_file
     from router.errors import ConfigError
@@ -205,15 +210,15 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
         if not args.json:
             raise  # main() prints it on stderr
         errors = [{"path": e.path, "message": e.message} for e in exc.errors]
-        print(json.dumps({"valid": False, "source": exc.source, "errors": errors}, indent=2))
+        # The valid answer's keys too (nothing is known of them: null), so a tool reads
+        # one shape.
+        answer = {"valid": False, "version": None, "source": exc.source, "errors": errors}
+        print(json.dumps({**answer, **dict.fromkeys(VALIDATE_COUNTS)}, indent=2))
         return 2
     table = config.table
-    counts = {
-        "zones": len(table.zones),
-        "regions": len(table.regions),
-        "clusters": len(table.clusters),
-        "rules": sum(map(len, table.rules.values())),
-    }
+    counts = dict(zip(VALIDATE_COUNTS, (len(table.zones), len(table.regions),
+                                        len(table.clusters), sum(map(len, table.rules.values()))),
+                      strict=True))  # fmt: skip
     if args.json:
         # The same shape as an invalid file's answer, "errors": [] included.
         print(json.dumps({"valid": True, "version": config.version, "source": config.source,

@@ -52,8 +52,8 @@ def _rpc(call: Callable[[], Any], args: argparse.Namespace) -> Any:
             message += f" [client: {creds.source}]"
             if creds.plaintext:
                 message += (
-                    "; a plaintext client at a TLS port fails this way: the router serves "
-                    "TLS unless it runs with --insecure (the dev stack: mTLS)"
+                    "; if the router is running, it may serve TLS (it does unless run with "
+                    "--insecure; the dev stack serves mTLS): a plaintext client fails this way"
                 )
         raise MeridianError(message) from None
 

@@ -277,3 +277,10 @@ def open_channel(address: str, creds: Credentials) -> Any:
             channel_creds, grpc.access_token_call_credentials(creds.token)
         )
     return grpc.secure_channel(address, channel_creds)
+
+
+def witness_dir(config: Any, explicit: str | None, default: Path) -> Path:
+    """Where a chain's checkpoints are published: the flag, else the config's
+    audit.witness_dir, else ``default``."""
+    configured = config.document.audit.witness_dir
+    return Path(explicit or configured or default).resolve()

@@ -13,7 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from router.cli.common import config_args, race, render_table, tracing, until_signalled
+from router.cli.common import (
+    config_args,
+    race,
+    render_table,
+    tracing,
+    until_signalled,
+    witness_dir,
+)
 from router.errors import ConfigError, MeridianError, StackError
 
 
@@ -75,11 +82,6 @@ def _checkpointer(
     return checkpointer
 
 
-def _witness_dir(config: Any, explicit: str | None, default: Path) -> Path:
-    configured = config.document.audit.witness_dir
-    return Path(explicit or configured or default).resolve()
-
-
 def _shipper(args: argparse.Namespace, audit: Any, chain: str, service: str) -> Any:
     """Shipping of ``audit``'s chain off the box, when a sink is named (``--audit-ship``,
     else the standard $OTEL_EXPORTER_OTLP_LOGS_ENDPOINT): a child process (not started
@@ -121,7 +123,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(line, flush=True)
 
-    witness = _witness_dir(config, None, home / "witness")
+    witness = witness_dir(config, None, home / "witness")
 
     async def main(stop: asyncio.Event) -> None:
         stack = DevStack(
@@ -286,7 +288,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         checkpointer = _checkpointer(
             first, audit, replica_id=replica,
             key_file=Path(args.audit_signing_key_file or keys_dir(args.keys_dir) / SIGNING_KEY),
-            witness_dir=_witness_dir(first, args.witness_dir, audit_base.parent / "witness"),
+            witness_dir=witness_dir(first, args.witness_dir, audit_base.parent / "witness"),
             create_key=not args.audit_signing_key_file, consul=witness_consul,
         )  # fmt: skip
         local = LocalStore(worker.cache_dir(state_dir) / "failover.json")
@@ -520,7 +522,7 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
             if checkpoints:
                 checkpointer = _checkpointer(
                     config, audit, replica_id=f"codec-{region.name}", key_file=signing_key,
-                    witness_dir=_witness_dir(config, witness, audit_dir), create_key=False,
+                    witness_dir=witness_dir(config, witness, audit_dir), create_key=False,
                 )  # fmt: skip
             site = web.TCPSite(runner, host.strip("[]"), int(port))
             try:

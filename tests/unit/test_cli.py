@@ -311,8 +311,13 @@ def test_config_validate_unreadable_file(
     out = json.loads(capsys.readouterr().out)
     assert out == {
         "valid": False,
+        "version": None,
         "source": str(path),
         "errors": [{"path": "", "message": message}],
+        "zones": None,
+        "regions": None,
+        "clusters": None,
+        "rules": None,
     }
     assert main(["config", "validate", str(path)]) == 2
     captured = capsys.readouterr()
@@ -389,8 +394,9 @@ def test_keys_list_json_shape(keys_dir: Path, capsys: pytest.CaptureFixture[str]
         "file": str(keys_dir / "eu-west.json"), "error": "", "audit_seq": 1,
         "audit_chain": str(Path(os.environ["MERIDIAN_HOME"]) / "audit-keys"),
     }]  # fmt: skip
-    # The chain's checkpoint of this run (keys_dir holds a signing key), or None.
-    assert checkpoint is None or set(checkpoint) == {
+    # The chain's checkpoint of this run: keys init made a signing key, so there is one.
+    assert (keys_dir / "audit-signing.key").exists()
+    assert set(checkpoint) == {
         "chain_id",
         "seq",
         "digest",

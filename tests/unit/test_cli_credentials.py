@@ -250,5 +250,5 @@ def test_status_connects_as_the_discovered_sre_identity(
         assert main(["status", "--router", address, "--insecure", "--timeout", "2"]) == 1
         err = capsys.readouterr().err
         assert err.startswith(f"meridian: router {address}: UNAVAILABLE: failed to connect")
-        assert "[client: plaintext (--insecure)]; a plaintext client at a TLS port" in err
+        assert "[client: plaintext (--insecure)]; if the router is running, it may serve TLS" in err
         assert len(admin.calls) == calls, "a plaintext client never reaches the service"
