@@ -84,6 +84,16 @@ def flip_from_json(raw: bytes | None) -> tuple[str, Flip | None] | None:
 _ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, consul.ConsulException, OSError)
 
 
+def _why(exc: BaseException) -> str:
+    """A failure in words for an operator (aiohttp's reprs carry its connection key and
+    SSL context): the refusal or timeout, else the exception's own message."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 class ConsulClient:
     """The few KV and session calls Meridian makes, each translated and bounded."""
 
@@ -116,7 +126,7 @@ class ConsulClient:
             )
         except _ERRORS as exc:
             raise ConsulUnavailable(
-                f"consul {self.address.host}:{self.address.port}: {exc!r}"
+                f"consul {self.address.host}:{self.address.port}: {_why(exc)}"
             ) from exc
         return int(idx or 0), value
 
@@ -125,7 +135,7 @@ class ConsulClient:
             return bool(await self._c().kv.put(key, value, **kw))
         except _ERRORS as exc:
             raise ConsulUnavailable(
-                f"consul {self.address.host}:{self.address.port}: {exc!r}"
+                f"consul {self.address.host}:{self.address.port}: {_why(exc)}"
             ) from exc
 
     async def session_create(self, name: str, ttl: int, lock_delay: int) -> str:
@@ -134,7 +144,7 @@ class ConsulClient:
                 name=name, ttl=ttl, lock_delay=lock_delay, behavior="release"
             )
         except _ERRORS as exc:
-            raise ConsulUnavailable(f"consul session create: {exc!r}") from exc
+            raise ConsulUnavailable(f"consul session create: {_why(exc)}") from exc
         return sid
 
     async def session_renew(self, sid: str) -> bool:
@@ -143,7 +153,7 @@ class ConsulClient:
         except consul.NotFound:
             return False
         except _ERRORS as exc:
-            raise ConsulUnavailable(f"consul session renew: {exc!r}") from exc
+            raise ConsulUnavailable(f"consul session renew: {_why(exc)}") from exc
         return True
 
     async def session_destroy(self, sid: str) -> None:

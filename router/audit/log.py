@@ -23,6 +23,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -53,6 +54,7 @@ from router.errors import AuditUnavailable
 log = logging.getLogger(__name__)
 
 _TAIL_BYTES = 1 << 20  # enough to find the last complete record of a file
+WRITER_NAME = "WRITER"  # the lock of the one process appending to the chain
 _MAX_BATCH = 4096
 _HEAD_BYTES = 256
 
@@ -113,6 +115,7 @@ class AuditLog:
         self._writer: asyncio.Task[None] | None = None
         self._fd: int | None = None
         self._head_fd: int | None = None
+        self._writer_fd: int | None = None
         self._path: Path | None = None
         self._size = 0
         self._opened_at = 0.0
@@ -136,13 +139,23 @@ class AuditLog:
         """Find where the chain ends; note a torn final line or a truncation (they go
         into the log as the first record of a new file)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_writer()
         files = log_files(self.directory)
         if files:
             newest = files[-1]
-            seq, last, torn = _tail(newest)
+            seq, last, torn, alg = _tail(newest)
             if seq == 0 and len(files) > 1:
                 # The newest file held nothing complete: continue from the one before.
-                seq, last, _ = _tail(files[-2])
+                seq, last, _, alg = _tail(files[-2])
+            if alg and alg != self._alg:
+                self._unlock_writer()
+                given = "an audit key" if self._key is not None else "no audit key"
+                raise AuditUnavailable(
+                    f"audit log {self.directory}: its chain is {alg}-chained but this "
+                    f"process was given {given}; a chain never changes algorithm (verify "
+                    "would report a rewritten chain): give the key it was written with "
+                    "(or none), or start a new chain in another --audit-dir"
+                )
             self._seq, self._last = seq, last
             if torn and torn == newest.stat().st_size and newest.name == file_name(seq + 1):
                 # A crash in the first write of a file (all it holds is the partial
@@ -167,6 +180,31 @@ class AuditLog:
                       self.directory, head["seq"], self._seq)  # fmt: skip
         # Always start a fresh file: never append after a possibly torn line.
         self._fd = None
+
+    def _lock_writer(self) -> None:
+        """One writer per chain: two processes appending to one directory fork the chain
+        (each continues from the seq it saw). An exclusive lock on ``<dir>/WRITER``, held
+        while open; the kernel drops it when the process dies, so a crash never leaves
+        it stale."""
+        fd = os.open(self.directory / WRITER_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise AuditUnavailable(
+                f"audit log {self.directory} is being written by another process"
+                f"{f' (pid {holder})' if holder else ''}: one writer per chain (two would "
+                "fork it); give this one its own --audit-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._writer_fd = fd
+
+    def _unlock_writer(self) -> None:
+        if self._writer_fd is not None:
+            os.close(self._writer_fd)  # releases the lock
+            self._writer_fd = None
 
     @property
     def sequence(self) -> int:
@@ -227,6 +265,7 @@ class AuditLog:
             if fd is not None:
                 os.close(fd)
         self._fd = self._head_fd = None
+        self._unlock_writer()
 
     async def _run(self) -> None:
         while True:
@@ -396,8 +435,9 @@ def _set_aside(path: Path) -> Path:
     return target
 
 
-def _tail(path: Path) -> tuple[int, str, int]:
-    """(last complete seq, its hash, bytes of a torn final line) of one file."""
+def _tail(path: Path) -> tuple[int, str, int, str]:
+    """(last complete seq, its hash, bytes of a torn final line, its hash algorithm) of
+    one file."""
     with open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
         size = f.tell()
@@ -410,10 +450,10 @@ def _tail(path: Path) -> tuple[int, str, int]:
     for raw in reversed(tail.splitlines()):
         try:
             rec = json.loads(raw)
-            return int(rec["seq"]), str(rec["hash"]), torn
+            return int(rec["seq"]), str(rec["hash"]), torn, str(rec.get("alg", ""))
         except (ValueError, KeyError, TypeError):
             continue
-    return 0, GENESIS, torn
+    return 0, GENESIS, torn, ""
 
 
 def _read_head(directory: Path) -> dict[str, Any] | None:

@@ -73,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         code: int = args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`meridian status | head`): not an error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports it
     except ConfigError as exc:
         print(f"meridian: invalid config: {exc}", file=sys.stderr)
         return 2

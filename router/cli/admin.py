@@ -295,6 +295,12 @@ def cmd_config_diff(args: argparse.Namespace) -> int:
                 await client.close()
 
         text = asyncio.run(fetch())
+        if not text:
+            print(
+                f"note: Consul has no {args.consul_prefix}config yet: comparing with "
+                f"{args.against or 'the embedded default'}",
+                file=sys.stderr,
+            )
         old = load_text(text, source="consul") if text else load(args.against)
     else:
         old = load(args.against)

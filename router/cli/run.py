@@ -37,6 +37,18 @@ def _open_audit(config: Any, directory: Path, key_file: Path | None) -> Any:
     return log_
 
 
+def _audit_key_file(args: argparse.Namespace) -> Path | None:
+    """The audit HMAC key: --audit-key-file, else ``<keys-dir>/audit.key`` when it exists
+    (what `meridian keys init` and `meridian dev` make, and `keys rotate` uses), else none
+    ($MERIDIAN_AUDIT_KEY, if set, wins over both: ``load_key``)."""
+    from router.paths import keys_dir
+
+    if args.audit_key_file:
+        return Path(args.audit_key_file)
+    default = keys_dir(args.keys_dir) / "audit.key"
+    return default if default.exists() else None
+
+
 def _checkpointer(
     config: Any,
     audit: Any,
@@ -279,11 +291,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if live is not None:
             start_sources, problems = await live.initial(sources)
         first, start_sources, rejected = start_sources.initial()
-        audit = _open_audit(
-            first,
-            worker.audit_dir(audit_base),
-            Path(args.audit_key_file) if args.audit_key_file else None,
-        )
+        audit = _open_audit(first, worker.audit_dir(audit_base), _audit_key_file(args))
         witness_consul = ConsulClient(live.client.address) if live is not None else None
         checkpointer = _checkpointer(
             first, audit, replica_id=replica,
@@ -340,9 +348,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 # process: out of the collector's way, so its passes scan only what
                 # requests allocate.
                 gc.freeze()
+                http = (
+                    f"; status page and metrics: http://{args.http_host}:{server.http.port}/"
+                    if http_port is not None
+                    else ""
+                )
                 print(
                     f"router {replica} ready on {args.host}:{server.port} "
-                    f"(config {router.config.config.version})",
+                    f"(config {router.config.config.version}){http}",
                     flush=True,
                 )
                 await stop.wait()
@@ -466,9 +479,7 @@ def cmd_codec_server(args: argparse.Namespace) -> int:
     audit_dir = (
         Path(args.audit_dir) if args.audit_dir else meridian_home() / f"audit-codec-{region.name}"
     )
-    audit = _open_audit(
-        config, audit_dir, Path(args.audit_key_file) if args.audit_key_file else None
-    )
+    audit = _open_audit(config, audit_dir, _audit_key_file(args))
     # Its chain is checkpointed when it has a witness and a signing key (a codec server
     # holds its region's secrets only: the key is given to it, never made here).
     signing_key = Path(args.audit_signing_key_file or keys_dir(args.keys_dir) / SIGNING_KEY)
@@ -675,7 +686,7 @@ def add_parsers(sub: Any) -> None:
     serve.add_argument(
         "--audit-key-file",
         help="base64 HMAC key (0600) that makes the audit chain unforgeable "
-        "(or $MERIDIAN_AUDIT_KEY)",
+        "(or $MERIDIAN_AUDIT_KEY; default: <keys-dir>/audit.key if present)",
     )
     witness_args(
         serve, "witness/ beside the audit directory: $MERIDIAN_HOME/witness",
@@ -714,7 +725,10 @@ def add_parsers(sub: Any) -> None:
     codec.add_argument(
         "--audit-dir", help="its audit log (default: $MERIDIAN_HOME/audit-codec-<region>)"
     )
-    codec.add_argument("--audit-key-file", help="audit HMAC key (or $MERIDIAN_AUDIT_KEY)")
+    codec.add_argument(
+        "--audit-key-file",
+        help="audit HMAC key (or $MERIDIAN_AUDIT_KEY; default: <keys-dir>/audit.key if present)",
+    )
     codec.add_argument(
         "--dev-loopback-ui", action="append", default=[], metavar="ORIGIN",
         help="DEVELOPMENT ONLY (meridian dev --ui sets it): accept requests without a token "

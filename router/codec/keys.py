@@ -202,7 +202,11 @@ class ChainKeyProvider(KeyProvider):
                 return p.load(region)
             except KeyRingError as exc:
                 problems.append(exc.message)
-        raise KeyRingError(f"no key ring for region {region}: " + "; ".join(problems))
+        raise KeyRingError(
+            f"no key ring for region {region}: "
+            + "; ".join(problems)
+            + " (`meridian keys init` makes the missing ones; --keys-dir names the directory)"
+        )
 
 
 def default_provider(keys_dir: Path) -> KeyProvider:

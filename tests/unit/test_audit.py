@@ -158,6 +158,36 @@ async def test_a_crash_in_the_first_write_of_a_file_is_set_aside(
     assert verify([tmp_path]).ok
 
 
+async def test_one_writer_per_chain(tmp_path: Path) -> None:
+    """A second process (here: a second log) appending to the same directory would fork
+    the chain: it is refused while the first is open, and welcome once it closed."""
+    first = AuditLog(tmp_path)
+    first.open()
+    await first.append(rec(1))
+    second = AuditLog(tmp_path)
+    with pytest.raises(
+        AuditUnavailable, match=rf"being written by another process \(pid {os.getpid()}\)"
+    ):
+        second.open()
+    await first.close()
+    second.open()
+    assert (await second.append(rec(2))).sequence == 2
+    await second.close()
+    assert verify([tmp_path]).ok
+
+
+@pytest.mark.parametrize("written_with_key", [False, True])
+async def test_a_chain_never_changes_algorithm(tmp_path: Path, written_with_key: bool) -> None:
+    await write_log(tmp_path, 2, key=KEY if written_with_key else None)
+    log = AuditLog(tmp_path, key=None if written_with_key else KEY)
+    with pytest.raises(AuditUnavailable, match="never changes algorithm") as info:
+        log.open()
+    assert base64.b64encode(KEY).decode() not in str(info.value)
+    # Refused before anything was written, and the lock is not left behind.
+    await write_log(tmp_path, 1, key=KEY if written_with_key else None)
+    assert verify([tmp_path], key=KEY if written_with_key else None).ok
+
+
 async def test_disk_failure_refuses_then_recovers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -244,3 +244,19 @@ async def test_a_consul_change_that_fails_transiently_is_applied_later(
     finally:
         await live.stop()
         await ctl.close()
+
+
+async def test_an_unreachable_consul_is_said_in_words() -> None:
+    """Not aiohttp's repr (its connection key, SSL context): where, and what failed."""
+    from benchmarks.fleet import free_port
+    from router.errors import ConsulUnavailable
+
+    port = free_port()  # nothing listens there
+    client = ConsulClient(ConsulAddress.parse(f"127.0.0.1:{port}", "meridian/", None))
+    try:
+        with pytest.raises(ConsulUnavailable) as info:
+            await client.get("meridian/config")
+    finally:
+        await client.close()
+    assert str(info.value).startswith(f"consul 127.0.0.1:{port}: cannot connect: ")
+    assert "ConnectionKey" not in str(info.value) and "ssl" not in str(info.value)
