@@ -17,8 +17,18 @@ replica:
   lock) and follows it (``FileFollower``), so a flip made on any worker reaches all.
 
 The supervisor echoes the workers' output, forwards SIGHUP (reload) and SIGTERM/SIGINT
-(drain and stop), restarts a worker that dies (a crash loop stops everything), and
-takes its workers with it if it is killed (``die_with_supervisor``).
+(drain and stop), restarts a worker that dies, and takes its workers with it if it is
+killed (``die_with_supervisor``). A worker that dies before every worker was ready, or
+that crash loops while no other worker serves, stops everything (restarting would only
+hide the cause). One that crash loops while others serve — typically the config file was
+edited into something invalid, which the live workers rejected on SIGHUP and a restarted
+worker cannot start with — does not take them down: it is restarted with exponential
+backoff, each death reported, and the others keep serving the last good config.
+
+A restarted worker loads the config file as it is when it starts; the others may still
+serve an older version (a valid edit not yet SIGHUP'd). So once a restarted worker is
+ready the supervisor sends SIGHUP to every ready worker: all serve the file's current
+config (or, if it is invalid, keep their last good one).
 """
 
 from __future__ import annotations
@@ -46,9 +56,13 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.25
 # A worker that dies this soon after starting, this many times in a row, is crash
-# looping: restarting it again would only hide the cause.
+# looping: with no other worker serving, restarting it again would only hide the cause.
 CRASH_WINDOW_S = 10.0
 CRASH_LIMIT = 3
+# The wait before restarting a dead worker: doubled with each quick death in a row, up
+# to the cap (a worker crash looping beside serving ones is retried forever, not fast).
+RESTART_BACKOFF_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +177,14 @@ class _Child:
     started: float
     ready: bool = False
     quick_deaths: int = 0
+    # Started again after dying: once ready, every worker reloads (see the module doc).
+    restarted: bool = False
+
+
+def restart_delay(quick_deaths: int) -> float:
+    """Seconds to wait before restarting a worker that died ``quick_deaths`` times in a
+    row soon after starting (0: it had lived a while)."""
+    return float(min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S * 2**quick_deaths))
 
 
 class Supervisor:
@@ -172,18 +194,26 @@ class Supervisor:
         self._count = count
         self._grace = grace
         self._children: dict[int, _Child] = {}
+        # Dead workers waiting to be started again: index -> (when, quick deaths).
+        self._restarts: dict[int, tuple[float, int]] = {}
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._ready_announced = False
 
-    def _spawn(self, index: int, quick_deaths: int = 0) -> None:
+    def stop(self) -> None:
+        """Stop every worker and return from ``run`` (what SIGTERM and SIGINT do)."""
+        self._stopping.set()
+
+    def _spawn(self, index: int, quick_deaths: int = 0, *, restarted: bool = False) -> None:
         proc = subprocess.Popen(
             [*self._argv, "--worker-index", str(index)],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, SUPERVISOR_ENV: str(os.getpid())},
         )
-        child = _Child(index, proc, time.monotonic(), quick_deaths=quick_deaths)
+        child = _Child(
+            index, proc, time.monotonic(), quick_deaths=quick_deaths, restarted=restarted
+        )
         self._children[index] = child
         threading.Thread(
             target=self._echo, args=(child, proc.stdout), name=f"worker-{index}-out", daemon=True
@@ -204,6 +234,24 @@ class Supervisor:
                     ):
                         self._ready_announced = True
                         print(f"all {self._count} workers ready", flush=True)
+                    elif child.restarted and not self._stopping.is_set():
+                        self._converge(child)
+
+    def _converge(self, restarted: _Child) -> None:
+        """A restarted worker loaded the file as it is now; the others may serve an
+        older version. SIGHUP every ready worker (the restarted one too: the file may
+        have changed since it read it), so all serve the file's current config, or keep
+        their last good one if it is invalid. Only ready workers: one still starting has
+        no SIGHUP handler yet (SIGHUP would kill it), and reads the file anyway."""
+        ready = [c for c in self._children.values() if c.ready and c.proc.poll() is None]
+        print(
+            f"meridian: worker {restarted.index} restarted and ready; reloading workers "
+            f"{', '.join(str(c.index) for c in ready)} so all serve the same config",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
+        for c in ready:
+            with contextlib.suppress(ProcessLookupError):
+                c.proc.send_signal(signal.SIGHUP)
 
     def _signal(self, sig: int) -> None:
         for child in list(self._children.values()):
@@ -211,15 +259,21 @@ class Supervisor:
                 child.proc.send_signal(sig)
 
     def run(self) -> int:
+        """Start the workers and supervise them until stopped (SIGTERM, SIGINT,
+        ``stop``) or they cannot be kept up; the exit code."""
+
         def on_stop(signum: int, _frame: object) -> None:
             self._stopping.set()
 
         def on_hup(signum: int, _frame: object) -> None:
             self._signal(signal.SIGHUP)
 
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGHUP, on_hup)
+        previous = {
+            sig: signal.signal(sig, handler)
+            for sig, handler in (
+                (signal.SIGTERM, on_stop), (signal.SIGINT, on_stop), (signal.SIGHUP, on_hup)
+            )
+        }  # fmt: skip
         for i in range(self._count):
             self._spawn(i)
         code = 0
@@ -229,13 +283,23 @@ class Supervisor:
                 if failed is not None:
                     code = failed
                     break
+                self._restart_due()
         finally:
             self._stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         return code
 
+    def _serving(self) -> list[_Child]:
+        """Workers alive and ready (serving the port)."""
+        return [c for c in self._children.values() if c.ready and c.proc.poll() is None]
+
     def _reap(self) -> int | None:
-        """Restart workers that died; the exit code to stop with, if one cannot be."""
+        """Schedule the restart of workers that died; the exit code to stop with, if
+        one cannot be."""
         for index, child in list(self._children.items()):
+            if index in self._restarts:
+                continue  # dead, its restart already scheduled
             rc = child.proc.poll()
             if rc is None:
                 continue
@@ -247,20 +311,45 @@ class Supervisor:
                 return rc or 1
             lived = time.monotonic() - child.started
             quick = child.quick_deaths + 1 if lived < CRASH_WINDOW_S else 0
-            if quick >= CRASH_LIMIT:
+            serving = self._serving()
+            if quick >= CRASH_LIMIT and not serving:
                 print(
                     f"meridian: worker {index} keeps dying (code {rc}, {quick} times within "
-                    f"{CRASH_WINDOW_S:.0f} s of starting): stopping every worker",
+                    f"{CRASH_WINDOW_S:.0f} s of starting) and no worker is serving: "
+                    "stopping every worker",
                     file=sys.stderr, flush=True,
                 )  # fmt: skip
                 return rc or 1
-            print(
-                f"meridian: worker {index} exited with code {rc}; restarting it",
-                file=sys.stderr, flush=True,
-            )  # fmt: skip
-            time.sleep(0.5 * (quick + 1))
-            self._spawn(index, quick)
+            delay = restart_delay(quick)
+            at = time.strftime("%H:%M:%S", time.localtime(time.time() + delay))
+            if quick >= CRASH_LIMIT:
+                others = ", ".join(str(c.index) for c in serving)
+                others += " keeps" if len(serving) == 1 else " keep"
+                print(
+                    f"meridian: ERROR: worker {index} keeps dying (exited with code {rc}, "
+                    f"{quick} times in a row within {CRASH_WINDOW_S:.0f} s of starting; "
+                    f"an invalid config file?). Worker{'s' * (len(serving) > 1)} "
+                    f"{others} serving; next try in {delay:g} s (at {at})",
+                    file=sys.stderr, flush=True,
+                )  # fmt: skip
+            else:
+                print(
+                    f"meridian: worker {index} exited with code {rc}; restarting it in "
+                    f"{delay:g} s (at {at})",
+                    file=sys.stderr, flush=True,
+                )  # fmt: skip
+            self._restarts[index] = (time.monotonic() + delay, quick)
         return None
+
+    def _restart_due(self) -> None:
+        """Start again the dead workers whose wait is over (waiting here, not by
+        sleeping in ``_reap``: the others are reaped, and signals handled, meanwhile)."""
+        now = time.monotonic()
+        for index, (when, quick) in list(self._restarts.items()):
+            if when <= now:
+                del self._restarts[index]
+                with self._lock:
+                    self._spawn(index, quick, restarted=True)
 
     def _stop_all(self) -> None:
         self._signal(signal.SIGTERM)

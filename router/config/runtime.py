@@ -5,8 +5,8 @@ goes through ``ConfigController.submit``, one at a time:
 
 1. Build the candidate sources and resolve them. A document that fails validation (or a
    check a subscriber registered, like the listener's TLS) is **invalid**: rejected
-   whole, audited (``config.change`` rejected, with every error), shown in status; the
-   last good config keeps serving.
+   whole, audited (``config.change`` rejected, with every error), shown in status until
+   a later change supersedes it; the last good config keeps serving.
 2. Load the key ring of every region (new regions get one, and a refresh task; removed
    regions lose theirs) and build each region's codec from the ``codec`` settings.
 3. Audit ``config.change`` accepted, then tell the subscribers (the client pool, the
@@ -115,7 +115,18 @@ class ConfigController:
         self._refresh: dict[str, asyncio.Task[None]] = {}
         # Fail closed at start-up: a region without its keys cannot be served.
         self._current = RuntimeConfig(first, self._region_keys(first, None))
+        # The last change rejected, shown in status until a change submitted after it
+        # supersedes it (the audit log keeps every rejection): one applied, or a valid
+        # one from the same origin ("file", "consul") that is the live config again (the
+        # invalid edit reverted). Neither a SIGHUP with the files unchanged nor a retry
+        # of a change submitted before the rejection hides it: the rejected document
+        # (say Consul's) is still what its origin holds. Submissions are numbered to
+        # tell "after" from "before".
         self.last_rejected: tuple[float, ConfigError] | None = None
+        self._rejected_origin = ""
+        self._rejected_seq = 0
+        self._seq = 0
+        self._wanted_seq = 0
         metrics.watch("meridian_config_info", self, _config_info)
         metrics.watch("meridian_config_pending", self, _config_pending)
 
@@ -162,7 +173,7 @@ class ConfigController:
                 )
             )
             for problem in early_rejections:
-                await self._reject(problem)
+                await self._reject(problem, origin="consul", seq=0)
         except MeridianError as exc:
             log.error("could not record the config in the audit log: %s", exc.message)
 
@@ -183,12 +194,14 @@ class ConfigController:
         """Apply the sources ``build`` makes from the latest wanted ones. ``build`` may
         raise ``ConfigError`` (e.g. a document that is not YAML): a rejection.
         ``source`` names what brought the change (file, consul), for the metrics."""
-        outcome = await self._submit(build)
+        outcome = await self._submit(build, source)
         metrics.config_reloads.add(1, source, outcome.value)
         return outcome
 
-    async def _submit(self, build: Build) -> Outcome:
+    async def _submit(self, build: Build, origin: str) -> Outcome:
         async with self._lock:
+            self._seq += 1
+            seq = self._seq
             base = self._wanted or self._sources
             try:
                 candidate = build(base)
@@ -198,10 +211,13 @@ class ConfigController:
                     raise ConfigError(problems, source=config.source)
             except ConfigError as exc:
                 log.error("config change rejected; keeping %s\n%s", self.config.version, exc)
-                await self._reject(exc)
+                await self._reject(exc, origin=origin, seq=seq)
                 return Outcome.REJECTED
-            self._wanted = candidate
-            return await self._apply(candidate, config)
+            self._wanted, self._wanted_seq = candidate, seq
+            outcome = await self._apply(candidate, config)
+            if outcome is Outcome.UNCHANGED and origin == self._rejected_origin:
+                self._supersede(seq)
+            return outcome
 
     async def _apply(self, candidate: ConfigSources, config: ResolvedConfig) -> Outcome:
         current = self._current
@@ -239,8 +255,10 @@ class ConfigController:
             await self._notify(runtime)
         except Exception as exc:
             return self._pending(config, exc)
+        applied_seq = self._wanted_seq
         self._current, self._sources, self._wanted = runtime, candidate, None
         self._dirty, self._accepted, self.pending_reason = False, None, ""
+        self._supersede(applied_seq)
         self._sync_refresh(runtime)
         log.info("config applied: version %s from %s", config.version, config.source)
         return Outcome.APPLIED
@@ -262,8 +280,15 @@ class ConfigController:
         self._schedule_retry()
         return Outcome.PENDING
 
-    async def _reject(self, error: ConfigError) -> None:
+    def _supersede(self, seq: int) -> None:
+        """Status stops showing the last rejection once a change submitted after it
+        (number ``seq``) is what serves; the audit log keeps it."""
+        if self.last_rejected is not None and seq > self._rejected_seq:
+            self.last_rejected = None
+
+    async def _reject(self, error: ConfigError, *, origin: str, seq: int) -> None:
         self.last_rejected = (time.time(), error)
+        self._rejected_origin, self._rejected_seq = origin, seq
         try:
             await self._audit.append(
                 config_record(

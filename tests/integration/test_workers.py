@@ -1,8 +1,9 @@
 """`meridian serve --workers 2` on one port, in front of real Temporal dev servers: both
 workers take starts (each into its own audit chain, both verifiable), the workflows are
 where the router said (asked of the cluster), only worker 0 decides an automatic
-failover and worker 1 adopts it, a killed worker is restarted, and stopping the
-supervisor stops every worker."""
+failover and worker 1 adopts it, a killed worker is restarted, one that cannot start
+(an invalid config file) does not stop the serving one, and stopping the supervisor
+stops every worker."""
 
 from __future__ import annotations
 
@@ -153,3 +154,38 @@ async def test_a_killed_worker_is_restarted_and_stop_stops_all(
         return not [p for p in pids if alive(p)]
 
     await eventually(all_gone, "every worker to stop with the supervisor", timeout=10)
+
+
+async def test_a_worker_that_cannot_start_does_not_stop_the_serving_one(
+    fleet: tuple[Fleet, Replica],
+) -> None:
+    """An invalid edit, rejected on SIGHUP by both workers (they serve the last good
+    config); worker 1 is killed and cannot start with the file: worker 0 keeps serving
+    while worker 1 is retried, and once the file is fixed worker 1 is back and both
+    reload."""
+    fl, router = fleet
+    good = fl.config_path.read_text()
+    fl.config_path.write_text(good + "\ndefault_region: nowhere\n")
+    assert router.proc is not None
+    router.proc.send_signal(signal.SIGHUP)
+    before = workers_of(router.pid)
+    os.kill(before[1], signal.SIGKILL)
+
+    async def crash_looping() -> bool:
+        return "worker 1 keeps dying" in router.log()
+
+    await eventually(crash_looping, "worker 1 to crash loop", timeout=60)
+    assert "Worker 0 keeps serving; next try in" in router.log()
+    assert workers_of(router.pid)[0] == before[0], "worker 0 untouched"
+    for _ in range(4):
+        assert (await start_on_a_new_connection(router.address)).started
+
+    fl.config_path.write_text(good)
+
+    async def back() -> bool:
+        return "worker 1 restarted and ready; reloading workers" in router.log()
+
+    await eventually(back, "worker 1 back after the fix", timeout=60)
+    assert set(workers_of(router.pid)) == {0, 1} and workers_of(router.pid)[0] == before[0]
+    for _ in range(4):
+        assert (await start_on_a_new_connection(router.address)).started

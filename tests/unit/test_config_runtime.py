@@ -151,6 +151,64 @@ async def test_a_rejected_change_does_not_drop_a_pending_one(tmp_path: Path) -> 
         await ctl.close()
 
 
+def consul_doc(text: str, index: int) -> Any:
+    return lambda s: s.with_consul(text_layer(text, f"consul:meridian/config@{index}"))
+
+
+async def test_a_later_change_supersedes_the_last_rejection_in_status(tmp_path: Path) -> None:
+    """Status showed a rejected Consul document long after a good one replaced it; the
+    audit log is the history, status says what is true now."""
+    ctl, audit, _ = await started(tmp_path)
+    try:
+        bad = consul_doc("default_region: nowhere", 26)
+        assert await ctl.submit(bad, source="consul") is Outcome.REJECTED
+        assert ctl.last_rejected is not None
+        assert ctl.last_rejected[1].source.endswith("consul:meridian/config@26")
+        # Nothing new from Consul: a SIGHUP with the files unchanged does not hide it.
+        assert await ctl.submit(lambda s: s, source="file") is Outcome.UNCHANGED
+        assert ctl.last_rejected is not None, "Consul still holds the rejected document"
+        good = consul_doc("tenants: {initech: {residency_zone: us}}", 27)
+        assert await ctl.submit(good, source="consul") is Outcome.APPLIED
+        assert ctl.last_rejected is None, "a later change was applied"
+        outcomes = [r["outcome"] for r in audit.journal.records("config.change")]
+        assert outcomes == ["loaded", "rejected", "accepted"], "the history is kept"
+    finally:
+        await ctl.close()
+
+
+async def test_a_reverted_invalid_edit_clears_the_rejection(tmp_path: Path) -> None:
+    """The same origin brings back the live config (the bad edit undone): nothing is
+    rejected any more, though nothing new was applied."""
+    ctl, _, _ = await started(tmp_path)
+    try:
+        bad = consul_doc("default_region: nowhere", 26)
+        assert await ctl.submit(bad, source="consul") is Outcome.REJECTED
+        same = consul_doc("", 27)  # the live config again
+        assert await ctl.submit(same, source="consul") is Outcome.UNCHANGED
+        assert ctl.last_rejected is None
+    finally:
+        await ctl.close()
+
+
+async def test_a_retried_older_change_does_not_hide_a_newer_rejection(tmp_path: Path) -> None:
+    ctl, audit, _ = await started(tmp_path, retry_initial=0.02)
+    try:
+        doc = default_doc()
+        doc["tenants"]["initech"] = {"residency_zone": "us"}
+        audit.fail = 2
+        assert await ctl.submit(with_doc({"tenants": doc["tenants"]})) is Outcome.PENDING
+        bad = consul_doc("default_region: nowhere", 26)
+        assert await ctl.submit(bad, source="consul") is Outcome.REJECTED
+
+        async def applied() -> bool:
+            return "initech" in ctl.config.table.tenants
+
+        await eventually(applied, "the pending change", 5)
+        assert ctl.last_rejected is not None, "submitted before the rejection"
+    finally:
+        await ctl.close()
+
+
 async def test_subscribers_are_told_in_order_and_a_failing_one_is_retried(
     tmp_path: Path,
 ) -> None:
