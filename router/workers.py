@@ -255,6 +255,8 @@ class Supervisor:
 
     def _signal(self, sig: int) -> None:
         for child in list(self._children.values()):
+            if sig == signal.SIGHUP and not child.ready:
+                continue  # no handler yet: SIGHUP would kill it, and it reads the file anyway
             with contextlib.suppress(ProcessLookupError):
                 child.proc.send_signal(sig)
 
