@@ -336,11 +336,14 @@ def view_changes(
     table: RoutingTable, before: ClusterView, after: ClusterView
 ) -> tuple[RequestChange, ...]:
     """The same for one config under two cluster views: what a flip would change for
-    callers (the dry run of ``SetActiveCluster``)."""
+    callers (the dry run of ``SetActiveCluster``). A request refused before and after
+    for the same reason is no change for its caller, whatever the health details in
+    the two messages."""
     return _changes(
         samples(table, table),
         lambda r: outcome(r, table, before),
         lambda r: outcome(r, table, after),
+        same=lambda was, will: _grouped(was) == _grouped(will),
     )
 
 
@@ -348,12 +351,13 @@ def _changes(
     sampled: Iterable[Sample],
     was_of: Callable[[RouteRequest], Outcome],
     will_of: Callable[[RouteRequest], Outcome],
+    same: Callable[[Outcome, Outcome], bool] = lambda was, will: was == will,
 ) -> tuple[RequestChange, ...]:
     groups: dict[tuple[object, ...], tuple[Sample, list[DataClass], Outcome, Outcome]] = {}
     for sample in sampled:
         req = sample.request
         was, will = was_of(req), will_of(req)
-        if was == will:
+        if same(was, will):
             continue
         key = (
             sample.where, req.tenant_id, req.user_country, req.user_subdivision,

@@ -218,3 +218,25 @@ def test_a_flips_impact_is_the_same_samples_under_two_views() -> None:
     assert any("tenant globex" in k for k in changes), changes
     assert all(before.startswith("eu-west/eu-west-a") for before, _ in changes.values())
     assert route_changes(t, now, now) == ()
+
+
+def test_a_flip_between_refusals_of_one_kind_changes_nothing() -> None:
+    """Neither eu-west cluster is healthy: its requests are refused before and after a
+    flip to the other; the messages differ in their health details, the caller's outcome
+    does not — no row for them (other data may still move: public data falls back)."""
+    from types import MappingProxyType
+
+    from router.core.model import ClusterView
+    from router.core.samples import view_changes
+
+    t = table()
+    now = ClusterView.all_primaries_healthy(t)
+    down = now.healthy - {"eu-west-a", "eu-west-b"}
+    why = MappingProxyType({"eu-west-a": "connection refused"})
+    sick = ClusterView(active=now.active, healthy=down, why_unhealthy=why)
+    flipped = ClusterView(active=MappingProxyType({**now.active, "eu-west": "eu-west-b"}),
+                          healthy=down)  # fmt: skip
+    changes = view_changes(t, sick, flipped)
+    both_refused = [c for c in changes if isinstance(c.before, Refused)
+                    and isinstance(c.after, Refused)]  # fmt: skip
+    assert both_refused == [], both_refused
