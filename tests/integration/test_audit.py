@@ -28,7 +28,7 @@ from router.audit.query import records
 from router.codec.tokens import load_tokens
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
-from tests.helpers import eventually
+from tests.helpers import eventually, workflow_exists
 from tests.integration.conftest import ROOT, DevProcess
 from tests.integration.test_routing import start_req
 
@@ -269,7 +269,9 @@ async def test_config_reload_is_audited_accepted_or_rejected(fleet: Fleet) -> No
         router = pb_grpc.WorkflowRouterStub(channel)
         topo = await admin.GetTopology(pb.GetTopologyRequest(), timeout=5)
         assert topo.config_version == loaded["version"], "the last good config keeps serving"
-        assert (await router.StartWorkflow(eu_req(), timeout=10)).started
+        ok = await router.StartWorkflow(eu_req(), timeout=10)
+        endpoint = fleet.cluster(ok.decision.cluster).endpoint
+        assert ok.started and await workflow_exists(endpoint, "eu-west", ok.workflow_id)
 
         doc = yaml.safe_load(original)
         doc["tenants"] = {"initech": {"residency_zone": "eu"}}

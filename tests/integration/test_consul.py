@@ -402,7 +402,9 @@ async def test_consul_lost_and_back(setup: Setup) -> None:
     await eventually(unreachable, "replicas to notice Consul is gone")
     for side in alive:  # still routing, on the current config
         resp = await side.router.StartWorkflow(req("US", dc=pb.PUBLIC), timeout=10)
-        assert resp.started
+        where = resp.decision
+        endpoint = setup.fleet.cluster(where.cluster).endpoint
+        assert resp.started and await workflow_exists(endpoint, where.namespace, resp.workflow_id)
     # Back on the same port: an empty store whose index went backwards.
     setup.consul = EmulatorProcess(setup.consul.port, ttl_multiplier=0.5)
     setup.consul.start()

@@ -325,7 +325,7 @@ async def test_bad_input_is_invalid_argument_naming_the_field(
     assert details.startswith(f"{field}: "), details
     # ...and the router keeps serving.
     ok = await router.StartWorkflow(start_req("DE"), timeout=10)
-    assert ok.started
+    assert ok.started and await clusters.holding(ok.workflow_id) == {ok.decision.cluster}
 
 
 async def test_topology_tells_the_truth(admin: pb_grpc.RoutingAdminStub, dev: DevProcess) -> None:

@@ -81,6 +81,7 @@ async def test_acme_may_not_start_for_globex_and_is_audited(
         stub = pb_grpc.WorkflowRouterStub(channel)
         own = await stub.StartWorkflow(start_req("DE", tenant="acme"), timeout=10)
         assert own.started
+        assert await clusters.holding(own.workflow_id) == {own.decision.cluster}
         req = start_req("DE", tenant="globex")
         code, details = await code_of(stub.StartWorkflow(req, timeout=10))
     assert code is grpc.StatusCode.PERMISSION_DENIED
@@ -151,7 +152,7 @@ async def test_only_sre_flips_and_the_flip_names_the_sre(
 
 
 async def test_oversized_messages_are_refused_clearly_and_the_router_keeps_serving(
-    router: pb_grpc.WorkflowRouterStub,
+    router: pb_grpc.WorkflowRouterStub, clusters: Clusters
 ) -> None:
     big = start_req("DE", args=["x" * (6 * 1024 * 1024)])
     code, details = await code_of(router.StartWorkflow(big, timeout=30))
@@ -159,7 +160,9 @@ async def test_oversized_messages_are_refused_clearly_and_the_router_keeps_servi
     over_limit = start_req("DE", args=["x" * (3 * 1024 * 1024)])
     code, details = await code_of(router.StartWorkflow(over_limit, timeout=30))
     assert code is grpc.StatusCode.INVALID_ARGUMENT and details.startswith("args: encoded size")
-    assert (await router.StartWorkflow(start_req("DE"), timeout=10)).started
+    assert await clusters.holding(over_limit.workflow_id) == set(), "nothing was started"
+    ok = await router.StartWorkflow(start_req("DE"), timeout=10)
+    assert ok.started and await clusters.holding(ok.workflow_id) == {ok.decision.cluster}
 
 
 # -- a second router: TLS + JWT bearer tokens, quotas, a live policy -----------------------
@@ -433,5 +436,8 @@ async def test_any_request_gets_a_clear_answer(
             assert not (metadata is None and channel is tls), "no credentials, yet served"
 
 
-async def test_the_router_serves_after_the_fuzz(router: pb_grpc.WorkflowRouterStub) -> None:
-    assert (await router.StartWorkflow(start_req("DE"), timeout=10)).started
+async def test_the_router_serves_after_the_fuzz(
+    router: pb_grpc.WorkflowRouterStub, clusters: Clusters
+) -> None:
+    ok = await router.StartWorkflow(start_req("DE"), timeout=10)
+    assert ok.started and await clusters.holding(ok.workflow_id) == {ok.decision.cluster}
