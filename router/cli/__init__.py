@@ -16,6 +16,7 @@ from typing import Any
 from router.cli import admin, client, regional, run
 from router.cli.common import render_table, setup_logging, version
 from router.errors import ConfigError, MeridianError, StackError
+from router.logs import FORMATS
 
 __all__ = ["build_parser", "main", "render_table"]
 
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument(
         "--log-format",
-        choices=["text", "json"],
+        choices=FORMATS,
         default=os.environ.get("MERIDIAN_LOG_FORMAT", "text"),
         help="log lines for people (text) or one JSON object per line "
         "(default: $MERIDIAN_LOG_FORMAT, else text)",

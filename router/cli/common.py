@@ -263,22 +263,6 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def open_channel(address: str, creds: Credentials) -> Any:
-    """A blocking gRPC channel to ``address`` with ``creds``."""
-    import grpc
-
-    if creds.plaintext:
-        return grpc.insecure_channel(address)
-    from router.tls import channel_credentials
-
-    channel_creds = channel_credentials(creds.ca, creds.cert, creds.key)
-    if creds.token:
-        channel_creds = grpc.composite_channel_credentials(
-            channel_creds, grpc.access_token_call_credentials(creds.token)
-        )
-    return grpc.secure_channel(address, channel_creds)
-
-
 def witness_dir(config: Any, explicit: str | None, default: Path) -> Path:
     """Where a chain's checkpoints are published: the flag, else the config's
     audit.witness_dir, else ``default``."""
