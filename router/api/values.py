@@ -30,9 +30,7 @@ def to_python(value: struct_pb2.Value) -> Any:
     if kind == "bool_value":
         return value.bool_value
     if kind == "struct_value":
-        # A Struct is a map: its order is the runtime's, not the sender's. Sorted, so the
-        # same value always reads (and prints) the same.
-        return {k: to_python(v) for k, v in sorted(value.struct_value.fields.items())}
+        return {k: to_python(v) for k, v in value.struct_value.fields.items()}
     if kind == "list_value":
         return [to_python(v) for v in value.list_value.values]
     return None  # null_value, or unset

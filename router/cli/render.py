@@ -43,7 +43,7 @@ def message_to_json(msg: Message) -> Any:
     if isinstance(msg, struct_pb2.Value):
         return _finite(to_python(msg))
     if isinstance(msg, struct_pb2.Struct):
-        return {k: _finite(to_python(v)) for k, v in sorted(msg.fields.items())}
+        return _finite({k: to_python(v) for k, v in msg.fields.items()})
     if isinstance(msg, struct_pb2.ListValue):
         return [_finite(to_python(v)) for v in msg.values]
     return {f.name: _field(msg, f) for f in _fields(msg)}
@@ -84,11 +84,14 @@ def _single(field: FieldDescriptor, value: Any) -> Any:
 
 
 def _finite(value: Any) -> Any:
-    """NaN and infinities as proto3 JSON spells them: JSON has no such numbers."""
+    """NaN and infinities as proto3 JSON spells them: JSON has no such numbers. Objects
+    with their keys sorted: a Struct is a map, whose order is the runtime's, so the same
+    value would print differently from call to call (done here, for printing, not on the
+    router's request path)."""
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: _finite(v) for k, v in sorted(value.items())}
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
